@@ -1,0 +1,181 @@
+"""Every dataset source becomes a manifest: one row per image, paired with its mask.
+
+Pairing, validation and the train/val split happen here, once, so no later stage lists
+folders or guesses names. Sources:
+
+- a folder (any URI) in MADS layout: `images/` and `masks/` with matching file names,
+  directly or inside the doubled folder the Kaggle zip extracts to
+  (`segmentation_full_body_mads_dataset_1192_img/segmentation_full_body_mads_dataset_1192_img/`);
+- `synthetic:N[:seed]`: the generated MADS-like set, written lazily into a cache folder;
+- `kaggle:owner/slug`: the Kaggle download (not implemented yet; see the README).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from segray import storage
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+MADS_FOLDER = "segmentation_full_body_mads_dataset_1192_img"
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "segray")
+# The seeds' split: sklearn's train_test_split over the sorted names, 20 % validation, seed 42.
+VAL_FRACTION = 0.2
+SPLIT_SEED = 42
+MANIFEST_COLUMNS = ["image_id", "image_uri", "mask_uri", "split", "category"]
+
+
+class DatasetError(ValueError):
+    """A dataset source that cannot be turned into a manifest; the message says why."""
+
+
+@dataclass
+class PairingProblems:
+    """Files that did not pair up. Never dropped silently: the run reports them by name."""
+
+    images_without_mask: list[str] = field(default_factory=list)
+    masks_without_image: list[str] = field(default_factory=list)
+    non_image_files: list[str] = field(default_factory=list)
+    listed_but_missing: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(files) for name, files in self.__dict__.items()}
+
+    def as_dict(self) -> dict[str, dict]:
+        return {name: {"count": len(files), "files": files} for name, files in self.__dict__.items()}
+
+
+@dataclass
+class Manifest:
+    """The table of pairs (`MANIFEST_COLUMNS`; `mask_uri` is None for an image without
+    mask) plus the pairing problems and the folder it was read from."""
+
+    table: pd.DataFrame
+    problems: PairingProblems
+    root: str
+
+
+def build_manifest(source: str, cache_dir: str = DEFAULT_CACHE_DIR) -> Manifest:
+    """Resolve a dataset source (see the module docstring) into a manifest."""
+    if source.startswith("synthetic:"):
+        return read_folder(_synthetic_folder(source, cache_dir))
+    if source.startswith("kaggle:"):
+        raise DatasetError(
+            f"{source}: the Kaggle source is not implemented yet. Download the dataset "
+            "yourself (kaggle datasets download -d tapakah68/segmentation-full-body-mads-dataset "
+            "&& unzip it) and pass the extracted folder as --dataset PATH."
+        )
+    return read_folder(source)
+
+
+def _synthetic_folder(source: str, cache_dir: str) -> str:
+    from segray.data.synthetic import write_synthetic
+
+    parts = source.split(":")
+    try:
+        n = int(parts[1])
+        seed = int(parts[2]) if len(parts) > 2 else 0
+        if n < 2 or len(parts) > 3:
+            raise ValueError
+    except (IndexError, ValueError):
+        raise DatasetError(f"{source}: expected synthetic:N or synthetic:N:SEED with N >= 2") from None
+    root = Path(cache_dir) / f"synthetic-{n}-{seed}"
+    return str(write_synthetic(root, n, seed))
+
+
+def find_pair_root(root: str) -> str:
+    """The folder holding `images/` and `masks/`: `root` itself or the Kaggle doubled folder."""
+    candidates = [root, storage.join(root, MADS_FOLDER), storage.join(root, MADS_FOLDER, MADS_FOLDER)]
+    for candidate in candidates:
+        if {"images", "masks"} <= set(storage.list_dirs(candidate)):
+            return candidate
+    raise DatasetError(
+        f"{root}: no dataset found: expected images/ and masks/ folders in one of " + ", ".join(candidates)
+    )
+
+
+def read_folder(root: str) -> Manifest:
+    """Pair `images/X` with `masks/X` (same file name stem) and split them."""
+    pair_root = find_pair_root(root)
+    image_dir, mask_dir = storage.join(pair_root, "images"), storage.join(pair_root, "masks")
+    problems = PairingProblems()
+
+    images, masks = {}, {}
+    for folder, found in ((image_dir, images), (mask_dir, masks)):
+        for name in storage.list_files(folder):
+            if name.startswith("."):
+                continue
+            stem, ext = posixpath.splitext(name)
+            if ext.lower() in IMAGE_EXTENSIONS:
+                found[stem] = name
+            else:
+                problems.non_image_files.append(storage.join(folder, name))
+
+    problems.images_without_mask = sorted(images[s] for s in images.keys() - masks.keys())
+    problems.masks_without_image = sorted(masks[s] for s in masks.keys() - images.keys())
+    problems.listed_but_missing = _listed_but_missing(root, pair_root, images, masks)
+    if not images:
+        raise DatasetError(f"{image_dir}: no images (.png, .jpg, .jpeg) found")
+
+    names = sorted(images.values())
+    val = set(split_validation(names))
+    rows = []
+    for name in names:
+        stem = posixpath.splitext(name)[0]
+        rows.append(
+            {
+                "image_id": name,
+                "image_uri": storage.join(image_dir, name),
+                "mask_uri": storage.join(mask_dir, masks[stem]) if stem in masks else None,
+                "split": "val" if name in val else "train",
+                "category": category_of(name),
+            }
+        )
+    return Manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), problems, pair_root)
+
+
+def split_validation(names: list[str]) -> list[str]:
+    """The validation names: the seeds' `train_test_split(sorted names, test_size=0.2, random_state=42)`."""
+    from sklearn.model_selection import train_test_split  # imported here: 5 s, driver only
+
+    if len(names) < 2:
+        raise DatasetError(f"need at least 2 images to split into train and validation, found {len(names)}")
+    _, val = train_test_split(sorted(names), test_size=VAL_FRACTION, random_state=SPLIT_SEED)
+    return val
+
+
+def category_of(name: str) -> str:
+    """MADS names start with their category: `HipHop_HipHop1_C0_00180.png` -> `HipHop`."""
+    head, sep, _ = name.partition("_")
+    return head if sep else "unknown"
+
+
+def _listed_but_missing(root: str, pair_root: str, images: dict, masks: dict) -> list[str]:
+    """Entries of the Kaggle `df.csv` (if present) whose image or mask file is not there."""
+    for folder in dict.fromkeys([pair_root, storage.join(root, MADS_FOLDER), root]):
+        uri = storage.join(folder, "df.csv")
+        if storage.exists(uri):
+            listed = pd.read_csv(io.BytesIO(storage.read_bytes(uri)))
+            break
+    else:
+        return []
+    missing = []
+    for column, found in (("images", images), ("masks", masks)):
+        for entry in listed.get(column, pd.Series(dtype=str)).dropna():
+            if posixpath.splitext(posixpath.basename(entry))[0] not in found:
+                missing.append(entry)
+    return sorted(missing)
+
+
+def to_dataset(table: pd.DataFrame, rows_per_block: int = 16):
+    """A Ray Dataset of manifest rows, split into blocks so later stages run in parallel."""
+    import ray.data
+
+    records = table.astype(object).where(table.notna(), None).to_dict("records")
+    return ray.data.from_items(records, override_num_blocks=max(1, -(-len(records) // rows_per_block)))

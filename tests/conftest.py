@@ -1,0 +1,48 @@
+"""Shared fixtures: one local Ray for the whole session, and small generated datasets.
+
+Ray gets more logical CPUs than this machine's cores: model actors holding every CPU
+would otherwise starve the decode tasks (see FIELD-NOTES). `ray.init` costs seconds, so
+every test shares one cluster; a second cluster on the host confuses Ray Train.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+import pytest
+
+from segray.data.synthetic import write_synthetic
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """48 generated MADS-like images with masks, shared read-only by the tests."""
+    return write_synthetic(tmp_path_factory.mktemp("synthetic") / "set", 48, seed=7)
+
+
+@pytest.fixture
+def dataset_copy(synthetic_root, tmp_path) -> Path:
+    """A private copy of the first 12 synthetic pairs, for tests that damage files."""
+    root = tmp_path / "dataset"
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+        for name in sorted(os.listdir(synthetic_root / folder))[:12]:
+            shutil.copy(synthetic_root / folder / name, root / folder / name)
+    return root
