@@ -1,0 +1,65 @@
+"""The one interface every model implements, LangSAM included.
+
+A model is built once per Ray actor from a `ModelSpec` and then called with batches
+of images. It answers with one `Prediction` per image and per *variant*: a trained
+UNet has one variant (its own name); LangSAM has one per box-selection rule, all
+computed from the same forward pass. Every variant becomes its own result rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass
+class ModelSpec:
+    """What an actor needs to build a model: a registry name and its parameters.
+
+    `checkpoint` is a directory written by `segray.train` (trained models) or None.
+    `device` is "cuda", "cpu" or None for "cuda if available".
+    """
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    device: str | None = None
+
+
+@dataclass
+class Prediction:
+    """One variant's answer for one image.
+
+    `mask` is a bool array of shape (H, W) at the input image's resolution, or None
+    when the model predicted nothing (`status="no_detection"`).
+    """
+
+    mask: np.ndarray | None
+    status: str = "ok"
+    box_score: float | None = None
+    mask_score: float | None = None
+    num_detections: int | None = None
+
+
+class Segmenter(Protocol):
+    """A model behind the shared actor: `variants` names the rows it yields per image."""
+
+    variants: list[str]
+
+    def predict(self, images: list[np.ndarray]) -> list[dict[str, Prediction]]:
+        """Segment RGB uint8 images of shape (H, W, 3); sizes may differ within a batch.
+
+        Returns one dict per image, mapping every name in `variants` to a Prediction.
+        """
+        ...
+
+
+def resolve_device(device: str | None) -> str:
+    """"cuda" when asked for or when a GPU is visible and nothing was asked; else "cpu"."""
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
