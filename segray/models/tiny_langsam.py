@@ -1,0 +1,153 @@
+"""A tiny, randomly initialised GroundingDINO + SAM2 pair for offline tests and demos.
+
+The real checkpoints are ~1 GB and live on the Hugging Face hub. These two models have
+the same architecture and file layout (`save_pretrained` folders with their processors),
+~0.2 M parameters each, and load and run in well under a second on a CPU. Their boxes and
+masks are random: they exercise the pipeline, not segmentation quality.
+
+    python -m segray.models.tiny_langsam OUT_DIR   # prints the two folders
+
+Then: `--langsam-detector OUT_DIR/grounding-dino --langsam-sam OUT_DIR/sam2`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+# A word-piece vocabulary just big enough for prompts like "person." / "a person.".
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "person", ".", "a", "photo", "of", "the", "people"]
+
+# GroundingDINO's processor resizes to this; SAM2 works on a square of SAM_SIZE.
+DETECTOR_SHORT_EDGE, DETECTOR_LONG_EDGE = 64, 96
+SAM_SIZE = 64
+
+
+def _save_grounding_dino(out: Path) -> None:
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    # vocab= (a dict) works offline; vocab_file= silently ignores the file (all [UNK]).
+    tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(TINY_VOCAB)})
+    backbone = SwinConfig(
+        image_size=DETECTOR_SHORT_EDGE,
+        patch_size=4,
+        embed_dim=8,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        window_size=4,
+        out_indices=[2, 3, 4],
+    )
+    text = BertConfig(
+        vocab_size=len(TINY_VOCAB),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    config = GroundingDinoConfig(
+        backbone_config=backbone,
+        text_config=text,
+        num_queries=16,
+        encoder_layers=1,
+        decoder_layers=2,  # 1 breaks the two-stage decoder
+        d_model=32,  # GroupNorm(32, d_model): a multiple of 32
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        max_text_len=32,
+    )
+    model = GroundingDinoForObjectDetection(config).eval()
+    image_processor = GroundingDinoImageProcessor(
+        size={"shortest_edge": DETECTOR_SHORT_EDGE, "longest_edge": DETECTOR_LONG_EDGE}
+    )
+    processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def _save_sam2(out: Path) -> None:
+    from transformers import (
+        Sam2Config,
+        Sam2HieraDetConfig,
+        Sam2ImageProcessor,
+        Sam2MaskDecoderConfig,
+        Sam2Model,
+        Sam2Processor,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
+
+    s = SAM_SIZE
+    # A global-attention block must not open a pooling stage: with blocks [1, 1, 2, 1]
+    # the stages start at blocks 0, 1, 2, 4, so block 3 is safe.
+    hiera = Sam2HieraDetConfig(
+        hidden_size=8,
+        num_attention_heads=1,
+        image_size=[s, s],
+        blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=[8, 16, 32, 64],
+        num_attention_heads_per_stage=[1, 1, 1, 1],
+        window_size_per_stage=[4, 4, 4, 2],
+        global_attention_blocks=[3],
+        window_positional_embedding_background_size=[4, 4],
+    )
+    # The image size, the prompt encoder's image_size and the feature sizes (/4, /8, /16)
+    # must agree, or the mask decoder's shapes do not line up.
+    vision = Sam2VisionConfig(
+        backbone_config=hiera,
+        backbone_channel_list=[64, 32, 16, 8],
+        backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
+        fpn_hidden_size=32,
+    )
+    prompt_encoder = Sam2PromptEncoderConfig(hidden_size=32, image_size=s, patch_size=16, mask_input_channels=4)
+    mask_decoder = Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32)
+    config = Sam2Config(vision_config=vision, prompt_encoder_config=prompt_encoder, mask_decoder_config=mask_decoder)
+    model = Sam2Model(config).eval()
+    image_processor = Sam2ImageProcessor(size={"height": s, "width": s}, mask_size={"height": s // 4, "width": s // 4})
+    processor = Sam2Processor(image_processor=image_processor)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def save_tiny_langsam(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write tiny random GroundingDINO and SAM2 folders under `root`; returns (detector, sam)."""
+    root = Path(root)
+    detector_dir, sam_dir = root / "grounding-dino", root / "sam2"
+    # Seed a private generator state so the weights are the same on every call, without
+    # changing the caller's global RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _save_grounding_dino(detector_dir)
+        _save_sam2(sam_dir)
+    return detector_dir, sam_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m segray.models.tiny_langsam OUT_DIR`: write the pair, print the two folders."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] in {"-h", "--help"}:
+        print(__doc__.strip())
+        print("\nusage: python -m segray.models.tiny_langsam OUT_DIR")
+        return 0 if argv and argv[0] in {"-h", "--help"} else 2
+    detector_dir, sam_dir = save_tiny_langsam(argv[0])
+    print(detector_dir)
+    print(sam_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

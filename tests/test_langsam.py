@@ -1,0 +1,432 @@
+"""LangSAM: the batched pipeline on tiny random models, the selection rules, load errors.
+
+The tiny GroundingDINO/SAM2 pair (segray.models.tiny_langsam) is written once per module
+and loaded through the real loading code. Its boxes are random, so the tests pick
+thresholds from its own scores: 0.0 keeps every query, 1.01 keeps none (scores are
+sigmoids, < 1).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from segray.models import langsam as L
+from segray.models.base import ModelSpec
+from segray.models.langsam import (
+    RULES,
+    VARIANTS,
+    LangSAMConfig,
+    LangSAMSegmenter,
+    LangSAMWeightsUnavailable,
+    from_lang_sam_result,
+    keep_top_boxes,
+    select,
+)
+from segray.models.tiny_langsam import main as tiny_main
+from segray.models.tiny_langsam import save_tiny_langsam
+
+EXPECTED_VARIANTS = [
+    "langsam/sam_score",
+    "langsam/seed_both",
+    "langsam/box_score",
+    "langsam/product",
+    "langsam/union",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models on a busy 2-core machine: torch's thread pool spins and is ~20x slower
+    # than one thread. Restore the setting for the rest of the session.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return save_tiny_langsam(tmp_path_factory.mktemp("tiny-langsam"))
+
+
+def build(tiny, device: str | None = None, **params) -> LangSAMSegmenter:
+    """The real loading code on the tiny folders; params are LangSAM options."""
+    detector, sam = tiny
+    spec = ModelSpec("langsam", params={"detector": str(detector), "sam": str(sam), **params}, device=device)
+    return LangSAMSegmenter(spec)
+
+
+@pytest.fixture(scope="module")
+def seg(tiny):
+    return build(tiny)
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [
+        rng.integers(0, 256, (384, 512, 3), dtype=np.uint8),
+        rng.integers(0, 256, (200, 300, 3), dtype=np.uint8),
+        np.zeros((200, 300, 3), np.uint8),
+    ]
+
+
+# ------------------------------------------------------------------ config
+
+
+def test_prompt_is_normalised():
+    assert LangSAMConfig(prompt="Person").prompt == "person."
+    assert LangSAMConfig(prompt="  A Person. ").prompt == "a person."
+    assert LangSAMConfig().prompt == "person."
+
+
+def test_config_defaults_and_unknown_keys():
+    cfg = LangSAMConfig.from_params({})
+    assert (cfg.box_threshold, cfg.text_threshold, cfg.max_boxes) == (0.3, 0.25, 8)
+    assert (cfg.detector, cfg.sam) == ("IDEA-Research/grounding-dino-base", "facebook/sam2.1-hiera-small")
+    assert (cfg.multimask_output, cfg.bf16, cfg.backend) == (False, False, "transformers")
+    assert LangSAMConfig.from_params({"bf16": "true", "max_boxes": "3"}).bf16 is True
+    with pytest.raises(ValueError, match="box_treshold"):
+        LangSAMConfig.from_params({"box_treshold": 0.5})
+    with pytest.raises(ValueError, match="backend"):
+        LangSAMConfig(backend="sam3")
+
+
+# ------------------------------------------------------------------ rules (pure)
+
+
+def candidates(mask_scores, box_scores):
+    """Masks that identify their candidate: mask i has pixel (0, i) set."""
+    n = len(mask_scores)
+    masks = np.zeros((n, 2, n), bool)
+    for i in range(n):
+        masks[i, 0, i] = True
+    return masks, np.array(mask_scores, np.float32), np.array(box_scores, np.float32)
+
+
+def test_rules_order_and_variants():
+    assert list(RULES) == ["sam_score", "seed_both", "box_score", "product", "union"]
+    assert VARIANTS == EXPECTED_VARIANTS
+    for rule in RULES.values():
+        assert rule.__doc__ and "\n" not in rule.__doc__.strip()
+
+
+def test_sam_score_picks_max_first_on_ties():
+    c = candidates([0.2, 0.9, 0.5, 0.9], [0.9, 0.1, 0.1, 0.1])
+    choice = RULES["sam_score"](*c)
+    assert choice.index == 1
+    assert choice.mask_score == pytest.approx(0.9) and choice.box_score == pytest.approx(0.1)
+    assert np.array_equal(choice.mask, c[0][1])
+
+
+def test_seed_both_is_order_dependent_and_differs_from_sam_score():
+    # Candidate 1 has the best mask score but a lower box score than candidate 0, so the
+    # seeds' loop never moves to it; candidate 2 beats candidate 0 on both.
+    c = candidates([0.5, 0.9, 0.7], [0.5, 0.4, 0.6])
+    assert RULES["seed_both"](*c).index == 2
+    assert RULES["sam_score"](*c).index == 1
+    # The same candidates in the order [1, 0, 2]: now it starts at the old candidate 1
+    # and nothing beats it on both scores, so the pick changes.
+    order = [1, 0, 2]
+    reordered = tuple(a[order] for a in c)
+    picked = RULES["seed_both"](*reordered)
+    assert picked.index == 0  # = old candidate 1, not old candidate 2
+    assert picked.mask_score == pytest.approx(0.9)
+
+
+def test_box_score_and_product():
+    c = candidates([0.9, 0.6, 0.8], [0.3, 0.95, 0.7])
+    assert RULES["box_score"](*c).index == 1
+    # products: 0.27, 0.57, 0.56
+    assert RULES["product"](*c).index == 1
+    c = candidates([0.9, 0.5, 0.8], [0.3, 0.95, 0.7])
+    # products: 0.27, 0.475, 0.56
+    assert RULES["product"](*c).index == 2
+
+
+def test_union_takes_all_masks_and_max_scores():
+    c = candidates([0.2, 0.9, 0.5], [0.8, 0.1, 0.3])
+    choice = RULES["union"](*c)
+    assert choice.index is None
+    assert np.array_equal(choice.mask, np.any(c[0], axis=0))
+    assert choice.mask.sum() == 3
+    assert (choice.mask_score, choice.box_score) == (pytest.approx(0.9), pytest.approx(0.8))
+
+
+def test_one_candidate_every_rule_returns_it():
+    c = candidates([0.4], [0.6])
+    preds = select(*c)
+    assert list(preds) == EXPECTED_VARIANTS
+    for p in preds.values():
+        assert p.status == "ok" and p.num_detections == 1
+        assert np.array_equal(p.mask, c[0][0])
+        assert (p.mask_score, p.box_score) == (pytest.approx(0.4), pytest.approx(0.6))
+
+
+def test_select_without_candidates_is_no_detection():
+    preds = select(np.zeros((0, 0, 0), bool), np.zeros(0), np.zeros(0))
+    assert list(preds) == EXPECTED_VARIANTS
+    for p in preds.values():
+        assert (p.mask, p.status, p.num_detections) == (None, "no_detection", 0)
+
+
+def test_keep_top_boxes_keeps_highest_in_original_order():
+    scores = np.array([0.5, 0.9, 0.1, 0.7, 0.9])
+    assert keep_top_boxes(scores, 3).tolist() == [1, 3, 4]
+    assert keep_top_boxes(scores, 10).tolist() == [0, 1, 2, 3, 4]
+    assert keep_top_boxes(np.array([0.5, 0.5, 0.5]), 2).tolist() == [0, 1]
+
+
+# ------------------------------------------------------------------ lang_sam mapping (pure)
+
+
+def test_lang_sam_result_one_box_zero_d_scores():
+    mask = np.zeros((1, 4, 5), np.float32)
+    mask[0, 1, 2] = 1.0
+    result = {"scores": np.array(0.8), "boxes": np.zeros((1, 4)), "masks": mask, "mask_scores": np.array(0.6)}
+    masks, mask_scores, box_scores = from_lang_sam_result(result)
+    assert masks.shape == (1, 4, 5) and masks.dtype == bool and masks.sum() == 1
+    assert mask_scores.tolist() == [pytest.approx(0.6)] and box_scores.tolist() == [pytest.approx(0.8)]
+    assert select(masks, mask_scores, box_scores)["langsam/sam_score"].num_detections == 1
+
+
+def test_lang_sam_result_squeezed_or_unsqueezed_masks():
+    two_d = {"scores": np.array([0.8]), "masks": np.ones((4, 5), np.float32), "mask_scores": np.array(0.6)}
+    assert from_lang_sam_result(two_d)[0].shape == (1, 4, 5)
+    four_d = {"scores": np.array([0.8, 0.7]), "masks": np.ones((2, 1, 4, 5)), "mask_scores": np.array([0.6, 0.5])}
+    assert from_lang_sam_result(four_d)[0].shape == (2, 4, 5)
+
+
+def test_lang_sam_result_no_boxes():
+    result = {"scores": np.zeros(0), "boxes": np.zeros((0, 4)), "masks": [], "mask_scores": []}
+    masks, mask_scores, box_scores = from_lang_sam_result(result)
+    assert len(masks) == len(mask_scores) == len(box_scores) == 0
+    preds = select(masks, mask_scores, box_scores)
+    assert all(p.status == "no_detection" for p in preds.values())
+
+
+def test_lang_sam_backend_missing_names_install_command(tiny):
+    if importlib.util.find_spec("lang_sam") is not None:
+        pytest.skip("lang_sam is installed here")
+    with pytest.raises(ImportError, match="lang-segment-anything"):
+        build(tiny, backend="lang_sam")
+
+
+class FakeLangSAM:
+    """Stands in for lang_sam.LangSAM: one box on the first image, none on the others."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def predict(self, images_pil, texts_prompt, box_threshold=0.3, text_threshold=0.25):
+        self.calls = (len(images_pil), texts_prompt, box_threshold, text_threshold)
+        results = []
+        for i, image in enumerate(images_pil):
+            if i == 0:
+                mask = np.zeros((1, image.height, image.width), np.float32)
+                mask[0, :10, :10] = 1.0
+                results.append(
+                    {"scores": np.array([0.7]), "boxes": np.zeros((1, 4)), "masks": mask, "mask_scores": np.array(0.9)}
+                )
+            else:
+                results.append({"scores": np.zeros(0), "boxes": np.zeros((0, 4)), "masks": [], "mask_scores": []})
+        return results
+
+
+def test_lang_sam_backend_with_a_stand_in_package(monkeypatch, images):
+    # The real package enters a global bf16 autocast when imported; the stand-in does the
+    # same when `from lang_sam import LangSAM` runs, and the backend must undo it.
+    def module_getattr(name):
+        if name != "LangSAM":
+            raise AttributeError(name)
+        torch.set_autocast_enabled("cuda", True)
+        return FakeLangSAM
+
+    fake = types.ModuleType("lang_sam")
+    fake.__getattr__ = module_getattr
+    monkeypatch.setitem(sys.modules, "lang_sam", fake)
+    seg = LangSAMSegmenter(ModelSpec("langsam", params={"backend": "lang_sam", "prompt": "Person"}, device="cpu"))
+    assert not torch.is_autocast_enabled("cuda")
+    assert seg._lang_sam.kwargs["sam_type"] == "sam2.1_hiera_small"
+
+    out = seg.predict(images[:2])
+    assert seg._lang_sam.calls == (2, ["person.", "person."], 0.3, 0.25)
+    assert list(out[0]) == EXPECTED_VARIANTS
+    p = out[0]["langsam/sam_score"]
+    assert (p.status, p.num_detections, p.mask.shape, int(p.mask.sum())) == ("ok", 1, (384, 512), 100)
+    assert (p.mask_score, p.box_score) == (pytest.approx(0.9), pytest.approx(0.7))
+    assert all(q.status == "no_detection" and q.mask is None for q in out[1].values())
+
+
+# ------------------------------------------------------------------ the real pipeline
+
+
+def test_predict_shapes_mixed_sizes(seg, images):
+    assert seg.variants == EXPECTED_VARIANTS
+    batch = images[:2]  # 384x512 and 200x300 in one batch
+    out = seg.predict(batch)
+    assert len(out) == 2
+    for image, preds in zip(batch, out):
+        assert list(preds) == EXPECTED_VARIANTS
+        for name, p in preds.items():
+            assert p.status == "ok", name  # the tiny detector is confident at 0.3
+            assert p.mask.dtype == bool and p.mask.shape == image.shape[:2]
+            assert 1 <= p.num_detections <= 8
+            assert isinstance(p.box_score, float) and isinstance(p.mask_score, float)
+        union = preds["langsam/union"].mask
+        for name in EXPECTED_VARIANTS[:-1]:
+            assert not (preds[name].mask & ~union).any()
+
+
+def test_no_detection_path(tiny, images):
+    seg = build(tiny, box_threshold=1.01)
+    out = seg.predict(images)
+    for preds in out:
+        assert list(preds) == EXPECTED_VARIANTS
+        for p in preds.values():
+            assert (p.mask, p.status, p.num_detections) == (None, "no_detection", 0)
+
+
+def test_mixed_batch_some_images_without_detections(tiny, seg, images):
+    # A threshold between the lowest per-image top score and the next one: the image with
+    # the lowest top score gets no box, the others keep at least one.
+    tops = np.array([scores.max() for _, scores in build(tiny, box_threshold=0.0).detect(images)])
+    order = np.argsort(tops)
+    assert tops[order[0]] < tops[order[1]]
+    threshold = float((tops[order[0]] + tops[order[1]]) / 2)
+    out = build(tiny, box_threshold=threshold).predict(images)
+    for i, (image, preds) in enumerate(zip(images, out)):
+        p = preds["langsam/sam_score"]
+        if i == order[0]:
+            assert (p.mask, p.status, p.num_detections) == (None, "no_detection", 0)
+        else:
+            assert p.status == "ok" and p.num_detections >= 1 and p.mask.shape == image.shape[:2]
+
+
+def test_max_boxes_cap(tiny, images):
+    all_boxes = build(tiny, box_threshold=0.0, max_boxes=100).detect(images[:1])[0]
+    assert len(all_boxes[1]) > 3  # the tiny detector has 16 queries
+    capped = build(tiny, box_threshold=0.0, max_boxes=3)
+    boxes, scores = capped.detect(images[:1])[0]
+    keep = keep_top_boxes(all_boxes[1], 3)
+    np.testing.assert_allclose(scores, all_boxes[1][keep])
+    np.testing.assert_allclose(boxes, all_boxes[0][keep])
+    out = capped.predict(images[:2])
+    assert [preds["langsam/union"].num_detections for preds in out] == [3, 3]
+
+
+def test_padded_sam_outputs_are_dropped(seg, images, monkeypatch):
+    a, b = images[0], images[1]
+    boxes_a = np.array([[10, 10, 200, 300], [50, 60, 100, 120], [300, 20, 500, 380]], np.float32)
+    boxes_b = np.array([[20, 30, 150, 180]], np.float32)
+    (masks_a, scores_a), (masks_b, scores_b) = seg.segment([a, b], [boxes_a, boxes_b])
+    assert masks_a.shape == (3, 384, 512) and scores_a.shape == (3,)
+    assert masks_b.shape == (1, 200, 300) and scores_b.shape == (1,)
+    # Padding the second image with copies of its box does not change its own result.
+    ((solo_masks, solo_scores),) = seg.segment([b], [boxes_b])
+    np.testing.assert_allclose(scores_b, solo_scores, rtol=1e-4, atol=1e-5)
+    assert (masks_b != solo_masks).mean() < 0.01
+
+    # Through predict: the detector is replaced so the box counts are exactly 3 and 1.
+    fake = [(boxes_a, np.array([0.9, 0.8, 0.7], np.float32)), (boxes_b, np.array([0.6], np.float32))]
+    monkeypatch.setattr(seg, "detect", lambda imgs: fake)
+    out = seg.predict([a, b])
+    assert [preds["langsam/sam_score"].num_detections for preds in out] == [3, 1]
+    assert out[1]["langsam/box_score"].box_score == pytest.approx(0.6)
+
+
+def test_multimask_output_keeps_sams_best_mask(tiny, images):
+    out = build(tiny, multimask_output=True, max_boxes=2).predict(images[:2])
+    for image, preds in zip(images, out):
+        p = preds["langsam/sam_score"]
+        assert p.status == "ok" and p.mask.shape == image.shape[:2] and p.num_detections == 2
+
+
+def test_no_global_state_leak(tiny, images):
+    seg = build(tiny, bf16=False)
+    seg.predict(images[:2])
+    assert not torch.is_autocast_enabled()
+    assert not torch.is_autocast_enabled("cuda")
+    assert torch.get_default_dtype() == torch.float32
+    # bf16 only applies on CUDA; on CPU it must be a no-op, and never global.
+    seg = build(tiny, bf16=True, device="cpu")
+    seg.predict(images[:1])
+    assert not torch.is_autocast_enabled() and torch.get_default_dtype() == torch.float32
+
+
+def test_tiny_langsam_cli(tmp_path, capsys):
+    assert tiny_main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(tmp_path / "grounding-dino"), str(tmp_path / "sam2")]
+    assert (tmp_path / "sam2" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------ weights unavailable
+
+
+def assert_helpful(error: LangSAMWeightsUnavailable, name: str):
+    message = str(error)
+    assert name in message
+    assert "--langsam-detector" in message and "--langsam-sam" in message
+    assert "HF_HUB_OFFLINE" in message
+    assert "config.json" in message and "model.safetensors" in message
+
+
+def test_missing_local_folder(tiny, tmp_path):
+    missing = str(tmp_path / "no-such-folder")
+    with pytest.raises(LangSAMWeightsUnavailable) as info:
+        LangSAMSegmenter(ModelSpec("langsam", params={"detector": missing, "sam": str(tiny[1])}))
+    assert_helpful(info.value, missing)
+    assert "does not exist" in str(info.value)
+
+
+def test_incomplete_local_folder(tiny, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(LangSAMWeightsUnavailable) as info:
+        LangSAMSegmenter(ModelSpec("langsam", params={"detector": str(tiny[0]), "sam": str(tmp_path)}))
+    assert_helpful(info.value, str(tmp_path))
+    assert "lacks model.safetensors" in str(info.value)
+
+
+def test_hub_id_offline_without_cache(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = "segray-tests/no-such-grounding-dino"
+    with pytest.raises(LangSAMWeightsUnavailable) as info:
+        LangSAMSegmenter(ModelSpec("langsam", params={"detector": name, "sam": "segray-tests/no-such-sam2"}))
+    assert_helpful(info.value, name)
+
+
+def test_hub_unreachable_fails_without_retrying(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(L, "_offline", lambda: False)
+    monkeypatch.setattr(L, "_hub_reachable", lambda timeout=3.0: (False, "cannot connect (test)"))
+    name = "segray-tests/no-such-grounding-dino"
+    with pytest.raises(LangSAMWeightsUnavailable) as info:
+        LangSAMSegmenter(ModelSpec("langsam", params={"detector": name}))
+    assert_helpful(info.value, name)
+    assert "unreachable" in str(info.value)
+
+
+def test_unreachable_hub_uses_a_warm_cache(monkeypatch):
+    # No network but the files are cached: load them directly instead of retrying.
+    monkeypatch.setattr(L, "_offline", lambda: False)
+    monkeypatch.setattr(L, "_hub_reachable", lambda timeout=3.0: (False, "cannot connect (test)"))
+    monkeypatch.setattr(L, "_is_cached", lambda repo_id: True)
+    source = L.resolve_weights("SAM2", "facebook/sam2.1-hiera-small")
+    assert (source.location, source.local_files_only) == ("facebook/sam2.1-hiera-small", True)
+
+
+def test_registry_hooks(tiny, tmp_path):
+    spec = ModelSpec("langsam", params={"detector": str(tiny[0]), "sam": str(tiny[1])})
+    assert LangSAMSegmenter.variants_for(spec) == EXPECTED_VARIANTS
+    LangSAMSegmenter.check_available(spec)  # loads nothing, raises nothing
+    bad = ModelSpec("langsam", params={"detector": str(tmp_path / "missing"), "sam": str(tiny[1])})
+    with pytest.raises(LangSAMWeightsUnavailable, match="--langsam-detector"):
+        LangSAMSegmenter.check_available(bad)
