@@ -1,0 +1,37 @@
+"""The whole comparison on Ray: data -> train (Ray Train) -> evaluate (Ray Data) -> summary.
+
+    python jobs/benchmark.py --preset demo --output runs --run-id demo     # offline, CPU, minutes
+    ray job submit --working-dir . -- python jobs/benchmark.py             # the real benchmark on a cluster
+
+Writes OUTPUT/RUN_ID/{train/, training.json, predictions/*.parquet, summary.json} and prints
+mean IoU per model on the validation split. Exits 1 when a model failed to train or rows
+are missing, 2 on bad arguments or an unusable dataset/output. A model that cannot run for
+lack of weights (LangSAM offline) is reported as unavailable in the summary and does not
+fail the run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from segray.benchmark import RunExists, print_summary, run_benchmark, start_ray
+from segray.cli import config_from_args, parser
+from segray.data.manifest import DatasetError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    config = config_from_args(args)
+    try:
+        start_ray(args.ray_address)
+        summary = run_benchmark(config)
+    except (DatasetError, RunExists) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print_summary(summary)
+    print(f"run written to {config.output}/{config.run_id}")
+    return 0 if summary["status"] == "complete" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Evaluate models on Ray Data (one actor pool per model) and write the Parquet rows and summary.
+
+    python jobs/evaluate.py --preset demo --checkpoints-from runs/demo-train --output runs --run-id demo-eval
+    python jobs/evaluate.py --dataset DIR --checkpoint unet=CKPT_DIR --models unet,langsam
+
+Trained models come from a training run's training.json (--checkpoints-from) or from
+checkpoint directories (--checkpoint MODEL=DIR). Writes OUTPUT/RUN_ID/predictions/ and
+OUTPUT/RUN_ID/summary.json into a new run. Exits 1 when rows are missing or no model
+could run, 2 on bad arguments or an unusable dataset/output.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from segray import storage
+from segray.benchmark import (
+    RunExists,
+    evaluate_and_summarize,
+    load_manifest,
+    model_specs,
+    new_run_id,
+    prepare_run_dir,
+    print_summary,
+    run_uri,
+    start_ray,
+)
+from segray.cli import config_from_args, parser
+from segray.data.manifest import DatasetError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.split("\n\n")[0])
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--checkpoints-from", metavar="RUN_URI",
+                   help="a training run (OUTPUT/RUN_ID) whose training.json names each model's best checkpoint")
+    g.add_argument("--checkpoint", action="append", metavar="MODEL=DIR", help="a checkpoint directory, repeatable")
+    args = p.parse_args(argv)
+    config = config_from_args(args)
+    config.run_id = config.run_id or new_run_id()
+    started = time.perf_counter()
+
+    training: dict = {}
+    if args.checkpoints_from:
+        training = json.loads(storage.read_bytes(storage.join(args.checkpoints_from, "training.json")))
+    for item in args.checkpoint or []:
+        model, _, directory = item.partition("=")
+        if not directory:
+            p.error(f"--checkpoint expects MODEL=DIR, got {item!r}")
+        training[model] = {"model": model, "checkpoint": directory}
+    try:
+        prepare_run_dir(run_uri(config), config.overwrite)
+        start_ray(args.ray_address)
+        manifest = load_manifest(config)
+    except (DatasetError, RunExists) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    specs, unavailable = model_specs(config, training)
+    summary = evaluate_and_summarize(config, manifest, run_uri(config), specs, unavailable, training, started)
+    print_summary(summary)
+    return 0 if summary["status"] == "complete" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Train the UNets only, with Ray Train (DDP across workers), on a dataset's train split.
+
+    python jobs/train.py --preset demo --output runs --run-id demo-train
+
+Writes OUTPUT/RUN_ID/train/<model>/ (checkpoints, one per epoch, best by validation IoU
+kept) and OUTPUT/RUN_ID/training.json, which jobs/evaluate.py --checkpoints-from reads.
+Exits 1 when a model failed to train, 2 on bad arguments or an unusable dataset/output.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from segray.benchmark import RunExists, load_manifest, new_run_id, prepare_run_dir, run_uri, start_ray, train_models
+from segray.cli import config_from_args, parser
+from segray.data.manifest import DatasetError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    config = config_from_args(args)
+    config.run_id = config.run_id or new_run_id()
+    try:
+        prepare_run_dir(run_uri(config), config.overwrite)
+        start_ray(args.ray_address)
+        manifest = load_manifest(config)
+    except (DatasetError, RunExists) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    results = train_models(config, manifest, run_uri(config))
+    for model, result in results.items():
+        if "error" in result:
+            print(f"{model}: FAILED: {result['error']}")
+        else:
+            print(f"{model}: best val IoU {result['best_val_iou']:.4f} at epoch {result['best_epoch']}, "
+                  f"{result['train_time_s']:.0f} s; checkpoint {result['checkpoint']}")
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Command-line options shared by the jobs, mapped onto a `BenchmarkConfig`.
+
+Every option defaults to None ("keep the preset's value"), so `--preset` picks a
+consistent starting point and flags override single values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from segray.config import PRESETS, BenchmarkConfig, preset
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("run")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="seeds",
+                   help="starting settings: 'seeds' is the real benchmark (Kaggle data, the seeds' recipe); "
+                   "'demo' is synthetic data, narrow networks, 128px, few epochs, offline on a CPU")
+    g.add_argument("--dataset", help="dataset source: a folder in MADS layout (images/, masks/; the Kaggle "
+                   "zip's doubled folder works too), synthetic:N[:SEED], or kaggle:OWNER/SLUG "
+                   "[default: the preset's]")
+    g.add_argument("--output", help="where runs are written; the run goes to OUTPUT/RUN_ID [default: runs]")
+    g.add_argument("--run-id", help="name of this run [default: the UTC time, YYYYmmdd-HHMMSS]")
+    g.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an existing run with the same id (otherwise the run refuses to start)")
+    g.add_argument("--cache-dir", help="where generated and downloaded datasets are kept [default: ~/.cache/segray]")
+    g.add_argument("--models", help="comma-separated models to compare: unet, resnet34_unet, langsam "
+                   "[default: all three]")
+    g.add_argument("--ray-address", help="Ray cluster to join [default: RAY_ADDRESS if set (ray job submit "
+                   "sets it), else a local Ray]")
+    g.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+    g = p.add_argument_group("training (Ray Train)")
+    g.add_argument("--image-size", type=int, help="square training/inference input size [seeds: 256]")
+    g.add_argument("--batch-size", type=int, help="training batch size per worker [seeds: 16]")
+    g.add_argument("--lr", type=float, help="Adam learning rate [seeds: 1e-4]")
+    g.add_argument("--unet-epochs", type=int, help="epochs for unet [seeds: 25]")
+    g.add_argument("--resnet-epochs", type=int, help="epochs for resnet34_unet [seeds: 20]")
+    g.add_argument("--num-workers", type=int, help="Ray Train workers per model; DDP (NCCL on GPU, gloo on CPU) "
+                   "when > 1 [default: 1]")
+    g.add_argument("--cpus-per-worker", type=float, help="CPUs per training worker, also its torch threads on CPU")
+    g.add_argument("--gpu", dest="use_gpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on GPUs (one per worker) [default: when the cluster has GPUs]")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (torch.autocast + GradScaler) when training on GPU [default: on]")
+    g.add_argument("--unet-base-width", type=int, help="unet's first-layer width; the seeds' is 64 (64..1024)")
+    g.add_argument("--resnet-encoder-weights", help="resnet34_unet encoder init: imagenet (downloads "
+                   "smp-hub/resnet34.imagenet), none, or a local .pth/.safetensors ResNet34 state dict")
+
+    g = p.add_argument_group("LangSAM (GroundingDINO + SAM2)")
+    g.add_argument("--langsam-detector", help="GroundingDINO: hub id or save_pretrained folder "
+                   "[default: IDEA-Research/grounding-dino-base]")
+    g.add_argument("--langsam-sam", help="SAM2: hub id or save_pretrained folder [default: facebook/sam2.1-hiera-small]")
+    g.add_argument("--langsam-prompt", help="text prompt [default: person.]")
+    g.add_argument("--langsam-box-threshold", type=float, help="GroundingDINO box threshold [default: 0.3]")
+    g.add_argument("--langsam-text-threshold", type=float, help="GroundingDINO text threshold [default: 0.25]")
+    g.add_argument("--langsam-max-boxes", type=int, help="boxes per image sent to SAM2 [default: 8]")
+    g.add_argument("--langsam-bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast for LangSAM on GPU [default: off]")
+    g.add_argument("--langsam-backend", choices=["transformers", "lang_sam"],
+                   help="transformers (default) or the lang_sam package if installed")
+
+    g = p.add_argument_group("evaluation (Ray Data)")
+    g.add_argument("--eval-actors", type=int, help="actors per model pool [default: 1]")
+    g.add_argument("--eval-batch-size", action="append", metavar="MODEL=N",
+                   help="inference batch size of a model, repeatable [default: unet=16 resnet34_unet=16 langsam=4]")
+    g.add_argument("--cpus-per-actor", type=float, help="CPUs per model actor without GPUs [default: 0.5]")
+    g.add_argument("--gpus-per-actor", type=float, help="GPUs per model actor when the cluster has GPUs [default: 1]")
+    return p
+
+
+LANGSAM_FLAGS = {
+    "langsam_detector": "detector",
+    "langsam_sam": "sam",
+    "langsam_prompt": "prompt",
+    "langsam_box_threshold": "box_threshold",
+    "langsam_text_threshold": "text_threshold",
+    "langsam_max_boxes": "max_boxes",
+    "langsam_bf16": "bf16",
+    "langsam_backend": "backend",
+}
+
+
+def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
+    """The preset, with every flag that was given applied on top."""
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = preset(args.preset)
+    for flag in ("dataset", "output", "run_id", "overwrite", "cache_dir"):
+        if getattr(args, flag) is not None:
+            setattr(config, flag, getattr(args, flag))
+    if args.models:
+        config.models = [m.strip() for m in args.models.split(",") if m.strip()]
+
+    train = config.train
+    for flag in ("image_size", "batch_size", "lr", "num_workers", "cpus_per_worker", "use_gpu", "amp"):
+        if getattr(args, flag) is not None:
+            setattr(train, flag, getattr(args, flag))
+    if args.unet_epochs is not None:
+        train.epochs["unet"] = args.unet_epochs
+    if args.resnet_epochs is not None:
+        train.epochs["resnet34_unet"] = args.resnet_epochs
+
+    params = config.model_params
+    if args.unet_base_width is not None:
+        params.setdefault("unet", {})["base_width"] = args.unet_base_width
+    if args.resnet_encoder_weights is not None:
+        params.setdefault("resnet34_unet", {})["encoder_weights"] = args.resnet_encoder_weights
+    for flag, key in LANGSAM_FLAGS.items():
+        if getattr(args, flag) is not None:
+            params.setdefault("langsam", {})[key] = getattr(args, flag)
+
+    evaluation = config.eval
+    for flag, field in (("eval_actors", "actors"), ("cpus_per_actor", "cpus_per_actor"), ("gpus_per_actor", "gpus_per_actor")):
+        if getattr(args, flag) is not None:
+            setattr(evaluation, field, getattr(args, flag))
+    for item in args.eval_batch_size or []:
+        model, _, size = item.partition("=")
+        if not size.isdigit():
+            raise SystemExit(f"--eval-batch-size expects MODEL=N, got {item!r}")
+        evaluation.batch_size[model] = int(size)
+    # The models' inference input is the training size (stored in checkpoints for trained ones).
+    for model in ("unet", "resnet34_unet"):
+        params.setdefault(model, {})["image_size"] = train.image_size
+    return config

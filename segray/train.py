@@ -1,0 +1,252 @@
+"""Training of the UNets on Ray Train: data-parallel (DDP) `TorchTrainer`, one run per model.
+
+Data reaches the workers through Ray Data: every image is decoded and resized once and
+cached in the object store; `get_dataset_shard(...).iter_torch_batches` feeds each worker
+its shard, and its `collate_fn` applies the random flip and normalisation every epoch.
+Each epoch reports the mean train loss and the validation IoU (all workers combined)
+with a checkpoint from rank 0; evaluation uses the checkpoint with the best validation
+IoU (`Result.get_best_checkpoint(metric="val_iou", mode="max")`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from segray import storage
+from segray.config import TrainConfig
+from segray.data.manifest import to_dataset
+from segray.data.decode import decode_image, decode_mask, resize_pair
+
+log = logging.getLogger(__name__)
+
+BEST_METRIC = "val_iou"
+
+
+@dataclass
+class TrainResult:
+    model: str
+    checkpoint: str  # the best checkpoint's directory (URI)
+    best_epoch: int
+    best_val_iou: float
+    history: list[dict[str, float]]  # one entry per epoch: epoch, train_loss, val_iou, epoch_time_s
+    train_time_s: float
+
+
+def load_resized(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Decode and resize image/mask pairs once. Pairs that fail to load are left out of
+    training (evaluation reports them per image), with a warning naming them."""
+    images, masks = [], []
+    for image_uri, mask_uri in zip(batch["image_uri"], batch["mask_uri"]):
+        try:
+            image = decode_image(storage.read_bytes(image_uri))
+            mask = decode_mask(storage.read_bytes(mask_uri)).astype(np.uint8)
+        except Exception as error:
+            log.warning("training skips %s: %s", image_uri, error)
+            continue
+        image, mask = resize_pair(image, mask, size)
+        images.append(image)
+        masks.append(mask)
+    return {
+        "image": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
+        "mask": np.stack(masks) if masks else np.zeros((0, size, size), np.uint8),
+    }
+
+
+def training_datasets(manifest: pd.DataFrame, image_size: int) -> dict[str, Any]:
+    """The train and val sets (images with a mask), decoded and resized once and cached
+    in the object store; augmentation happens per epoch in the workers (`collate`)."""
+    labelled = manifest[manifest["mask_uri"].notna()]
+    datasets = {}
+    for split in ("train", "val"):
+        rows = labelled[labelled["split"] == split][["image_uri", "mask_uri"]]
+        if rows.empty:
+            raise ValueError(f"no {split} images with masks to train on")
+        datasets[split] = to_dataset(rows).map_batches(load_resized, fn_kwargs={"size": image_size}).materialize()
+    return datasets
+
+
+def collate(batch: dict[str, np.ndarray], transform, device) -> dict[str, Any]:
+    """The per-epoch half of the seeds' transform on a cached batch, in the worker:
+    image -> normalised float CHW, mask -> float 1HW, both on the worker's device."""
+    import torch
+
+    images, masks = [], []
+    for image, mask in zip(batch["image"], batch["mask"]):
+        out = transform(image=image, mask=mask)
+        images.append(out["image"])
+        masks.append(out["mask"][None].float())
+    return {"image": torch.stack(images).to(device), "mask": torch.stack(masks).to(device)}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: the seeds' loop (BCEWithLogits, Adam), DDP via prepare_model."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+
+    from segray.data.transforms import train_augment, val_augment
+    from segray.metrics import iou
+    from segray.models.registry import build_network
+    from segray.models.trained import load_network, load_optimizer_state, save_checkpoint
+
+    torch.manual_seed(config["seed"])
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    use_amp = config["amp"] and device.type == "cuda"
+
+    start_epoch, history, optimizer_state = 0, [], None
+    resume = ray.train.get_checkpoint()
+    if resume:
+        with resume.as_directory() as directory:
+            network, meta = load_network(directory)
+            start_epoch, history = meta["epoch"], meta["history"]
+            optimizer_state = load_optimizer_state(directory)
+    else:
+        network = build_network(config["model"], config["params"])
+    model = ray.train.torch.prepare_model(network)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    criterion = torch.nn.BCEWithLogitsLoss()
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+
+    train_transform, val_transform = train_augment(), val_augment()
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    context = ray.train.get_context()
+
+    def all_sum(values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    for epoch in range(start_epoch, config["epochs"]):
+        started = time.perf_counter()
+        model.train()
+        loss_sum, batches = 0.0, 0
+        for batch in train_shard.iter_torch_batches(
+            batch_size=config["batch_size"],
+            local_shuffle_buffer_size=4 * config["batch_size"],
+            collate_fn=functools.partial(collate, transform=train_transform, device=device),
+        ):
+            optimizer.zero_grad()
+            with torch.autocast(device.type, enabled=use_amp):
+                loss = criterion(model(batch["image"]), batch["mask"])
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.item()
+            batches += 1
+
+        model.eval()
+        iou_sum, images = 0.0, 0
+        with torch.no_grad():
+            for batch in val_shard.iter_torch_batches(
+                batch_size=config["batch_size"],
+                collate_fn=functools.partial(collate, transform=val_transform, device=device),
+            ):
+                with torch.autocast(device.type, enabled=use_amp):
+                    logits = model(batch["image"])
+                iou_sum += iou(logits > 0, batch["mask"] > 0.5).sum().item()
+                images += len(logits)
+        loss_sum, batches, iou_sum, images = all_sum([loss_sum, batches, iou_sum, images])
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(batches, 1),
+            BEST_METRIC: iou_sum / max(images, 1),
+            "epoch_time_s": time.perf_counter() - started,
+        }
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if context.get_world_rank() == 0:
+                history.append(metrics)
+                meta = {
+                    "model": config["model"],
+                    "params": config["params"],
+                    "image_size": config["image_size"],
+                    "epoch": epoch + 1,
+                    "metrics": metrics,
+                    "history": history,  # Result.metrics_dataframe only covers kept checkpoints
+                }
+                save_checkpoint(directory, network, meta, optimizer)
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_model(
+    model: str,
+    params: dict[str, Any],
+    datasets: dict[str, Any],
+    config: TrainConfig,
+    storage_path: str,
+    run_name: str,
+) -> TrainResult:
+    """Train one model with a TorchTrainer and return its best checkpoint by validation IoU."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    if config.num_workers < 1:
+        # Ray Train's local mode (0 workers) keeps no checkpoints, and evaluation needs them.
+        raise ValueError(f"num_workers must be >= 1, got {config.num_workers}")
+    use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    loop_config = {
+        "model": model,
+        "params": params,
+        "epochs": config.epochs[model],
+        **{k: v for k, v in asdict(config).items() if k != "epochs"},
+    }
+    fs, path = storage.resolve(storage_path)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=path,
+            storage_filesystem=fs,
+            # Ray always keeps the latest checkpoint too, so resuming after a failure works.
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=BEST_METRIC, checkpoint_score_order="max"
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=2),
+        ),
+        datasets=datasets,
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    elapsed = time.perf_counter() - started
+    from segray.models.trained import META_FILE
+
+    best = result.get_best_checkpoint(metric=BEST_METRIC, mode="max")
+    best_meta = json.loads(storage.read_bytes(storage.join(_uri(best.path, storage_path), META_FILE)))
+    latest_meta = json.loads(storage.read_bytes(storage.join(_uri(result.checkpoint.path, storage_path), META_FILE)))
+    return TrainResult(
+        model=model,
+        checkpoint=_uri(best.path, storage_path),
+        best_epoch=int(best_meta["epoch"]),
+        best_val_iou=float(best_meta["metrics"][BEST_METRIC]),
+        history=latest_meta["history"],
+        train_time_s=elapsed,
+    )
+
+
+def _uri(path: str, storage_path: str) -> str:
+    """pyarrow paths carry no scheme: put the storage URI's back on for remote storage."""
+    return path if storage.is_local(storage_path) else storage_path.split("://")[0] + "://" + path
