@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from segray.benchmark import RunExists, print_summary, run_benchmark, start_ray
+from segray.benchmark import RunExists, print_summary, run_benchmark
 from segray.cli import config_from_args, parser
 from segray.data.manifest import DatasetError
 
@@ -23,8 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.split("\n\n")[0]).parse_args(argv)
     config = config_from_args(args)
     try:
-        start_ray(args.ray_address)
-        summary = run_benchmark(config)
+        summary = run_benchmark(config, args.ray_address)
     except (DatasetError, RunExists) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -16,17 +16,7 @@ import sys
 import time
 
 from segray import storage
-from segray.benchmark import (
-    RunExists,
-    evaluate_and_summarize,
-    load_manifest,
-    model_specs,
-    new_run_id,
-    prepare_run_dir,
-    print_summary,
-    run_uri,
-    start_ray,
-)
+from segray.benchmark import RunExists, evaluate_and_summarize, model_specs, open_run, print_summary, run_uri
 from segray.cli import config_from_args, parser
 from segray.data.manifest import DatasetError
 
@@ -39,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--checkpoint", action="append", metavar="MODEL=DIR", help="a checkpoint directory, repeatable")
     args = p.parse_args(argv)
     config = config_from_args(args)
-    config.run_id = config.run_id or new_run_id()
     started = time.perf_counter()
 
     training: dict = {}
@@ -51,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--checkpoint expects MODEL=DIR, got {item!r}")
         training[model] = {"model": model, "checkpoint": directory}
     try:
-        prepare_run_dir(run_uri(config), config.overwrite)
-        start_ray(args.ray_address)
-        manifest = load_manifest(config)
+        manifest = open_run(config, args.ray_address)
     except (DatasetError, RunExists) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

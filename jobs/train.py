@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from segray.benchmark import RunExists, load_manifest, new_run_id, prepare_run_dir, run_uri, start_ray, train_models
+from segray.benchmark import RunExists, open_run, run_uri, train_models
 from segray.cli import config_from_args, parser
 from segray.data.manifest import DatasetError
 
@@ -19,11 +19,8 @@ from segray.data.manifest import DatasetError
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.split("\n\n")[0]).parse_args(argv)
     config = config_from_args(args)
-    config.run_id = config.run_id or new_run_id()
     try:
-        prepare_run_dir(run_uri(config), config.overwrite)
-        start_ray(args.ray_address)
-        manifest = load_manifest(config)
+        manifest = open_run(config, args.ray_address)
     except (DatasetError, RunExists) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

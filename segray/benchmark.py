@@ -70,6 +70,15 @@ def load_manifest(config: BenchmarkConfig) -> Manifest:
     return manifest
 
 
+def open_run(config: BenchmarkConfig, ray_address: str | None = None) -> Manifest:
+    """Everything that can fail before work starts: claim the run id, join or start Ray,
+    and read the dataset into a manifest. Raises RunExists or DatasetError."""
+    config.run_id = config.run_id or new_run_id()
+    prepare_run_dir(run_uri(config), config.overwrite)
+    start_ray(ray_address)
+    return load_manifest(config)
+
+
 def train_models(config: BenchmarkConfig, manifest: Manifest, uri: str) -> dict[str, dict[str, Any]]:
     """Train every trainable model in `config.models`; a model that fails is recorded with its error."""
     from segray.train import train_model, training_datasets
@@ -173,13 +182,11 @@ def evaluate_and_summarize(
     return summary
 
 
-def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
+def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None) -> dict[str, Any]:
     """data -> train -> evaluate -> summary. Returns the summary (also in summary.json)."""
     started = time.perf_counter()
-    config.run_id = config.run_id or new_run_id()
+    manifest = open_run(config, ray_address)
     uri = run_uri(config)
-    prepare_run_dir(uri, config.overwrite)
-    manifest = load_manifest(config)
     training = train_models(config, manifest, uri)
     specs, unavailable = model_specs(config, training)
     return evaluate_and_summarize(config, manifest, uri, specs, unavailable, training, started)

@@ -73,7 +73,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "image_size": 96,
             "batch_size": 8,
             "lr": 1e-3,
-            "epochs": {"unet": 12, "resnet34_unet": 5},
+            "epochs": {"unet": 25, "resnet34_unet": 8},
             "cpus_per_worker": 2,
         },
         "eval": {"batch_size": {"unet": 16, "resnet34_unet": 16, "langsam": 4}},
