@@ -77,7 +77,7 @@ def test_category_comes_from_the_name():
 @pytest.mark.parametrize(
     "source, message",
     [
-        ("kaggle:tapakah68/segmentation-full-body-mads-dataset", "not implemented yet"),
+        ("kaggle:no-owner", "expected kaggle:OWNER/SLUG"),
         ("synthetic:abc", "expected synthetic:N"),
         ("synthetic:1", "expected synthetic:N"),
     ],

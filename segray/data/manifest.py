@@ -7,7 +7,7 @@ folders or guesses names. Sources:
   directly or inside the doubled folder the Kaggle zip extracts to
   (`segmentation_full_body_mads_dataset_1192_img/segmentation_full_body_mads_dataset_1192_img/`);
 - `synthetic:N[:seed]`: the generated MADS-like set, written lazily into a cache folder;
-- `kaggle:owner/slug`: the Kaggle download (not implemented yet; see the README).
+- `kaggle:owner/slug`: the Kaggle download, cached and extracted safely (`segray.data.kaggle`).
 """
 
 from __future__ import annotations
@@ -66,11 +66,9 @@ def build_manifest(source: str, cache_dir: str = DEFAULT_CACHE_DIR) -> Manifest:
     if source.startswith("synthetic:"):
         return read_folder(_synthetic_folder(source, cache_dir))
     if source.startswith("kaggle:"):
-        raise DatasetError(
-            f"{source}: the Kaggle source is not implemented yet. Download the dataset "
-            "yourself (kaggle datasets download -d tapakah68/segmentation-full-body-mads-dataset "
-            "&& unzip it) and pass the extracted folder as --dataset PATH."
-        )
+        from segray.data.kaggle import download_kaggle  # here: it imports DatasetError from us
+
+        return read_folder(str(download_kaggle(source.removeprefix("kaggle:"), cache_dir)))
     return read_folder(source)
 
 
