@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from segray.benchmark import RunExists, print_summary, run_benchmark
+from segray.benchmark import RunError, print_summary, run_benchmark
 from segray.cli import config_from_args, parser
 from segray.data.manifest import DatasetError
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args)
     try:
         summary = run_benchmark(config, args.ray_address)
-    except (DatasetError, RunExists) as error:
+    except (DatasetError, RunError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print_summary(summary)

@@ -16,7 +16,7 @@ import sys
 import time
 
 from segray import storage
-from segray.benchmark import RunExists, evaluate_and_summarize, model_specs, open_run, print_summary, run_uri
+from segray.benchmark import RunError, evaluate_and_summarize, model_specs, open_run, print_summary, run_uri
 from segray.cli import config_from_args, parser
 from segray.data.manifest import DatasetError
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         training[model] = {"model": model, "checkpoint": directory}
     try:
         manifest = open_run(config, args.ray_address)
-    except (DatasetError, RunExists) as error:
+    except (DatasetError, RunError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     specs, unavailable = model_specs(config, training)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from segray.benchmark import RunExists, open_run, run_uri, train_models
+from segray.benchmark import RunError, open_run, run_uri, train_models
 from segray.cli import config_from_args, parser
 from segray.data.manifest import DatasetError
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args)
     try:
         manifest = open_run(config, args.ray_address)
-    except (DatasetError, RunExists) as error:
+    except (DatasetError, RunError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     results = train_models(config, manifest, run_uri(config))

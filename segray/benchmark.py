@@ -1,6 +1,7 @@
 """The whole comparison, stage by stage: data -> train -> evaluate -> summary.
 
 Run layout under `<output>/<run_id>/`:
+  run.json            written first: the run id was claimed and the location is writable
   train/<model>/      Ray Train's storage (checkpoints, metrics) per trained model
   training.json       the best checkpoint and per-epoch history of each trained model
   predictions/        the long-format Parquet rows (`segray.evaluate.ROW_SCHEMA`)
@@ -19,7 +20,7 @@ from typing import Any
 
 from segray import storage
 from segray.config import BenchmarkConfig
-from segray.data.manifest import DEFAULT_CACHE_DIR, Manifest, build_manifest
+from segray.data.manifest import DEFAULT_CACHE_DIR, DatasetError, Manifest, build_manifest
 from segray.models.base import ModelSpec
 from segray.models.registry import SEGMENTERS, TRAINABLE, check_available, check_weights
 from segray.summary import format_table, read_rows, summarize
@@ -27,7 +28,11 @@ from segray.summary import format_table, read_rows, summarize
 log = logging.getLogger(__name__)
 
 
-class RunExists(FileExistsError):
+class RunError(Exception):
+    """The run cannot start at its output location; the message names the URI and why."""
+
+
+class RunExists(RunError):
     """The run id is taken and --overwrite was not given."""
 
 
@@ -41,11 +46,17 @@ def run_uri(config: BenchmarkConfig) -> str:
 
 def prepare_run_dir(uri: str, overwrite: bool) -> None:
     """A run id is written once: an existing run is refused, or removed whole with overwrite,
-    so rows are never appended twice."""
-    if storage.exists(uri):
-        if not overwrite:
-            raise RunExists(f"{uri} already exists: choose another --run-id, or pass --overwrite to replace it")
-        storage.delete_dir(uri)
+    so rows are never appended twice. Writing `run.json` first proves the location works
+    (endpoint, bucket, credentials) before any work starts."""
+    try:
+        if storage.exists(uri):
+            if not overwrite:
+                raise RunExists(f"{uri} already exists: choose another --run-id, or pass --overwrite to replace it")
+            storage.delete_dir(uri)
+        started = {"status": "running", "started_at": datetime.now(timezone.utc).isoformat()}
+        storage.write_bytes(storage.join(uri, "run.json"), json.dumps(started).encode())
+    except OSError as error:
+        raise RunError(f"{uri}: cannot write the run there: {storage.describe(error)}") from error
 
 
 def start_ray(address: str | None = None) -> None:
@@ -56,10 +67,13 @@ def start_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    # Workers read and write S3 too: they need the same endpoint override.
+    env_vars = {v: os.environ[v] for v in storage.ENDPOINT_VARIABLES if os.environ.get(v)}
+    runtime_env = {"env_vars": env_vars} if env_vars else None
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env)
 
 
 def load_manifest(config: BenchmarkConfig) -> Manifest:
@@ -71,12 +85,18 @@ def load_manifest(config: BenchmarkConfig) -> Manifest:
 
 
 def open_run(config: BenchmarkConfig, ray_address: str | None = None) -> Manifest:
-    """Everything that can fail before work starts: claim the run id, join or start Ray,
-    and read the dataset into a manifest. Raises RunExists or DatasetError."""
+    """Everything that can fail before work starts: claim the run id at a writable location,
+    read the dataset into a manifest, join or start Ray. Raises RunError or DatasetError."""
     config.run_id = config.run_id or new_run_id()
-    prepare_run_dir(run_uri(config), config.overwrite)
+    uri = run_uri(config)
+    prepare_run_dir(uri, config.overwrite)
+    try:
+        manifest = load_manifest(config)
+    except DatasetError:
+        storage.delete_dir(uri)  # nothing was done: give the run id back
+        raise
     start_ray(ray_address)
-    return load_manifest(config)
+    return manifest
 
 
 def train_models(config: BenchmarkConfig, manifest: Manifest, uri: str) -> dict[str, dict[str, Any]]:

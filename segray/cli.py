@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from segray.config import PRESETS, BenchmarkConfig, preset
 
@@ -28,6 +29,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--cache-dir", help="where generated and downloaded datasets are kept [default: ~/.cache/segray]")
     g.add_argument("--models", help="comma-separated models to compare: unet, resnet34_unet, langsam "
                    "[default: all three]")
+    g.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (MinIO, Ceph, R2), e.g. http://host:9000; "
+                   "sets AWS_ENDPOINT_URL for this job and its Ray workers [default: AWS_ENDPOINT_URL_S3 or "
+                   "AWS_ENDPOINT_URL if set, else AWS]")
     g.add_argument("--ray-address", help="Ray cluster to join [default: RAY_ADDRESS if set (ray job submit "
                    "sets it), else a local Ray]")
     g.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -87,6 +91,8 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     """The preset, with every flag that was given applied on top."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.s3_endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint_url
     config = preset(args.preset)
     for flag in ("dataset", "output", "run_id", "overwrite", "cache_dir"):
         if getattr(args, flag) is not None:

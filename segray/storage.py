@@ -1,16 +1,25 @@
-"""Every location is a URI: a local path or `scheme://...`. One filesystem layer.
+"""Every location is a URI: a local path or `s3://bucket/prefix`. One filesystem layer.
 
-All reads and writes of our own files go through pyarrow.fs, the same layer Ray Data
-and Ray Train use, so a stage that works on a local folder works on any filesystem
-pyarrow resolves from a URI.
+All reads and writes go through pyarrow.fs: Ray Data's writers and Ray Train's
+`storage_filesystem` take pyarrow filesystems as they are, so our own files, the
+Parquet rows and the checkpoints share one configuration and need no second library.
+
+S3 credentials come from the standard AWS chain. An S3-compatible store (MinIO, Ceph,
+R2) is reached through `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (the jobs' option
+`--s3-endpoint-url` sets the latter): pyarrow ignores those variables itself, so we pass
+the endpoint on.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import tempfile
+from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
 def is_local(uri: str) -> bool:
@@ -18,10 +27,25 @@ def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
+def s3_endpoint() -> str | None:
+    """The S3 endpoint override from the environment, if any."""
+    return next((os.environ[v] for v in ENDPOINT_VARIABLES if os.environ.get(v)), None)
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem and the path inside it for `uri`; local paths are made absolute."""
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    endpoint = s3_endpoint()
+    if uri.startswith("s3://") and endpoint:
+        url = urlparse(endpoint)
+        fs = pafs.S3FileSystem(
+            endpoint_override=url.netloc,
+            scheme=url.scheme or "https",
+            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            connect_timeout=5,
+        )
+        return fs, uri.removeprefix("s3://").rstrip("/")
     return pafs.FileSystem.from_uri(uri)
 
 
@@ -69,3 +93,19 @@ def list_dirs(uri: str) -> list[str]:
     fs, path = resolve(uri)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
+
+
+def describe(error: OSError) -> str:
+    """One line for an error from pyarrow's filesystems (its S3 messages span lines)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def local_copy(uri: str) -> str:
+    """A local directory with the contents of `uri`: the path itself when it is local,
+    else a fresh temporary copy (checkpoints on S3 are read this way)."""
+    if is_local(uri):
+        return resolve(uri)[1]
+    fs, path = resolve(uri)
+    local = tempfile.mkdtemp(prefix="segray-")
+    pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return local

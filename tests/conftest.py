@@ -23,7 +23,34 @@ DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def s3_endpoint() -> str:
+    """A real S3 HTTP endpoint on loopback (moto's server, in this process), with test
+    credentials. Set before Ray starts, so that Ray's workers inherit it."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "segray-test-key",
+            "AWS_SECRET_ACCESS_KEY": "segray-test-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_ENDPOINT_URL": url,
+        }
+    )
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_endpoint):
     import ray
 
     ray.init(num_cpus=4, include_dashboard=False)

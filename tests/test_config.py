@@ -39,4 +39,4 @@ def test_a_run_dir_is_refused_or_replaced_whole(tmp_path):
     with pytest.raises(RunExists, match="--overwrite"):
         prepare_run_dir(str(run), overwrite=False)
     prepare_run_dir(str(run), overwrite=True)
-    assert not run.exists()
+    assert [p.name for p in run.iterdir()] == ["run.json"]

@@ -90,9 +90,15 @@ def _synthetic_folder(source: str, cache_dir: str) -> str:
 def find_pair_root(root: str) -> str:
     """The folder holding `images/` and `masks/`: `root` itself or the Kaggle doubled folder."""
     candidates = [root, storage.join(root, MADS_FOLDER), storage.join(root, MADS_FOLDER, MADS_FOLDER)]
-    for candidate in candidates:
-        if {"images", "masks"} <= set(storage.list_dirs(candidate)):
-            return candidate
+    try:
+        for candidate in candidates:
+            folders = set(storage.list_dirs(candidate))
+            if {"images", "masks"} <= folders:
+                return candidate
+            if "images" in folders:
+                raise DatasetError(f"{candidate}: has images/ but no masks/ folder: every image needs its mask")
+    except OSError as error:
+        raise DatasetError(f"{root}: cannot read the dataset: {storage.describe(error)}") from error
     raise DatasetError(
         f"{root}: no dataset found: expected images/ and masks/ folders in one of " + ", ".join(candidates)
     )

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from segray import storage
 from segray.data.transforms import inference
 from segray.models.base import ModelSpec, Prediction, resolve_device
 from segray.models.registry import build_network
@@ -72,7 +73,7 @@ class TrainedSegmenter:
     def __init__(self, spec: ModelSpec):
         self.device = resolve_device(spec.device)
         if spec.checkpoint:
-            self.network, meta = load_network(spec.checkpoint, self.device)
+            self.network, meta = load_network(storage.local_copy(spec.checkpoint), self.device)
             self.image_size = int(meta["image_size"])
         else:
             self.network = build_network(spec.name, {**spec.params, "encoder_weights": None}).to(self.device)

@@ -1,0 +1,74 @@
+"""S3 end to end against a real S3 HTTP endpoint on loopback (moto's server)."""
+
+import itertools
+import json
+
+import boto3
+import pyarrow.fs as pafs
+import pytest
+
+from segray import storage
+from segray.benchmark import RunError, prepare_run_dir
+from segray.data.manifest import DatasetError, build_manifest
+from segray.summary import read_rows
+from tests.test_jobs import job, tiny_weights  # noqa: F401 (fixture)
+
+_buckets = itertools.count()
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    name = f"segray-test-{next(_buckets)}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+def upload(local_dir, uri: str) -> None:
+    fs, path = storage.resolve(uri)
+    pafs.copy_files(str(local_dir), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def test_benchmark_with_data_and_results_on_s3_matches_a_local_run(ray_session, dataset_copy, bucket, tiny_weights, tmp_path):
+    upload(dataset_copy, f"s3://{bucket}/mads")
+    detector, sam = tiny_weights
+    common = ["--preset", "demo", "--image-size", "64", "--models", "unet,langsam",
+              "--langsam-detector", str(detector), "--langsam-sam", str(sam), "--langsam-box-threshold", "0"]
+    assert job("benchmark")([*common, "--dataset", f"s3://{bucket}/mads", "--output", f"s3://{bucket}/runs",
+                             "--run-id", "s3", "--unet-epochs", "1"]) == 0
+
+    run = f"s3://{bucket}/runs/s3"
+    summary = json.loads(storage.read_bytes(f"{run}/summary.json"))
+    assert summary["status"] == "complete" and summary["rows"]["written"] == 12 * 6
+    assert summary["training"]["unet"]["checkpoint"].startswith(f"s3://{bucket}/runs/s3/train/unet/")
+    on_s3 = read_rows(f"{run}/predictions")
+
+    # The same checkpoint evaluated locally, on the local copy of the data, gives the same rows.
+    assert job("evaluate")([*common, "--dataset", str(dataset_copy), "--output", str(tmp_path),
+                            "--run-id", "local", "--checkpoints-from", run]) == 0
+    local = read_rows(str(tmp_path / "local" / "predictions"))
+    columns = ["image_id", "model", "status", "iou"]
+    key = ["image_id", "model"]
+    assert on_s3[columns].sort_values(key).reset_index(drop=True).equals(
+        local[columns].sort_values(key).reset_index(drop=True)
+    )
+
+
+def test_a_missing_bucket_fails_before_any_work(s3_endpoint):
+    with pytest.raises(RunError, match="s3://no-such-bucket-here/runs/x: cannot write the run there"):
+        prepare_run_dir("s3://no-such-bucket-here/runs/x", overwrite=False)
+
+
+def test_an_unreachable_endpoint_names_the_uri_and_the_cause(s3_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(DatasetError, match="s3://anything/mads: cannot read the dataset"):
+        build_manifest("s3://anything/mads")
+    with pytest.raises(RunError, match="s3://anything/runs/x: cannot write the run there"):
+        prepare_run_dir("s3://anything/runs/x", overwrite=False)
+
+
+def test_empty_prefix_and_images_without_masks_are_refused(dataset_copy, bucket):
+    with pytest.raises(DatasetError, match="no dataset found"):
+        build_manifest(f"s3://{bucket}/empty")
+    upload(dataset_copy / "images", f"s3://{bucket}/only-images/images")
+    with pytest.raises(DatasetError, match="has images/ but no masks/"):
+        build_manifest(f"s3://{bucket}/only-images")
