@@ -7,6 +7,7 @@ every test shares one cluster; a second cluster on the host confuses Ray Train.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,15 @@ import pytest
 from segray.data.synthetic import write_synthetic
 
 DATA = Path(__file__).parent / "data"
+JOBS = Path(__file__).parents[1] / "jobs"
+
+
+def job(name: str):
+    """The `main` of jobs/<name>.py, to run a job in-process on the shared Ray."""
+    spec = importlib.util.spec_from_file_location(f"job_{name}", JOBS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +83,11 @@ def dataset_copy(synthetic_root, tmp_path) -> Path:
         for name in sorted(os.listdir(synthetic_root / folder))[:12]:
             shutil.copy(synthetic_root / folder / name, root / folder / name)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """Tiny random GroundingDINO and SAM2 folders in the save_pretrained layout."""
+    from segray.models.tiny_langsam import save_tiny_langsam
+
+    return save_tiny_langsam(tmp_path_factory.mktemp("langsam"))

@@ -2,7 +2,6 @@ import os
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from segray.config import EvalConfig
 from segray.data.decode import decode_mask

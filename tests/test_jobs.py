@@ -1,28 +1,12 @@
 """The jobs end to end, in-process on the shared local Ray, at a tiny size."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from segray.models.langsam import VARIANTS
-from segray.models.tiny_langsam import save_tiny_langsam
-
-JOBS = Path(__file__).parents[1] / "jobs"
-
-
-def job(name: str):
-    spec = importlib.util.spec_from_file_location(f"job_{name}", JOBS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    return save_tiny_langsam(tmp_path_factory.mktemp("langsam"))
+from tests.conftest import job
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from segray import storage
 from segray.benchmark import RunError, prepare_run_dir
 from segray.data.manifest import DatasetError, build_manifest
 from segray.summary import read_rows
-from tests.test_jobs import job, tiny_weights  # noqa: F401 (fixture)
+from tests.conftest import job
 
 _buckets = itertools.count()
 
