@@ -5,7 +5,7 @@
 
 Trained models come from a training run's training.json (--checkpoints-from) or from
 checkpoint directories (--checkpoint MODEL=DIR). Writes OUTPUT/RUN_ID/predictions/ and
-OUTPUT/RUN_ID/summary.json into a new run. Exits 1 when rows are missing or no model
+OUTPUT/RUN_ID/summary.json into a new run, then the report (OUTPUT/RUN_ID/report/). Exits 1 when rows are missing or no model
 could run, 2 on bad arguments or an unusable dataset/output.
 """
 
@@ -16,7 +16,15 @@ import sys
 import time
 
 from segray import storage
-from segray.benchmark import RunError, evaluate_and_summarize, model_specs, open_run, print_summary, run_uri
+from segray.benchmark import (
+    RunError,
+    evaluate_and_summarize,
+    model_specs,
+    open_run,
+    print_summary,
+    run_uri,
+    write_report_logged,
+)
 from segray.cli import config_from_args, parser
 from segray.data.manifest import DatasetError
 
@@ -47,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     specs, unavailable = model_specs(config, training)
     summary = evaluate_and_summarize(config, manifest, run_uri(config), specs, unavailable, training, started)
     print_summary(summary)
+    write_report_logged(run_uri(config))
     return 0 if summary["status"] == "complete" else 1
 
 

@@ -203,13 +203,27 @@ def evaluate_and_summarize(
 
 
 def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None) -> dict[str, Any]:
-    """data -> train -> evaluate -> summary. Returns the summary (also in summary.json)."""
+    """data -> train -> evaluate -> summary -> report. Returns the summary (also in summary.json)."""
     started = time.perf_counter()
     manifest = open_run(config, ray_address)
     uri = run_uri(config)
     training = train_models(config, manifest, uri)
     specs, unavailable = model_specs(config, training)
-    return evaluate_and_summarize(config, manifest, uri, specs, unavailable, training, started)
+    summary = evaluate_and_summarize(config, manifest, uri, specs, unavailable, training, started)
+    write_report_logged(uri)
+    return summary
+
+
+def write_report_logged(uri: str) -> None:
+    """The report is derived from the finished run (jobs/report.py can redo it), so a
+    failure to draw it is logged and does not fail the run."""
+    from segray.report import write_report
+
+    try:
+        paths = write_report(uri)
+        print(f"report: {paths['report.html']}")
+    except Exception:
+        log.exception("writing the report of %s failed; retry with: python jobs/report.py %s", uri, uri)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -9,7 +9,6 @@ rows in = rows out, always.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -21,10 +20,8 @@ from segray import storage
 from segray.config import EvalConfig
 from segray.data.manifest import to_dataset
 from segray.data.decode import decode_image, decode_mask, encode_mask, resize_mask
-from segray.metrics import iou
+from segray.metrics import METRIC_COLUMNS, score_masks
 from segray.models.base import ModelSpec, Prediction
-
-log = logging.getLogger(__name__)
 
 # The long-format table: one row per (run, image, model variant).
 ROW_SCHEMA = pa.schema(
@@ -34,7 +31,16 @@ ROW_SCHEMA = pa.schema(
         ("split", pa.string()),
         ("category", pa.string()),
         ("model", pa.string()),
-        ("iou", pa.float64()),  # null when status is "error"
+        ("iou", pa.float64()),  # null when status is "error"; this and the metrics below: segray.metrics
+        ("dice", pa.float64()),
+        ("precision", pa.float64()),
+        ("recall", pa.float64()),
+        ("boundary_iou", pa.float64()),
+        ("pred_area", pa.int64()),  # predicted pixels, at the ground truth's resolution
+        ("true_area", pa.int64()),  # ground-truth pixels
+        ("intersection", pa.int64()),  # pixels in both (pooled IoU = sum of these / sum of unions)
+        ("union", pa.int64()),
+        ("empty", pa.bool_()),  # the ground truth has no pixel
         ("status", pa.string()),  # "ok" | "no_detection" | "error"
         ("error", pa.string()),
         ("latency_ms", pa.float64()),  # the model call's wall time shared out over its batch
@@ -104,7 +110,7 @@ class PredictStage:
                 rows["box_score"].append(prediction.box_score if prediction else None)
                 rows["mask_score"].append(prediction.mask_score if prediction else None)
                 rows["num_detections"].append(prediction.num_detections if prediction else None)
-                mask = prediction.mask if prediction is not None and prediction.mask is not None else None
+                mask = prediction.mask if prediction else None
                 rows["mask"].append(np.zeros((0, 0), np.uint8) if mask is None else mask.astype(np.uint8))
         return rows
 
@@ -117,19 +123,20 @@ class PredictStage:
 
 
 def score_batch(batch: dict[str, np.ndarray], run_id: str) -> pa.Table:
-    """IoU of each prediction against its ground truth, the predicted mask resized (nearest)
-    to the ground truth's resolution first; the mask is stored as PNG."""
+    """The metrics of each prediction against its ground truth, the predicted mask resized
+    (nearest) to the ground truth's resolution first; the mask is stored as PNG. A
+    no-detection is scored as an empty prediction; an error row has null metrics."""
     rows = []
     for i in range(len(batch["image_id"])):
         status, error = batch["status"][i], _present(batch["error"][i])
-        value, png = None, None
+        scores, png = dict.fromkeys(METRIC_COLUMNS), None
         if status != "error":
             try:
                 if _present(batch["mask_uri"][i]) is None:
                     raise ValueError("missing mask: no file in masks/ matches this image")
                 truth = decode_mask(storage.read_bytes(batch["mask_uri"][i]))
                 predicted = resize_mask(batch["mask"][i].astype(bool), truth.shape)
-                value = float(iou(predicted, truth))
+                scores = score_masks(predicted, truth)
                 png = encode_mask(predicted) if status == "ok" else None
             except Exception as exc:
                 status, error = "error", f"mask {batch['mask_uri'][i]}: {exc}"
@@ -140,7 +147,7 @@ def score_batch(batch: dict[str, np.ndarray], run_id: str) -> pa.Table:
                 "split": batch["split"][i],
                 "category": batch["category"][i],
                 "model": batch["model"][i],
-                "iou": value,
+                **scores,
                 "status": status,
                 "error": _present(error),
                 "latency_ms": _present(batch["latency_ms"][i]),

@@ -1,7 +1,8 @@
 """Per-image segmentation metrics, defined once.
 
-Masks are boolean arrays (numpy or torch); the metric runs over the last two axes, so a
-batch of masks gives one value per mask.
+Masks are boolean arrays (numpy or torch); the pixel metrics (iou, dice, precision, recall)
+run over the last two axes, so a batch of masks gives one value per mask. boundary_iou
+takes one pair of (H, W) numpy masks (it erodes with OpenCV).
 """
 
 from __future__ import annotations
@@ -18,3 +19,95 @@ def iou(pred, truth):
     union = (pred | truth).sum(axis=(-2, -1))
     empty = union == 0
     return (intersection + empty) / (union + empty)
+
+
+# Empty conventions, all in the direction of iou's: a ratio whose denominator is empty
+# counts as 1.0 (nothing was claimed, or nothing was there to find, so nothing is wrong):
+#   dice:          both masks empty -> 1.0
+#   precision:     no predicted pixels -> 1.0 (no false positive; recall shows the miss)
+#   recall:        no true pixels -> 1.0 (nothing to find; precision shows false alarms)
+#   boundary_iou:  both boundaries empty (both masks empty) -> 1.0
+# These equal sklearn's jaccard/f1/precision/recall scores with zero_division=1.0.
+
+BOUNDARY_DILATION_RATIO = 0.02
+
+
+def _ratio(numerator, denominator):
+    """numerator / denominator, elementwise, with 0/0 -> 1.0."""
+    empty = denominator == 0
+    return (numerator + empty) / (denominator + empty)
+
+
+def dice(pred, truth):
+    """Dice coefficient (F1 over pixels): 2|P∩G| / (|P| + |G|); both empty -> 1.0."""
+    intersection = (pred & truth).sum(axis=(-2, -1))
+    return _ratio(2 * intersection, pred.sum(axis=(-2, -1)) + truth.sum(axis=(-2, -1)))
+
+
+def precision(pred, truth):
+    """|P∩G| / |P|: the share of predicted pixels that are right; no predicted pixels -> 1.0."""
+    return _ratio((pred & truth).sum(axis=(-2, -1)), pred.sum(axis=(-2, -1)))
+
+
+def recall(pred, truth):
+    """|P∩G| / |G|: the share of true pixels found; no true pixels -> 1.0."""
+    return _ratio((pred & truth).sum(axis=(-2, -1)), truth.sum(axis=(-2, -1)))
+
+
+def boundary_width(shape: tuple[int, ...], ratio: float = BOUNDARY_DILATION_RATIO) -> int:
+    """The boundary band's width d in pixels: max(1, round(ratio * image diagonal))."""
+    height, width = shape[-2:]
+    return max(1, int(round(ratio * (height**2 + width**2) ** 0.5)))
+
+
+def mask_boundary(mask, ratio: float = BOUNDARY_DILATION_RATIO):
+    """The inner boundary band of a boolean (H, W) mask: the mask minus its erosion by a 3x3
+    kernel, `boundary_width` times (Cheng et al., CVPR 2021, G_d ∩ G). As in the reference
+    implementation (bowenc0221/boundary-iou-api), the mask is padded with background first,
+    so a mask cut by the image edge has a boundary band along that edge too."""
+    import cv2
+    import numpy as np
+
+    mask = np.asarray(mask, bool)
+    height, width = mask.shape
+    padded = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=boundary_width(mask.shape, ratio))
+    return mask & ~eroded[1 : height + 1, 1 : width + 1].astype(bool)
+
+
+def boundary_iou(pred, truth, ratio: float = BOUNDARY_DILATION_RATIO):
+    """Boundary IoU (Cheng et al., CVPR 2021) of two boolean (H, W) masks: the IoU of their
+    inner boundary bands (`mask_boundary`); both bands empty (both masks empty) -> 1.0.
+    It punishes boundary errors that plain IoU hides on large masks."""
+    pred_band, truth_band = mask_boundary(pred, ratio), mask_boundary(truth, ratio)
+    return float(_ratio((pred_band & truth_band).sum(), (pred_band | truth_band).sum()))
+
+
+def pooled_iou(intersections, unions):
+    """Dataset-level IoU: sum of intersections / sum of unions (every pixel weighs the same,
+    so large masks weigh more than in the mean of per-image IoUs); empty -> 1.0."""
+    import numpy as np
+
+    return float(_ratio(np.sum(intersections), np.sum(unions)))
+
+
+# The per-image metric columns of the prediction rows (segray.evaluate.ROW_SCHEMA).
+METRIC_COLUMNS = ["iou", "dice", "precision", "recall", "boundary_iou", "pred_area", "true_area",
+                  "intersection", "union", "empty"]
+
+
+def score_masks(predicted, truth) -> dict:
+    """Every per-image metric column of one (prediction, ground truth) pair of bool (H, W)
+    numpy masks. A no-detection is scored as an all-False prediction."""
+    return {
+        "iou": float(iou(predicted, truth)),
+        "dice": float(dice(predicted, truth)),
+        "precision": float(precision(predicted, truth)),
+        "recall": float(recall(predicted, truth)),
+        "boundary_iou": boundary_iou(predicted, truth),
+        "pred_area": int(predicted.sum()),
+        "true_area": int(truth.sum()),
+        "intersection": int((predicted & truth).sum()),
+        "union": int((predicted | truth).sum()),
+        "empty": not bool(truth.any()),
+    }

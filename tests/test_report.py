@@ -1,0 +1,268 @@
+"""The comparison report: statistics on crafted tables with known answers, and a small
+end-to-end run directory (PNGs, Parquet rows with ROW_SCHEMA, summary.json, training.json).
+No Ray."""
+
+import json
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from segray.data.decode import encode_mask
+from segray.evaluate import ROW_SCHEMA
+from segray.metrics import score_masks
+from segray.report import (
+    IncompleteRun,
+    analyze,
+    bootstrap_means,
+    dataset_fingerprint,
+    figure_name,
+    wilcoxon_p,
+    write_report,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def crafted_rows(values: dict[str, list[float]], split="val", statuses=None, categories=None) -> pd.DataFrame:
+    """A rows table: one row per (image, model) with the given IoUs."""
+    n = len(next(iter(values.values())))
+    records = []
+    for model, ious in values.items():
+        for i, value in enumerate(ious):
+            status = (statuses or {}).get((model, i), "ok")
+            records.append({
+                "image_id": f"img{i:03d}.png", "split": split, "category": (categories or ["Jazz"] * n)[i],
+                "model": model, "status": status, "latency_ms": 10.0 + i, "iou": None if status == "error" else value,
+                "dice": value, "precision": value, "recall": value, "boundary_iou": value,
+                "intersection": round(100 * value), "union": 100,
+            })
+    return pd.DataFrame(records)
+
+
+def test_known_means_and_a_model_that_always_wins():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.7, 40)
+    rows = crafted_rows({"good": list(base + 0.2), "bad": list(base)})
+    result = analyze(rows, resamples=500)
+    assert result.models == ["bad", "good"]
+    assert result.per_model["good"]["mean_iou"] == pytest.approx(base.mean() + 0.2)
+    assert result.per_model["bad"]["median_iou"] == pytest.approx(np.median(base))
+    assert result.per_model["good"]["pooled_iou"] == pytest.approx(np.round(100 * (base + 0.2)).sum() / 4000)
+    low, high = result.per_model["bad"]["mean_iou_ci"]
+    assert low < base.mean() < high
+    (pair,) = result.pairs
+    assert (pair["a"], pair["b"]) == ("bad", "good")
+    assert pair["mean_diff"] == pytest.approx(-0.2)
+    assert pair["win_rate"] == 0.0 and pair["loss_rate"] == 1.0
+    assert pair["ci"][1] < 0  # the CI of bad - good excludes 0
+    assert pair["ci"][0] == pytest.approx(-0.2) and pair["ci"][1] == pytest.approx(-0.2)
+    assert pair["wilcoxon_p"] < 1e-6
+    lat = result.latency["good"]
+    assert lat["p50_ms"] == pytest.approx(np.percentile(10.0 + np.arange(40), 50))
+    assert lat["usd_per_1000"] == pytest.approx(lat["mean_ms"] * 2.0 / 3600)
+
+
+def test_conventions_errors_and_no_detections():
+    rows = crafted_rows(
+        {"a": [0.5, 0.9, 0.0, 0.7], "b": [0.4, 0.1, 0.3, 0.2]},
+        statuses={("a", 2): "no_detection", ("b", 3): "error"},
+        categories=["Kata", "Kata", "Jazz", "Jazz"],
+    )
+    result = analyze(rows, resamples=200)
+    a = result.per_model["a"]
+    assert result.excluded_images == 1  # image 3: b errored, so nobody is scored on it
+    assert a["scored_images"] == 3 and a["no_detection"] == 1
+    assert a["mean_iou"] == pytest.approx((0.5 + 0.9 + 0.0) / 3)  # strict: no-detection counts as 0
+    assert a["mean_iou_seeds"] == pytest.approx((0.5 + 0.9) / 2)  # seeds: left out
+    assert result.per_model["b"]["errors"] == 1
+    assert result.per_category["Kata"]["a"] == pytest.approx(0.7)
+    assert result.per_category["Jazz"]["images"] == 1
+
+
+def test_other_split_is_ignored_and_identical_models_tie():
+    rows = pd.concat([crafted_rows({"a": [0.3, 0.6], "b": [0.3, 0.6]}),
+                      crafted_rows({"a": [1.0, 1.0], "b": [0.0, 0.0]}, split="train")])
+    (pair,) = analyze(rows, resamples=100).pairs
+    assert pair["mean_diff"] == 0 and pair["tie_rate"] == 1.0 and pair["wilcoxon_p"] == 1.0
+
+
+def test_bootstrap_is_paired_seeded_and_matches_a_loop():
+    rng = np.random.default_rng(3)
+    values = rng.random((50, 3))
+    boot = bootstrap_means(values, resamples=300, seed=5)
+    assert np.array_equal(boot, bootstrap_means(values, resamples=300, seed=5))
+    assert boot.shape == (300, 3)
+    # the same resample for every column: a constant offset column moves in lockstep
+    shifted = bootstrap_means(np.c_[values[:, 0], values[:, 0] + 1], resamples=100, seed=1)
+    assert np.allclose(shifted[:, 1] - shifted[:, 0], 1.0)
+    # the spread matches the textbook standard error of the mean
+    assert boot[:, 0].std() == pytest.approx(values[:, 0].std() / np.sqrt(50), rel=0.2)
+
+
+def test_wilcoxon_handles_zero_differences():
+    assert wilcoxon_p(np.zeros(10)) == 1.0
+    assert wilcoxon_p(np.r_[np.zeros(5), np.full(20, 0.1)]) < 0.001
+
+
+# ----------------------------------------------------------------------------- end to end
+
+MODELS = ["langsam/sam_score", "resnet34_unet", "unet"]
+
+
+def fake_run(root: Path, n_images=12) -> Path:
+    """A run directory as run_benchmark leaves it, with a tiny dataset of ellipse 'people'."""
+    dataset, run = root / "dataset", root / "runs" / "r1"
+    (dataset / "images").mkdir(parents=True)
+    (dataset / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    categories = ["HipHop", "Jazz", "Kata", "Sports", "Taichi"]
+    for i in range(n_images):
+        name = f"{categories[i % 5]}_{categories[i % 5]}1_C0_{i:05d}.png"
+        truth = np.zeros((48, 64), bool)
+        cv2.ellipse(truth.view(np.uint8), (32, 24), (10, 20), 0, 0, 360, 1, -1)
+        image = (rng.random((48, 64, 3)) * 80).astype(np.uint8)
+        image[truth] = (200, 150, 120)
+        cv2.imwrite(str(dataset / "images" / name), image[..., ::-1])
+        cv2.imwrite(str(dataset / "masks" / name.replace(".png", ".jpg.png")), truth.astype(np.uint8) * 255)
+        (dataset / "masks" / name).write_bytes(encode_mask(truth))
+        for j, model in enumerate(MODELS):
+            status = "no_detection" if (model.startswith("langsam") and i == 3) else "ok"
+            status = "error" if (model == "unet" and i == 5) else status
+            pred = np.roll(truth, 2 * j + i % 3, axis=1) if status == "ok" else np.zeros_like(truth)
+            scores = score_masks(pred, truth) if status != "error" else {}
+            rows.append({
+                "run_id": "r1", "image_id": name, "split": "val" if i < 10 else "train",
+                "category": categories[i % 5], "model": model, **scores, "status": status,
+                "error": "RuntimeError: boom" if status == "error" else None,
+                "latency_ms": 5.0 * (j + 1), "box_score": None, "mask_score": None, "num_detections": None,
+                "mask_png": encode_mask(pred) if status == "ok" else None,
+            })
+    (run / "predictions").mkdir(parents=True)
+    table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+    pq.write_table(table.slice(0, 20), run / "predictions" / "part-0.parquet", row_group_size=7)
+    pq.write_table(table.slice(20), run / "predictions" / "part-1.parquet", row_group_size=7)
+    checkpoint = run / "train" / "unet" / "checkpoint_000001"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    history = [{"epoch": e, "train_loss": 1 / e, "val_iou": 0.5 + 0.05 * e, "epoch_time_s": 3.0} for e in range(1, 5)]
+    training = {
+        "unet": {"model": "unet", "checkpoint": str(checkpoint), "best_epoch": 4, "best_val_iou": 0.7,
+                 "history": history, "train_time_s": 12.5},
+        "resnet34_unet": {"model": "resnet34_unet", "error": "RuntimeError: no weights"},
+    }
+    (run / "training.json").write_text(json.dumps(training))
+    summary = {"run_id": "r1", "status": "complete", "dataset": str(dataset), "dataset_root": str(dataset),
+               "finished_at": "2026-11-23T00:00:00+00:00", "training": training,
+               "config": {"dataset": str(dataset), "models": MODELS}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.tables, self.headings, self._in = [], 0, [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+        self.tables += tag == "table"
+        self._in = tag
+
+    def handle_data(self, data):
+        if self._in in ("h1", "h2"):
+            self.headings.append(data)
+
+
+def test_end_to_end_report(tmp_path):
+    run = fake_run(tmp_path)
+    written = write_report(str(run), worst_n=3)
+    report = run / "report"
+    figures = ["histograms", "ecdf", "categories", "training"] + [f"worst_{figure_name(m)}" for m in MODELS]
+    for name in figures:
+        assert (report / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert written[name] == str(report / f"{name}.png")
+    assert written["report.md"] == str(report / "report.md")
+
+    page = Page()
+    page.feed((report / "report.html").read_text())
+    page.close()
+    alts = [i["alt"] for i in page.images]
+    assert sorted(alts) == sorted(figures)
+    assert all(i["src"].startswith("data:image/png;base64,") for i in page.images)  # offline: nothing linked
+    assert page.tables == 5
+    assert "Reproducibility" in page.headings
+
+    md = (report / "report.md").read_text()
+    for name in figures:
+        assert f"]({name}.png)" in md
+    for model in MODELS:
+        assert f"| {model} |" in md
+    assert "HipHop" in md and "Taichi" in md
+    # image 5 is an error for unet: 9 common val images
+    assert "same 9 images" in md
+    repro = json.loads(re.search(r"```json\n(.*?)\n```", md, re.S).group(1))
+    names = sorted({p.name for p in (tmp_path / "dataset" / "images").iterdir()})
+    assert repro["dataset_fingerprint"] == dataset_fingerprint(names)
+    assert len(repro["checkpoints"]["unet"]) == 64
+    assert repro["packages"]["numpy"] == np.__version__
+    assert repro["config"]["models"] == MODELS
+
+
+def test_job_regenerates_and_refuses_an_incomplete_run(tmp_path):
+    run = fake_run(tmp_path)
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "report.py"), str(run), "--gpu-hour-usd", "3"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert str(run / "report" / "report.html") in done.stdout
+    assert "$3/GPU-hour" in (run / "report" / "report.md").read_text()
+
+    (run / "summary.json").unlink()
+    with pytest.raises(IncompleteRun):
+        write_report(str(run))
+    failed = subprocess.run([sys.executable, str(REPO / "jobs" / "report.py"), str(run)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert failed.returncode == 1 and "incomplete run" in failed.stderr
+
+
+def test_import_stays_light():
+    heavy = ("matplotlib", "scipy", "torch", "ray")
+    code = f"import sys, segray.report; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_report_of_a_run_on_s3(tmp_path, s3_endpoint):
+    """The same run uploaded to S3 (moto on loopback), dataset included: every read and
+    write goes through segray.storage."""
+    import boto3
+    import pyarrow.fs as pafs
+
+    from segray import storage
+
+    boto3.client("s3").create_bucket(Bucket="segray-report")
+    run = fake_run(tmp_path)
+    base = "s3://segray-report"
+    for name in ("summary.json", "training.json"):
+        text = (run / name).read_text().replace(str(tmp_path / "dataset"), f"{base}/dataset")
+        (run / name).write_text(text.replace(str(run), f"{base}/runs/r1"))
+    for local, remote in ((tmp_path / "dataset", "dataset"), (run, "runs/r1")):
+        fs, path = storage.resolve(f"{base}/{remote}")
+        pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+    written = write_report(f"{base}/runs/r1", worst_n=2)
+    assert written["report.html"] == f"{base}/runs/r1/report/report.html"
+    assert f"worst_{figure_name(MODELS[0])}" in written  # images, masks and Parquet row groups read from S3
+    md = storage.read_bytes(written["report.md"]).decode()
+    repro = json.loads(re.search(r"```json\n(.*?)\n```", md, re.S).group(1))
+    assert len(repro["checkpoints"]["unet"]) == 64
