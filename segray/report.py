@@ -184,6 +184,7 @@ class Analysis:
     training: dict[str, dict[str, Any]]
     excluded_images: int
     settings: dict[str, Any] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)  # model -> why it did not run
 
 
 def analyze(
@@ -820,6 +821,15 @@ def _notes(analysis: Analysis) -> dict[str, str]:
 
 
 def _headline(analysis: Analysis) -> str:
+    # A model that could not run is named first: it is never silently absent.
+    missing = "".join(
+        f"**{model} was not evaluated**: {reason.strip().splitlines()[0]} "
+        for model, reason in analysis.unavailable.items()
+    )
+    return missing + _ranking(analysis)
+
+
+def _ranking(analysis: Analysis) -> str:
     ranked = sorted(analysis.per_model.items(), key=lambda kv: -(kv[1]["mean_iou"] or -1))
     if not ranked or ranked[0][1]["mean_iou"] is None:
         return f"No model was scored on the {analysis.split} split."
@@ -932,6 +942,7 @@ def write_report(
         columns=[*ROW_COLUMNS, "_file", "_row"])
     lap("read")
     analysis = analyze(rows, split, training, gpu_hour_usd, resamples, seed)
+    analysis.unavailable = summary.get("unavailable") or {}
     lap("statistics")
     ids = rows["image_id"]
     repro = reproducibility(summary, training, ids.cat.categories if ids.dtype == "category" else ids.unique())

@@ -163,6 +163,7 @@ def fake_run(root: Path, n_images=12) -> Path:
     (run / "training.json").write_text(json.dumps(training))
     summary = {"run_id": "r1", "status": "complete", "dataset": str(dataset), "dataset_root": str(dataset),
                "finished_at": "2026-11-23T00:00:00+00:00", "training": training,
+               "unavailable": {"langsam": "LangSAM GroundingDINO weights unavailable: offline\nFix one of: ..."},
                "config": {"dataset": str(dataset), "models": MODELS}}
     (run / "summary.json").write_text(json.dumps(summary))
     return run
@@ -209,6 +210,8 @@ def test_end_to_end_report(tmp_path):
     for model in MODELS:
         assert f"| {model} |" in md
     assert "HipHop" in md and "Taichi" in md
+    assert "**langsam was not evaluated**: LangSAM GroundingDINO weights unavailable: offline" in md
+    assert "langsam was not evaluated" in (report / "report.html").read_text()
     # image 5 is an error for unet: 9 common val images
     assert "same 9 images" in md
     repro = json.loads(re.search(r"```json\n(.*?)\n```", md, re.S).group(1))
