@@ -127,14 +127,18 @@ def score_batch(batch: dict[str, np.ndarray], run_id: str) -> pa.Table:
     (nearest) to the ground truth's resolution first; the mask is stored as PNG. A
     no-detection is scored as an empty prediction; an error row has null metrics."""
     rows = []
+    truths: dict[str, np.ndarray] = {}  # a model with several variants has one row per variant
     for i in range(len(batch["image_id"])):
         status, error = batch["status"][i], _present(batch["error"][i])
         scores, png = dict.fromkeys(METRIC_COLUMNS), None
         if status != "error":
             try:
-                if _present(batch["mask_uri"][i]) is None:
+                mask_uri = _present(batch["mask_uri"][i])
+                if mask_uri is None:
                     raise ValueError("missing mask: no file in masks/ matches this image")
-                truth = decode_mask(storage.read_bytes(batch["mask_uri"][i]))
+                if mask_uri not in truths:
+                    truths[mask_uri] = decode_mask(storage.read_bytes(mask_uri))
+                truth = truths[mask_uri]
                 predicted = resize_mask(batch["mask"][i].astype(bool), truth.shape)
                 scores = score_masks(predicted, truth)
                 png = encode_mask(predicted) if status == "ok" else None

@@ -198,6 +198,8 @@ def train_model(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from segray.models.trained import META_FILE  # torch and albumentations: driver side only
+
     if config.num_workers < 1:
         # Ray Train's local mode (0 workers) keeps no checkpoints, and evaluation needs them.
         raise ValueError(f"num_workers must be >= 1, got {config.num_workers}")
@@ -232,8 +234,6 @@ def train_model(
     started = time.perf_counter()
     result = trainer.fit()
     elapsed = time.perf_counter() - started
-    from segray.models.trained import META_FILE
-
     best = result.get_best_checkpoint(metric=BEST_METRIC, mode="max")
     best_meta = json.loads(storage.read_bytes(storage.join(_uri(best.path, storage_path), META_FILE)))
     latest_meta = json.loads(storage.read_bytes(storage.join(_uri(result.checkpoint.path, storage_path), META_FILE)))
