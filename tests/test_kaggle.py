@@ -206,6 +206,22 @@ def test_download_extracts_the_archive_and_the_manifest_reads_it(fake_kaggle, tm
     assert all(os.path.isfile(uri) for uri in table["mask_uri"])
 
 
+def test_overlapping_runs_download_once_and_share_the_copy(fake_kaggle, tmp_path):
+    """Two runs starting together (a scheduled run overlapping the previous one): the
+    second waits for the first's download and uses it; neither replaces the other's folder."""
+    cache = tmp_path / "cache"
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(download_kaggle(SLUG, str(cache)))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert results == [cache / "kaggle" / SLUG] * 2
+    assert len(fake_kaggle.requests) == 2  # one POST and one GET: a single download
+    assert (results[0] / MARKER).is_file()
+
+
 def test_a_cached_dataset_needs_no_credentials_network_or_client(no_kaggle_env, tmp_path):
     root = tmp_path / "cache" / "kaggle" / SLUG
     root.mkdir(parents=True)

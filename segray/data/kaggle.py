@@ -10,6 +10,7 @@ names the dataset, the cause and the fix.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import logging
 import os
@@ -48,6 +49,26 @@ def download_kaggle(slug: str, cache_dir: str) -> Path:
         raise DatasetError(f"kaggle:{slug}: no Kaggle credentials found. {_credentials_fix()}")
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    with _download_lock(Path(cache_dir) / "kaggle" / ".locks" / f"{owner}--{name}.lock"):
+        if not (target / MARKER).is_file():  # another run may have finished it while we waited
+            _download_and_extract(slug, credentials, target)
+    return target
+
+
+@contextlib.contextmanager
+def _download_lock(path: Path):
+    """One download per dataset at a time on this host: a run that overlaps another (a
+    scheduled run, a second job) waits for it, then uses its copy instead of replacing
+    the folder the first one is reading."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _download_and_extract(slug: str, credentials: str, target: Path) -> None:
+    """Download the archive, extract it safely and move it to `target`, marker last."""
+    name = target.name
     # Download and extract beside the target (same file system, so the rename is atomic);
     # a failure anywhere leaves only this temporary folder, which is removed.
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=target.parent) as work:
@@ -61,7 +82,6 @@ def download_kaggle(slug: str, cache_dir: str) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         extracted.rename(target)
     (target / MARKER).write_text(f"kaggle:{slug}\n")
-    return target
 
 
 def _split_slug(slug: str) -> tuple[str, str]:
