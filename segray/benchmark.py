@@ -59,6 +59,17 @@ def prepare_run_dir(uri: str, overwrite: bool) -> None:
         raise RunError(f"{uri}: cannot write the run there: {storage.describe(error)}") from error
 
 
+def run_failed(uri: str, message: str) -> RunError:
+    """The error to raise for a run that cannot go on. Its run.json says "failed" when the
+    location still takes writes; either way the run has no summary.json, so it is not complete."""
+    failed = {"status": "failed", "error": message, "failed_at": datetime.now(timezone.utc).isoformat()}
+    try:
+        storage.write_bytes(storage.join(uri, "run.json"), json.dumps(failed).encode())
+    except OSError as error:
+        log.warning("cannot mark %s failed: %s", uri, storage.describe(error))
+    return RunError(message)
+
+
 def start_ray(address: str | None = None) -> None:
     """Join the cluster (`--ray-address`, or RAY_ADDRESS as set by `ray job submit`), or start
     a local Ray with more logical CPUs than cores: on small machines, model actors holding
@@ -145,7 +156,8 @@ def model_specs(config: BenchmarkConfig, training: dict[str, dict[str, Any]]) ->
                 unavailable[model] = training.get(model, {}).get("error", "not trained")
                 continue
             checkpoint = training[model]["checkpoint"]
-        spec = ModelSpec(model, params=config.model_params.get(model, {}), checkpoint=checkpoint)
+        spec = ModelSpec(model, params=config.model_params.get(model, {}), checkpoint=checkpoint,
+                         version=training.get(model, {}).get("version"))
         try:
             check_available(spec)
         except Exception as error:
@@ -171,17 +183,28 @@ def evaluate_and_summarize(
 
     predictions = storage.join(uri, "predictions")
     if specs:
-        evaluate(manifest.table, specs, config.eval, predictions, config.run_id)
-        rows = read_rows(predictions)
+        try:
+            evaluate(manifest.table, specs, config.eval, predictions, config.run_id)
+            rows = read_rows(predictions)
+        except OSError as error:  # the output went away mid-run
+            # A Ray task's error is also of its cause's type; its own message is the remote traceback.
+            cause = getattr(error, "cause", None) or error
+            raise run_failed(uri, f"{predictions}: cannot write the rows there: {storage.describe(cause)}") from error
     else:
         rows = None
     expected = len(manifest.table) * sum(len(variants_of(spec)) for spec in specs)
     written = 0 if rows is None else len(rows)
+    # Rows with status "error", in every split, per model that has any: one makes the run partial.
+    errors_by_model = {}
+    if rows is not None:
+        counts = rows.loc[rows["status"] == "error", "model"].value_counts().sort_index()
+        errors_by_model = {model: int(n) for model, n in counts.items()}
     failed_training = [m for m, r in training.items() if "error" in r]
     table = manifest.table
     summary = {
         "run_id": config.run_id,
-        "status": "complete" if specs and written == expected and not failed_training else "partial",
+        "status": "complete" if specs and written == expected and not errors_by_model and not failed_training
+        else "partial",
         "dataset": config.dataset,
         "dataset_root": manifest.root,
         "finished_at": datetime.now(timezone.utc).isoformat(),
@@ -192,7 +215,8 @@ def evaluate_and_summarize(
             "val": int((table["split"] == "val").sum()),
             "pairing_problems": manifest.problems.as_dict(),
         },
-        "rows": {"expected": expected, "written": written},
+        "rows": {"expected": expected, "written": written, "errors": sum(errors_by_model.values()),
+                 "errors_by_model": errors_by_model},
         "models": summarize(rows) if rows is not None else {},
         "unavailable": unavailable,
         "training": training,
@@ -202,12 +226,31 @@ def evaluate_and_summarize(
     return summary
 
 
-def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None) -> dict[str, Any]:
-    """data -> train -> evaluate -> summary -> report. Returns the summary (also in summary.json)."""
+def register_trained(registry: str, config: BenchmarkConfig, manifest: Manifest,
+                     training: dict[str, dict[str, Any]]) -> bool:
+    """Record each trained model's best checkpoint in the registry, as version `config.run_id`.
+    False, with the reason logged, when that failed (the run's own outputs are unaffected)."""
+    from segray.model_registry import RegistryError, record_training
+
+    try:
+        records = record_training(registry, training, config.run_id, config.to_dict(), config.dataset, manifest.table)
+    except (RegistryError, OSError) as error:
+        log.error("recording the trained models in %s failed: %s", registry, error)
+        return False
+    for record in records:
+        print(f"registered {record['model']} version {record['version']} in {registry}")
+    return True
+
+
+def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None, registry: str | None = None) -> dict[str, Any]:
+    """data -> train -> evaluate -> summary -> report. Returns the summary (also in summary.json).
+    With `registry`, each trained model's best checkpoint is recorded there after training."""
     started = time.perf_counter()
     manifest = open_run(config, ray_address)
     uri = run_uri(config)
     training = train_models(config, manifest, uri)
+    if registry:
+        register_trained(registry, config, manifest, training)
     specs, unavailable = model_specs(config, training)
     summary = evaluate_and_summarize(config, manifest, uri, specs, unavailable, training, started)
     write_report_logged(uri)
@@ -230,4 +273,6 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(format_table(summary["models"]))
     for model, reason in summary["unavailable"].items():
         print(f"{model}: UNAVAILABLE: {reason}")
-    print(f"rows written {summary['rows']['written']} of {summary['rows']['expected']}; status: {summary['status']}")
+    rows = summary["rows"]
+    print(f"rows written {rows['written']} of {rows['expected']}, {rows['errors']} with status error "
+          f"(their error column says what and where); status: {summary['status']}")

@@ -9,6 +9,7 @@ rows in = rows out, always.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -19,7 +20,7 @@ import pyarrow as pa
 from segray import storage
 from segray.config import EvalConfig
 from segray.data.manifest import to_dataset
-from segray.data.decode import decode_image, decode_mask, encode_mask, resize_mask
+from segray.data.decode import check_same_size, decode_image, decode_mask, encode_mask, resize_mask
 from segray.metrics import METRIC_COLUMNS, score_masks
 from segray.models.base import ModelSpec, Prediction
 
@@ -48,6 +49,7 @@ ROW_SCHEMA = pa.schema(
         ("mask_score", pa.float64()),
         ("num_detections", pa.int64()),
         ("mask_png", pa.binary()),  # the predicted mask, 0/255, at the ground truth's resolution
+        ("model_version", pa.string()),  # ModelSpec.version, e.g. "unet@<registry version>"; null if unnamed
     ]
 )
 PASSTHROUGH = ["image_id", "mask_uri", "split", "category"]
@@ -55,16 +57,33 @@ EMPTY_IMAGE = np.zeros((0, 0, 3), np.uint8)
 
 
 def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Read and decode each image; a failure leaves an empty image and the message."""
+    """Read and decode each image, and check that its mask exists, decodes and has the
+    image's size. A failure leaves an empty image (the model skips it) and the message."""
     images, errors = [], []
-    for uri in batch["image_uri"]:
+    for uri, mask_uri in zip(batch["image_uri"], batch["mask_uri"]):
         try:
-            images.append(decode_image(storage.read_bytes(uri)))
-            errors.append(None)
+            image = decode_image(storage.read_bytes(uri))
         except Exception as error:
             images.append(EMPTY_IMAGE)
             errors.append(f"image {uri}: {error}")
+            continue
+        error = _mask_problem(image, _present(mask_uri))
+        images.append(EMPTY_IMAGE if error else image)
+        errors.append(error)
     return {**{k: batch[k] for k in PASSTHROUGH}, "image": images, "error": errors}
+
+
+def _mask_problem(image: np.ndarray, mask_uri: str | None) -> str | None:
+    """Why `image` cannot be scored against its mask, or None. Checked before prediction,
+    so every model's row for the image carries the same error (score_batch reads the mask
+    again: the masks are small, and the predicted masks need not carry it along)."""
+    if mask_uri is None:
+        return "missing mask: no file in masks/ matches this image"
+    try:
+        check_same_size(image, decode_mask(storage.read_bytes(mask_uri)))
+    except Exception as error:
+        return f"mask {mask_uri}: {error}"
+    return None
 
 
 class PredictStage:
@@ -122,10 +141,11 @@ class PredictStage:
             results[i], latency[i] = prediction, per_image_ms
 
 
-def score_batch(batch: dict[str, np.ndarray], run_id: str) -> pa.Table:
-    """The metrics of each prediction against its ground truth, the predicted mask resized
-    (nearest) to the ground truth's resolution first; the mask is stored as PNG. A
-    no-detection is scored as an empty prediction; an error row has null metrics."""
+def score_batch(batch: dict[str, np.ndarray], run_id: str, model_version: str | None = None) -> pa.Table:
+    """The metrics of each prediction against its ground truth; the predicted mask is
+    stored as PNG. decode_batch made sure the mask exists and has the image's size, which
+    is the prediction's. A no-detection is scored as an empty prediction; an error row has
+    null metrics."""
     rows = []
     truths: dict[str, np.ndarray] = {}  # a model with several variants has one row per variant
     for i in range(len(batch["image_id"])):
@@ -133,9 +153,7 @@ def score_batch(batch: dict[str, np.ndarray], run_id: str) -> pa.Table:
         scores, png = dict.fromkeys(METRIC_COLUMNS), None
         if status != "error":
             try:
-                mask_uri = _present(batch["mask_uri"][i])
-                if mask_uri is None:
-                    raise ValueError("missing mask: no file in masks/ matches this image")
+                mask_uri = batch["mask_uri"][i]
                 if mask_uri not in truths:
                     truths[mask_uri] = decode_mask(storage.read_bytes(mask_uri))
                 truth = truths[mask_uri]
@@ -159,6 +177,7 @@ def score_batch(batch: dict[str, np.ndarray], run_id: str) -> pa.Table:
                 "mask_score": _present(batch["mask_score"][i]),
                 "num_detections": _present(batch["num_detections"][i]),
                 "mask_png": png,
+                "model_version": model_version,
             }
         )
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
@@ -171,6 +190,17 @@ def _present(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def actor_threads(config: EvalConfig, models: int, gpus: bool) -> int:
+    """Torch threads of each model actor. Without GPUs, this node's cores shared out among
+    the model actors that run at once, whatever their (fractional) Ray CPUs: with one torch
+    thread each, Ray Data evaluation ran at 0.5x the speed of a plain loop on 2 cores
+    (docs/PERFORMANCE.md)."""
+    threads = max(1, round(config.cpus_per_actor))
+    if gpus:
+        return threads
+    return max(threads, (os.cpu_count() or 1) // (config.actors * models))
+
+
 def evaluate(
     manifest: pd.DataFrame,
     specs: list[ModelSpec],
@@ -178,26 +208,35 @@ def evaluate(
     predictions_uri: str,
     run_id: str,
     rows_per_file: int = 5000,
+    manifest_per_spec: list[pd.DataFrame] | None = None,
 ) -> None:
-    """Run every model over every manifest row and write the long-format rows as Parquet."""
+    """Run every model over every manifest row and write the long-format rows as Parquet.
+
+    `manifest_per_spec`, in the order of `specs`, gives each model its own rows instead
+    (the incremental re-evaluation computes only the pairs it lacks). It costs no extra
+    decoding: Ray Data runs a shared upstream stage once per branch of a union anyway."""
     import ray
     from ray.data import ActorPoolStrategy
 
     if not specs:
         raise ValueError("no models to evaluate")
+    tables = manifest_per_spec if manifest_per_spec is not None else [manifest] * len(specs)
+    if len(tables) != len(specs):
+        raise ValueError(f"manifest_per_spec has {len(tables)} tables for {len(specs)} models")
     gpus = ray.cluster_resources().get("GPU", 0) > 0
-    decoded = to_dataset(manifest).map_batches(decode_batch, batch_size=config.decode_batch_size)
+    torch_threads = actor_threads(config, len(specs), gpus)
     branches = []
-    for spec in specs:
+    for spec, table in zip(specs, tables):
+        decoded = to_dataset(table).map_batches(decode_batch, batch_size=config.decode_batch_size)
         resources = {"num_gpus": config.gpus_per_actor} if gpus else {"num_cpus": config.cpus_per_actor}
         branch = decoded.map_batches(
             PredictStage,
-            fn_constructor_kwargs={"spec": spec, "torch_threads": max(1, round(config.cpus_per_actor))},
+            fn_constructor_kwargs={"spec": spec, "torch_threads": torch_threads},
             batch_size=int(config.batch_size.get(spec.name, 8)),
             compute=ActorPoolStrategy(size=config.actors),
             **resources,
         )
-        branches.append(branch.map_batches(score_batch, fn_kwargs={"run_id": run_id}))
+        branches.append(branch.map_batches(score_batch, fn_kwargs={"run_id": run_id, "model_version": spec.version}))
     rows = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
     fs, path = storage.resolve(predictions_uri)
     rows.write_parquet(path, filesystem=fs, min_rows_per_file=rows_per_file)

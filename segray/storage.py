@@ -109,3 +109,54 @@ def local_copy(uri: str) -> str:
     local = tempfile.mkdtemp(prefix="segray-")
     pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return local
+
+
+def file_sizes(uri: str) -> dict[str, int]:
+    """Size in bytes of each file directly under `uri`, by base name (one listing, also on S3)."""
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return {posixpath.basename(i.path): i.size for i in infos if i.type == pafs.FileType.File}
+
+
+def copy_file(source: str, destination: str) -> None:
+    """Copy one file between any two URIs (local or S3)."""
+    source_fs, source_path = resolve(source)
+    destination_fs, destination_path = resolve(destination)
+    destination_fs.create_dir(posixpath.dirname(destination_path), recursive=True)
+    pafs.copy_files(source_path, destination_path, source_filesystem=source_fs,
+                    destination_filesystem=destination_fs)
+
+
+def write_new(uri: str, data: bytes) -> None:
+    """Create `uri` holding `data`, atomically refusing if it exists (FileExistsError).
+
+    pyarrow has no create-if-absent, so this uses the stores' own: O_EXCL locally, and on
+    S3 a conditional PUT (`If-None-Match: *`, honoured by AWS S3 and moto; not by every
+    S3-compatible store)."""
+    if is_local(uri):
+        path = resolve(uri)[1]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(descriptor, "wb") as f:
+            f.write(data)
+        return
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri}: exclusive create is supported on local paths and s3:// only")
+    import boto3
+    from botocore.exceptions import ClientError
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    client = boto3.client("s3", endpoint_url=s3_endpoint())
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            raise FileExistsError(f"{uri} exists") from error
+        raise OSError(f"{uri}: {error}") from error
+
+
+def delete_file(uri: str) -> None:
+    """Remove one file if it exists."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)

@@ -10,7 +10,6 @@ IoU (`Result.get_best_checkpoint(metric="val_iou", mode="max")`).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import tempfile
@@ -20,11 +19,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from segray import storage
 from segray.config import TrainConfig
 from segray.data.manifest import to_dataset
-from segray.data.decode import decode_image, decode_mask, resize_pair
+from segray.data.decode import check_same_size, decode_image, decode_mask, resize_pair
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,24 @@ class TrainResult:
     best_val_iou: float
     history: list[dict[str, float]]  # one entry per epoch: epoch, train_loss, val_iou, epoch_time_s
     train_time_s: float
+    # After a worker failure, Ray Train restarts the workers (FailureConfig) and training
+    # resumes from the latest checkpoint: the epoch of that checkpoint, once per resume.
+    # Checkpoints are per epoch, so each resume redoes the one epoch that was in progress.
+    # A failure before the first checkpoint starts over from scratch and is not recorded.
+    resumed_from: list[int]
+    epochs_redone: int
 
 
 def load_resized(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """Decode and resize image/mask pairs once. Pairs that fail to load are left out of
-    training (evaluation reports them per image), with a warning naming them."""
+    """Decode and resize image/mask pairs once. Pairs that fail to load, or whose mask's
+    size is not the image's, are left out of training (evaluation reports them per image),
+    with a warning naming them."""
     images, masks = [], []
     for image_uri, mask_uri in zip(batch["image_uri"], batch["mask_uri"]):
         try:
             image = decode_image(storage.read_bytes(image_uri))
             mask = decode_mask(storage.read_bytes(mask_uri)).astype(np.uint8)
+            check_same_size(image, mask)
         except Exception as error:
             log.warning("training skips %s: %s", image_uri, error)
             continue
@@ -63,7 +71,7 @@ def load_resized(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
 
 def training_datasets(manifest: pd.DataFrame, image_size: int) -> dict[str, Any]:
     """The train and val sets (images with a mask), decoded and resized once and cached
-    in the object store; augmentation happens per epoch in the workers (`collate`)."""
+    in the object store; augmentation happens per epoch in the workers (`Augment`)."""
     labelled = manifest[manifest["mask_uri"].notna()]
     datasets = {}
     for split in ("train", "val"):
@@ -74,17 +82,23 @@ def training_datasets(manifest: pd.DataFrame, image_size: int) -> dict[str, Any]
     return datasets
 
 
-def collate(batch: dict[str, np.ndarray], transform, device) -> dict[str, Any]:
+class Augment(NumpyBatchCollateFn):
     """The per-epoch half of the seeds' transform on a cached batch, in the worker:
-    image -> normalised float CHW, mask -> float 1HW, both on the worker's device."""
-    import torch
+    image -> normalised float CHW, mask -> float 1HW, both on the worker's device.
+    (A collate class: Ray deprecates plain functions as `collate_fn` since 2.47.)"""
 
-    images, masks = [], []
-    for image, mask in zip(batch["image"], batch["mask"]):
-        out = transform(image=image, mask=mask)
-        images.append(out["image"])
-        masks.append(out["mask"][None].float())
-    return {"image": torch.stack(images).to(device), "mask": torch.stack(masks).to(device)}
+    def __init__(self, transform, device):
+        self.transform, self.device = transform, device
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import torch
+
+        images, masks = [], []
+        for image, mask in zip(batch["image"], batch["mask"]):
+            out = self.transform(image=image, mask=mask)
+            images.append(out["image"])
+            masks.append(out["mask"][None].float())
+        return {"image": torch.stack(images).to(self.device), "mask": torch.stack(masks).to(self.device)}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -105,12 +119,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
     use_amp = config["amp"] and device.type == "cuda"
 
-    start_epoch, history, optimizer_state = 0, [], None
+    start_epoch, history, resumed_from, optimizer_state = 0, [], [], None
     resume = ray.train.get_checkpoint()
     if resume:
         with resume.as_directory() as directory:
             network, meta = load_network(directory)
             start_epoch, history = meta["epoch"], meta["history"]
+            resumed_from = [*meta.get("resumed_from", []), start_epoch]
             optimizer_state = load_optimizer_state(directory)
     else:
         network = build_network(config["model"], config["params"])
@@ -139,7 +154,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for batch in train_shard.iter_torch_batches(
             batch_size=config["batch_size"],
             local_shuffle_buffer_size=4 * config["batch_size"],
-            collate_fn=functools.partial(collate, transform=train_transform, device=device),
+            collate_fn=Augment(train_transform, device),
         ):
             optimizer.zero_grad()
             with torch.autocast(device.type, enabled=use_amp):
@@ -155,7 +170,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with torch.no_grad():
             for batch in val_shard.iter_torch_batches(
                 batch_size=config["batch_size"],
-                collate_fn=functools.partial(collate, transform=val_transform, device=device),
+                collate_fn=Augment(val_transform, device),
             ):
                 with torch.autocast(device.type, enabled=use_amp):
                     logits = model(batch["image"])
@@ -179,6 +194,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "epoch": epoch + 1,
                     "metrics": metrics,
                     "history": history,  # Result.metrics_dataframe only covers kept checkpoints
+                    "resumed_from": resumed_from,
                 }
                 save_checkpoint(directory, network, meta, optimizer)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
@@ -244,6 +260,8 @@ def train_model(
         best_val_iou=float(best_meta["metrics"][BEST_METRIC]),
         history=latest_meta["history"],
         train_time_s=elapsed,
+        resumed_from=latest_meta.get("resumed_from", []),
+        epochs_redone=len(latest_meta.get("resumed_from", [])),
     )
 
 

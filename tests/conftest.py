@@ -32,10 +32,101 @@ def job(name: str):
     return module.main
 
 
+class S3Proxy:
+    """A loopback TCP relay in front of the S3 server, so that a test can make the endpoint
+    go away for real (`cut`: open connections dropped, new ones refused) and come back
+    (`restore`) without stopping the shared server. `cut_on(marker)` cuts it at the first
+    request whose bytes contain `marker`, e.g. the first write under a given prefix."""
+
+    def __init__(self, target_port: int):
+        import socket
+        import threading
+
+        self.target = ("127.0.0.1", target_port)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cuts = 0  # how many times the endpoint went away
+        self._lock = threading.Lock()
+        self._listener = None
+        self._connections: set = set()
+        self._marker: bytes | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        import socket
+        import threading
+
+        with self._lock:
+            self._marker = None
+            if self._listener is not None:
+                return
+            self._listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: same port again
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        import socket
+
+        with self._lock:
+            listener, self._listener = self._listener, None
+            connections, self._connections = self._connections, set()
+            if listener is not None:
+                self.cuts += 1
+        for sock in [*connections, *([listener] if listener else [])]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked on it
+            except OSError:
+                pass
+            sock.close()
+
+    def cut_on(self, marker: bytes) -> None:
+        self._marker = marker
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            server = socket.create_connection(self.target)
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    server.close()
+                    return
+                self._connections |= {client, server}
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source, destination, from_client: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                marker = self._marker
+                if from_client and marker is not None and marker in data:
+                    self.cut()
+                    return
+                destination.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, destination):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+            with self._lock:
+                self._connections -= {source, destination}
+
+
 @pytest.fixture(scope="session")
-def s3_endpoint() -> str:
-    """A real S3 HTTP endpoint on loopback (moto's server, in this process), with test
-    credentials. Set before Ray starts, so that Ray's workers inherit it."""
+def s3_server() -> S3Proxy:
+    """A real S3 HTTP endpoint on loopback (moto's server, in this process) behind an
+    `S3Proxy`, with test credentials. The proxy's URL is set before Ray starts, so that
+    Ray's workers inherit it."""
     import socket
 
     from moto.server import ThreadedMotoServer
@@ -45,18 +136,32 @@ def s3_endpoint() -> str:
         port = probe.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    url = f"http://127.0.0.1:{port}"
+    proxy = S3Proxy(port)
     os.environ.update(
         {
             "AWS_ACCESS_KEY_ID": "segray-test-key",
             "AWS_SECRET_ACCESS_KEY": "segray-test-secret",
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_ENDPOINT_URL": url,
+            "AWS_ENDPOINT_URL": proxy.url,
         }
     )
-    yield url
+    yield proxy
+    proxy.cut()
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server) -> str:
+    """The S3 endpoint URL (AWS_ENDPOINT_URL)."""
+    return s3_server.url
+
+
+@pytest.fixture
+def s3_proxy(s3_server) -> S3Proxy:
+    """The proxy in front of the S3 server, for a test that cuts it; restored afterwards."""
+    yield s3_server
+    s3_server.restore()
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,8 @@ def test_demo_benchmark_writes_every_row_and_the_summary(demo_run):
     summary = json.loads((out / "tiny" / "summary.json").read_text())
     variants = ["resnet34_unet", "unet", *VARIANTS]
     assert summary["status"] == "complete"
-    assert summary["rows"] == {"expected": 16 * len(variants), "written": 16 * len(variants)}
+    n = 16 * len(variants)
+    assert summary["rows"] == {"expected": n, "written": n, "errors": 0, "errors_by_model": {}}
     assert sorted(summary["models"]) == sorted(variants)
     for model in variants:
         assert summary["models"][model]["images"] == summary["manifest"]["val"]
@@ -61,7 +62,7 @@ def test_evaluate_job_reports_langsam_unavailable_and_finishes_the_rest(demo_run
     assert list(summary["models"]) == ["unet"]
     assert "HF_HUB_OFFLINE" in summary["unavailable"]["langsam"]
     assert "UNAVAILABLE" in capsys.readouterr().out
-    assert summary["rows"] == {"expected": 16, "written": 16}
+    assert summary["rows"] == {"expected": 16, "written": 16, "errors": 0, "errors_by_model": {}}
 
 
 def test_an_unusable_dataset_exits_2_with_the_reason(ray_session, tmp_path, capsys):

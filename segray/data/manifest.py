@@ -12,6 +12,7 @@ folders or guesses names. Sources:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import posixpath
@@ -43,6 +44,10 @@ class PairingProblems:
     masks_without_image: list[str] = field(default_factory=list)
     non_image_files: list[str] = field(default_factory=list)
     listed_but_missing: list[str] = field(default_factory=list)
+    # Pairing is by stem, so of `x.png` and `x.jpg` in one folder only the first (sorted) pairs.
+    same_stem_as_another: list[str] = field(default_factory=list)
+    # Links that resolve outside the dataset folder: never read.
+    links_outside_root: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return {name: len(files) for name, files in self.__dict__.items()}
@@ -116,14 +121,18 @@ def read_folder(root: str) -> Manifest:
             if name.startswith("."):
                 continue
             stem, ext = posixpath.splitext(name)
-            if ext.lower() in IMAGE_EXTENSIONS:
-                found[stem] = name
-            else:
+            if _outside(root, storage.join(folder, name)):
+                problems.links_outside_root.append(storage.join(folder, name))
+            elif ext.lower() not in IMAGE_EXTENSIONS:
                 problems.non_image_files.append(storage.join(folder, name))
+            elif stem in found:
+                problems.same_stem_as_another.append(storage.join(folder, name))
+            else:
+                found[stem] = name
 
     problems.images_without_mask = sorted(images[s] for s in images.keys() - masks.keys())
     problems.masks_without_image = sorted(masks[s] for s in masks.keys() - images.keys())
-    problems.listed_but_missing = _listed_but_missing(root, pair_root, images, masks)
+    problems.listed_but_missing = _listed_but_missing(root, pair_root, images, masks, problems.links_outside_root)
     if not images:
         raise DatasetError(f"{image_dir}: no images (.png, .jpg, .jpeg) found")
 
@@ -144,6 +153,15 @@ def read_folder(root: str) -> Manifest:
     return Manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), problems, pair_root)
 
 
+def _outside(root: str, uri: str) -> bool:
+    """True for a local file that resolves, links followed, outside the folder `root`
+    (object stores have no links)."""
+    if not storage.is_local(root):
+        return False
+    real_root = os.path.realpath(storage.resolve(root)[1])
+    return os.path.commonpath([real_root, os.path.realpath(storage.resolve(uri)[1])]) != real_root
+
+
 def split_validation(names: list[str]) -> list[str]:
     """The validation names: the seeds' `train_test_split(sorted names, test_size=0.2, random_state=42)`."""
     from sklearn.model_selection import train_test_split  # imported here: 5 s, driver only
@@ -160,11 +178,15 @@ def category_of(name: str) -> str:
     return head if sep else "unknown"
 
 
-def _listed_but_missing(root: str, pair_root: str, images: dict, masks: dict) -> list[str]:
-    """Entries of the Kaggle `df.csv` (if present) whose image or mask file is not there."""
+def _listed_but_missing(root: str, pair_root: str, images: dict, masks: dict, outside: list[str]) -> list[str]:
+    """Entries of the Kaggle `df.csv` (if present) whose image or mask file is not there.
+    Entries are compared by stem and never opened; a `df.csv` that is a link out of the
+    dataset folder is not read, but added to `outside`."""
     for folder in dict.fromkeys([pair_root, storage.join(root, MADS_FOLDER), root]):
         uri = storage.join(folder, "df.csv")
-        if storage.exists(uri):
+        if storage.exists(uri) and _outside(root, uri):
+            outside.append(uri)
+        elif storage.exists(uri):
             listed = pd.read_csv(io.BytesIO(storage.read_bytes(uri)))
             break
     else:
@@ -175,6 +197,22 @@ def _listed_but_missing(root: str, pair_root: str, images: dict, masks: dict) ->
             if posixpath.splitext(posixpath.basename(entry))[0] not in found:
                 missing.append(entry)
     return sorted(missing)
+
+
+def manifest_fingerprint(table: pd.DataFrame) -> str:
+    """sha256 over the sorted (image_id, image size, mask size or "-" without mask) of a
+    manifest: it changes when a pair is added or removed, a mask appears or goes, or a
+    file is rewritten with another size. Sizes come from one listing per folder."""
+    folders = {posixpath.dirname(uri) for uri in table["image_uri"]}
+    folders |= {posixpath.dirname(uri) for uri in table["mask_uri"].dropna()}
+    sizes = {}
+    for folder in folders:
+        sizes.update({storage.join(folder, name): size for name, size in storage.file_sizes(folder).items()})
+    lines = sorted(
+        f"{image_id}\t{sizes.get(image_uri)}\t{sizes.get(mask_uri, '-') if isinstance(mask_uri, str) else '-'}"
+        for image_id, image_uri, mask_uri in zip(table["image_id"], table["image_uri"], table["mask_uri"])
+    )
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def to_dataset(table: pd.DataFrame, rows_per_block: int = 16):

@@ -20,12 +20,15 @@ class ModelSpec:
 
     `checkpoint` is a directory written by `segray.train` (trained models) or None.
     `device` is "cuda", "cpu" or None for "cuda if available".
+    `version` names the exact model (e.g. "unet@<registry version>", see
+    `segray.model_registry`); it fills the rows' `model_version` column, None if unnamed.
     """
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
     device: str | None = None
+    version: str | None = None
 
 
 @dataclass

@@ -57,12 +57,15 @@ def _load_encoder_file(model: nn.Module, path: str) -> None:
         raise EncoderWeightsUnavailable(_fix_message(f"encoder weights file {path}", error)) from error
     # A classification checkpoint carries the fc head, which the encoder does not have.
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    # smp's encoder overrides load_state_dict and returns nothing: compare the keys here.
+    expected = set(model.encoder.state_dict())
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
     if missing or unexpected:
         raise EncoderWeightsUnavailable(
             f"encoder weights file {path} does not fit a ResNet34 encoder: "
             f"missing {missing[:5]}..., unexpected {unexpected[:5]}..."
         )
+    model.encoder.load_state_dict(state)
 
 
 def _fix_message(what: str, error: Exception) -> str:

@@ -50,6 +50,13 @@ def read_meta(directory: str) -> dict[str, Any]:
 
 def load_network(directory: str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network a checkpoint describes and load its weights."""
+    for name in (WEIGHTS_FILE, META_FILE):
+        if not os.path.isfile(os.path.join(directory, name)):
+            # Weights are read from safetensors only: a pickle (.bin, .pt) could run code.
+            raise FileNotFoundError(
+                f"{directory} is not a segray checkpoint: {name} is missing (weights are read from "
+                f"{WEIGHTS_FILE} only, never from pickle files such as .bin or .pt)"
+            )
     meta = read_meta(directory)
     # The checkpoint holds every weight: never fetch pretrained encoder weights again.
     network = build_network(meta["model"], {**meta["params"], "encoder_weights": None})
@@ -78,13 +85,16 @@ class TrainedSegmenter:
         else:
             self.network = build_network(spec.name, {**spec.params, "encoder_weights": None}).to(self.device)
             self.image_size = int(spec.params.get("image_size", 256))
-        self.network.eval()
+        # channels_last: oneDNN's (and cuDNN's) faster convolution layout; on this project's
+        # CPU it made a UNet's forward 1.5x and a ResNet34-UNet's 1.14x faster (docs/PERFORMANCE.md).
+        self.network.to(memory_format=torch.channels_last).eval()
         self.transform = inference(self.image_size)
         self.variants = [spec.name]
 
     @torch.inference_mode()
     def predict(self, images: list[np.ndarray]) -> list[dict[str, Prediction]]:
-        batch = torch.stack([self.transform(image=image)["image"] for image in images]).to(self.device)
+        batch = torch.stack([self.transform(image=image)["image"] for image in images])
+        batch = batch.to(self.device, memory_format=torch.channels_last)
         probabilities = torch.sigmoid(self.network(batch))[:, 0].float().cpu().numpy()
         results = []
         for image, probability in zip(images, probabilities):
