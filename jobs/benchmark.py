@@ -4,8 +4,8 @@
     ray job submit --working-dir . -- python jobs/benchmark.py             # the real benchmark on a cluster
 
 Writes OUTPUT/RUN_ID/{train/, training.json, predictions/*.parquet, summary.json} and prints
-mean IoU per model on the validation split. Exits 1 when a model failed to train or rows
-are missing, 2 on bad arguments or an unusable dataset/output. A model that cannot run for
+mean IoU per model on the validation split. Exits 1 when a model failed to train, rows
+are missing or any row has status error (the run is "partial"), 2 on bad arguments or an unusable dataset/output. A model that cannot run for
 lack of weights (LangSAM offline) is reported as unavailable in the summary and does not
 fail the run.
 """
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.split("\n\n")[0]).parse_args(argv)
     config = config_from_args(args)
     try:
-        summary = run_benchmark(config, args.ray_address)
+        summary = run_benchmark(config, args.ray_address, args.registry)
     except (DatasetError, RunError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -34,6 +34,11 @@ def parser(description: str) -> argparse.ArgumentParser:
                    "AWS_ENDPOINT_URL if set, else AWS]")
     g.add_argument("--ray-address", help="Ray cluster to join [default: RAY_ADDRESS if set (ray job submit "
                    "sets it), else a local Ray]")
+    g.add_argument("--registry", help="model registry URI (local or s3://): train and benchmark record each "
+                   "trained model's best checkpoint there; evaluate and reevaluate load versions from it")
+    g.add_argument("--version", action="append", metavar="MODEL=SELECTOR",
+                   help="with --registry, the version of a trained model to evaluate, repeatable: latest, best, "
+                   "a version name (reevaluate also takes all) [default: evaluate latest, reevaluate all]")
     g.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
     g = p.add_argument_group("training (Ray Train)")
@@ -85,6 +90,17 @@ LANGSAM_FLAGS = {
     "langsam_bf16": "bf16",
     "langsam_backend": "backend",
 }
+
+
+def versions_from_args(args: argparse.Namespace) -> dict[str, str]:
+    """--version MODEL=SELECTOR options as {model: selector}."""
+    versions = {}
+    for item in args.version or []:
+        model, _, selector = item.partition("=")
+        if not model or not selector:
+            raise SystemExit(f"--version expects MODEL=SELECTOR, got {item!r}")
+        versions[model] = selector
+    return versions
 
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:

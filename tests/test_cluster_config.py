@@ -258,8 +258,9 @@ def expanded_entrypoint(entrypoint: str) -> list[str]:
     return result.stdout.split("\0")[:-1]
 
 
-@MANIFESTS
-def test_entrypoint_runs_the_benchmark_with_valid_options(path):
+@pytest.mark.parametrize("path, script", [(RAYJOB, "jobs/benchmark.py"), (RAYCRONJOB, "jobs/reevaluate.py")],
+                         ids=["rayjob", "raycronjob"])
+def test_entrypoint_runs_its_job_with_valid_options(path, script):
     entrypoint = rayjob_spec(path)["entrypoint"]
     # Kubernetes would replace $(NAME) with an environment variable's value in a container
     # command; the only $( ) here must be shell command substitutions.
@@ -267,12 +268,15 @@ def test_entrypoint_runs_the_benchmark_with_valid_options(path):
     argv = expanded_entrypoint(entrypoint)
     assert argv[:4] == ["uv", "run", "--locked", "--no-dev"], argv
     assert (ROOT / "pyproject.toml").is_file() and (ROOT / "uv.lock").is_file()
-    script = argv.index("python") + 1
-    assert (ROOT / argv[script]).is_file(), argv[script]
-    assert argv[script] == "jobs/benchmark.py"
-    args = parser("benchmark").parse_args(argv[script + 1:])
+    at = argv.index("python") + 1
+    assert argv[at] == script and (ROOT / script).is_file(), argv[at]
+    args, rest = parser(script).parse_known_args(argv[at + 1:])
     assert re.fullmatch(r"[a-z0-9]+-\d{8}-\d{4}", args.run_id), args.run_id  # dated, one per run
-    assert args.output.startswith("s3://") and args.dataset.startswith("s3://")
+    assert args.dataset.startswith("s3://") and args.registry.startswith("s3://")
+    if script == "jobs/benchmark.py":
+        assert rest == [] and args.output.startswith("s3://")
+    else:  # reevaluate's own option: the results table
+        assert rest[0] == "--results" and rest[1].startswith("s3://") and len(rest) == 2
 
 
 def containers(group: dict) -> list[dict]:
@@ -309,12 +313,13 @@ def test_cluster_spec_head_and_gpu_workers(path):
     assert gpu_groups >= 1
 
 
-def test_scheduled_run_is_the_same_job_as_the_one_off_run():
-    """The RayCronJob's jobTemplate is k8s/rayjob.yaml's spec, except for the run id prefix."""
+def test_scheduled_run_uses_the_one_off_runs_cluster_data_and_registry():
+    """The RayCronJob's jobTemplate is k8s/rayjob.yaml's spec but for the entrypoint, which
+    re-evaluates the same dataset with the registry the one-off run records into."""
     once, scheduled = rayjob_spec(RAYJOB), rayjob_spec(RAYCRONJOB)
     assert set(once) == set(scheduled)
     for key in once:
         if key != "entrypoint":
             assert once[key] == scheduled[key], key
-    without_run_id = [re.sub(r"--run-id \S+", "", s["entrypoint"]) for s in (once, scheduled)]
-    assert without_run_id[0] == without_run_id[1]
+    options = [dict(re.findall(r"(--dataset|--registry) (\S+)", s["entrypoint"])) for s in (once, scheduled)]
+    assert options[0] == options[1] and len(options[0]) == 2

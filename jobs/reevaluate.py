@@ -1,0 +1,69 @@
+"""Scheduled, incremental re-evaluation: evaluate only the (image, model version) pairs the results table lacks.
+
+    python jobs/reevaluate.py --dataset DIR_OR_S3 --results RESULTS_URI --registry REGISTRY_URI
+    python jobs/reevaluate.py --preset demo --dataset data/mads --results runs/table --registry runs/registry \\
+        --version unet=latest --models unet,langsam --langsam-detector DIR --langsam-sam DIR
+
+Model versions: every registry version of each trained model in --models (or the one
+--version MODEL=latest|best|VERSION picks), and LangSAM as `langsam@<detector>+<sam>`.
+The new rows go to RESULTS/run=RUN_ID/, committed by RESULTS/run=RUN_ID/_COMMITTED.json
+written last; RESULTS/report/ gets the trend of mean IoU per model version. A second run
+with nothing new computes and writes nothing. Runs must not overlap: RESULTS/_lock.json is
+created exclusively and refuses a second run, unless it is older than --lock-stale-after
+hours. See docs/REEVALUATE.md. The training options, --output and --overwrite do not apply.
+
+Exit status: 0 every pair is in the table (including "nothing to compute"); 1 a model
+could not run, or rows are missing (the partition is left uncommitted and redone next
+time); 2 bad arguments, an unusable dataset, results table or registry, or a --run-id
+already in the table; 3 another run holds the lock.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from segray import storage
+from segray.benchmark import RunError
+from segray.cli import config_from_args, parser, versions_from_args
+from segray.data.manifest import DatasetError
+from segray.reevaluate import LockHeld, run_reevaluation
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.split("\n\n")[0])
+    g = p.add_argument_group("re-evaluation")
+    g.add_argument("--results", required=True, metavar="URI", help="the results table (local path or s3://)")
+    g.add_argument("--lock-stale-after", type=float, default=6.0, metavar="HOURS",
+                   help="take over a lock older than this (its run is presumed dead)")
+    args = p.parse_args(argv)
+    config = config_from_args(args)
+    try:
+        outcome, unavailable = run_reevaluation(config, args.results, args.registry, versions_from_args(args),
+                                                args.lock_stale_after, args.ray_address)
+    except LockHeld as error:
+        print(f"error: another run is going on: {error}", file=sys.stderr)
+        return 3
+    except (DatasetError, RunError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: {storage.describe(error)}", file=sys.stderr)
+        return 2
+    for model, reason in unavailable.items():
+        print(f"{model}: UNAVAILABLE: {reason}")
+    if not outcome.versions:
+        print("error: no model could run", file=sys.stderr)
+        return 1
+    if not outcome.computed:
+        print(f"nothing to compute: {outcome.images} images x {len(outcome.versions)} model versions "
+              f"already in {args.results}")
+        return 0 if not unavailable else 1
+    for version, images in outcome.computed.items():
+        print(f"computed {version}: {images} new images")
+    print(f"rows written {outcome.rows_written} of {outcome.rows_expected} to {outcome.partition}: "
+          + ("committed" if outcome.committed else "NOT committed, redone next run"))
+    return 0 if outcome.committed and not unavailable else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

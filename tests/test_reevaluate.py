@@ -1,0 +1,194 @@
+"""jobs/reevaluate.py end to end on the shared local Ray: only new (image, model version)
+pairs are computed, a second run computes nothing, a new registry version gets every image,
+a crashed run's rows are recomputed and never doubled, the lock refuses overlapping runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from segray import storage
+from segray.data.manifest import read_folder
+from segray.evaluate import evaluate
+from segray.config import EvalConfig
+from segray.model_registry import langsam_version, record_model, resolve_version, spec_for
+from segray.models.langsam import VARIANTS
+from segray.models.registry import build_network
+from segray.models.trained import save_checkpoint
+from segray.reevaluate import COMMIT_FILE, LOCK_FILE, LockHeld, acquire_lock, release_lock
+from tests.conftest import job
+
+
+def register(registry, tmp_path, version: str, seed: int) -> None:
+    """A tiny random UNet (32 px) as a registry version."""
+    torch.manual_seed(seed)
+    directory = tmp_path / f"ckpt-{version}"
+    save_checkpoint(str(directory), build_network("unet", {"base_width": 4}),
+                    {"model": "unet", "params": {"base_width": 4}, "image_size": 32})
+    record_model(str(registry), str(directory), version, config={}, metrics={"best_val_iou": 0.1},
+                 dataset={"uri": "test", "fingerprint": None})
+
+
+def add_images(source, dataset, names: list[str]) -> None:
+    for folder in ("images", "masks"):
+        (dataset / folder).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copy(source / folder / name, dataset / folder / name)
+
+
+def rows_of(results, run_id: str) -> pd.DataFrame:
+    return pq.read_table(results / f"run={run_id}", columns=["image_id", "model", "model_version", "iou"]).to_pandas()
+
+
+@pytest.fixture
+def setup(synthetic_root, tmp_path):
+    names = sorted(p.name for p in (synthetic_root / "images").iterdir())
+    dataset, results, registry = tmp_path / "dataset", tmp_path / "results", tmp_path / "registry"
+    add_images(synthetic_root, dataset, names[:8])
+    register(registry, tmp_path, "v1", seed=0)
+
+    def run(run_id: str, *extra: str) -> int:
+        return job("reevaluate")(["--preset", "demo", "--dataset", str(dataset), "--results", str(results),
+                                  "--registry", str(registry), "--models", "unet", "--run-id", run_id, *extra])
+
+    return names, dataset, results, registry, run
+
+
+def test_only_new_pairs_are_computed_and_a_rerun_computes_nothing(ray_session, setup, synthetic_root, tmp_path,
+                                                                  capsys):
+    names, dataset, results, registry, run = setup
+    assert run("r1") == 0
+    first = rows_of(results, "r1")
+    assert sorted(first["image_id"]) == names[:8] and set(first["model_version"]) == {"unet@v1"}
+    assert json.loads((results / "run=r1" / COMMIT_FILE).read_text())["computed"] == {"unet@v1": 8}
+
+    add_images(synthetic_root, dataset, names[8:12])
+    assert run("r2") == 0
+    assert "computed unet@v1: 4 new images" in capsys.readouterr().out
+    assert sorted(rows_of(results, "r2")["image_id"]) == names[8:12]
+
+    assert run("r3") == 0
+    assert "nothing to compute: 12 images x 1 model versions already in" in capsys.readouterr().out
+    assert not (results / "run=r3").exists()
+
+    register(registry, tmp_path, "v2", seed=1)
+    assert run("r4") == 0
+    assert "computed unet@v2: 12 new images" in capsys.readouterr().out
+    fourth = rows_of(results, "r4")
+    assert sorted(fourth["image_id"]) == names[:12] and set(fourth["model_version"]) == {"unet@v2"}
+
+    # Only v1, by name: everything is there already.
+    assert run("r5", "--version", "unet=v1") == 0
+    assert "nothing to compute: 12 images x 1 model versions" in capsys.readouterr().out
+    assert run("r4") == 2  # a run id is written once
+    assert "already committed" in capsys.readouterr().err
+    assert not (results / LOCK_FILE).exists()  # every run released the lock
+
+    # The trend: one point per run for each series, cumulative over the images scored so far.
+    trend = pd.read_csv(results / "report" / "trend.csv")
+    v1 = trend[trend["model_version"] == "unet@v1"].set_index("run_id")
+    assert list(v1.index) == ["r1", "r2", "r4"] and list(v1["images"]) == [8, 12, 12]
+    assert list(v1["new_images"]) == [8, 4, 0]
+    every_v1 = pd.concat([first, rows_of(results, "r2")])
+    assert v1.at["r2", "mean_iou"] == pytest.approx(every_v1["iou"].mean())
+    assert v1.at["r1", "mean_iou"] == pytest.approx(first["iou"].mean())
+    v2 = trend[trend["model_version"] == "unet@v2"]
+    assert list(v2["run_id"]) == ["r4"] and v2["mean_iou"].iloc[0] == pytest.approx(fourth["iou"].mean())
+    for name in ("trend.md", "trend.html", "trend.png"):
+        assert (results / "report" / name).stat().st_size > 0
+
+
+def test_a_crashed_run_is_ignored_and_its_pairs_recomputed_once(ray_session, setup, synthetic_root, capsys):
+    names, dataset, results, registry, run = setup
+    assert run("r1") == 0
+    add_images(synthetic_root, dataset, names[8:12])
+    # A run that crashed after writing the new pairs' rows but before committing them.
+    manifest = read_folder(str(dataset)).table
+    spec = spec_for(resolve_version(str(registry), "unet", "v1"))
+    evaluate(manifest, [spec], EvalConfig(), str(results / "run=crashed"), "crashed",
+             manifest_per_spec=[manifest[manifest["image_id"].isin(names[8:12])]])
+    assert len(rows_of(results, "crashed")) == 4
+
+    assert run("r2") == 0
+    assert "computed unet@v1: 4 new images" in capsys.readouterr().out
+    assert not (results / "run=crashed").exists()
+    assert sorted(p.name for p in results.glob("run=*")) == ["run=r1", "run=r2"]
+    every = pd.concat([rows_of(results, "r1"), rows_of(results, "r2")])
+    assert len(every) == 12 and every["image_id"].nunique() == 12
+
+
+def test_langsam_is_one_version_with_a_row_per_variant(ray_session, setup, tiny_weights, capsys):
+    names, dataset, results, registry, run = setup
+    detector, sam = tiny_weights
+    langsam = ["--langsam-detector", str(detector), "--langsam-sam", str(sam), "--langsam-box-threshold", "0"]
+    assert run("r1", "--models", "langsam", *langsam) == 0
+    rows = rows_of(results, "r1")
+    version = langsam_version({"detector": str(detector), "sam": str(sam)})
+    assert set(rows["model_version"]) == {version} and version == f"langsam@{detector}+{sam}"
+    assert rows.groupby("model")["image_id"].nunique().to_dict() == dict.fromkeys(VARIANTS, 8)
+    assert run("r2", "--models", "langsam", *langsam) == 0
+    assert "nothing to compute: 8 images x 1 model versions" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- lock
+
+
+@pytest.fixture(params=["local", "s3"])
+def results_uri(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "results")
+    import boto3
+
+    bucket = f"results-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=request.getfixturevalue("s3_endpoint")).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/table"
+
+
+def test_the_lock_refuses_a_second_run_and_is_released(results_uri):
+    acquire_lock(results_uri, "first", stale_after_h=6)
+    with pytest.raises(LockHeld, match="held by run first on .* since"):
+        acquire_lock(results_uri, "second", stale_after_h=6)
+    release_lock(results_uri, "second")  # not the holder: the lock stays
+    assert json.loads(storage.read_bytes(storage.join(results_uri, LOCK_FILE)))["run_id"] == "first"
+    release_lock(results_uri, "first")
+    assert not storage.exists(storage.join(results_uri, LOCK_FILE))
+    acquire_lock(results_uri, "second", stale_after_h=6)
+
+
+def test_a_stale_lock_is_taken_over(results_uri, caplog):
+    old = datetime.now(timezone.utc) - timedelta(hours=7)
+    stale = {"run_id": "dead", "host": "elsewhere", "started_at": old.isoformat()}
+    storage.write_bytes(storage.join(results_uri, LOCK_FILE), json.dumps(stale).encode())
+    with pytest.raises(LockHeld, match="held by run dead"):
+        acquire_lock(results_uri, "new", stale_after_h=8)
+    acquire_lock(results_uri, "new", stale_after_h=6)
+    assert "taking over the stale lock" in caplog.text
+    assert json.loads(storage.read_bytes(storage.join(results_uri, LOCK_FILE)))["run_id"] == "new"
+
+
+def test_the_job_exits_3_while_another_run_holds_the_lock(setup, capsys):
+    names, dataset, results, registry, run = setup
+    acquire_lock(str(results), "nightly-1", stale_after_h=6)
+    assert run("r1") == 3
+    assert "held by run nightly-1" in capsys.readouterr().err
+    assert [p.name for p in results.iterdir()] == [LOCK_FILE]
+
+
+def test_evaluate_loads_a_registry_version(ray_session, dataset_copy, tmp_path):
+    registry, runs = tmp_path / "registry", tmp_path / "runs"
+    register(registry, tmp_path, "v1", seed=0)
+    register(registry, tmp_path, "v2", seed=1)
+    common = ["--preset", "demo", "--dataset", str(dataset_copy), "--output", str(runs), "--models", "unet",
+              "--registry", str(registry)]
+    assert job("evaluate")([*common, "--run-id", "eval-1", "--version", "unet=v1"]) == 0
+    rows = pq.read_table(runs / "eval-1" / "predictions", columns=["image_id", "model_version"]).to_pandas()
+    assert len(rows) == 12 and set(rows["model_version"]) == {"unet@v1"}
+    assert job("evaluate")([*common, "--run-id", "eval-2", "--version", "unet=nope"]) == 2
+    assert not (runs / "eval-2").exists()
