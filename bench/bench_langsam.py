@@ -7,17 +7,17 @@ The seeds called `LangSAM().predict([image], [prompt])` once per image. Here the
   batched  predict(images[i:i+B]) (one GroundingDINO and one SAM2 forward per batch).
 
 By default it writes the tiny random models (segray.models.tiny_langsam) to a temp dir
-and runs on CPU, which measures the pipeline's overhead, not real model cost. Pass real
-weights for real figures:
+and runs on CPU, which measures the pipeline's overhead, not real model cost. The two
+modes alternate pass by pass (loop, batched, loop, ...) so that both see the same machine
+load; the best pass of each is kept.
 
+    python bench/bench_langsam.py --threads 1      # tiny random models, CPU (the recorded figure)
     python bench/bench_langsam.py --detector DIR --sam DIR --device cuda --images 64 --batch-size 8
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,24 +28,7 @@ import torch
 from segray.models.base import ModelSpec, resolve_device
 from segray.models.langsam import LangSAMSegmenter
 from segray.models.tiny_langsam import save_tiny_langsam
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware(device: str) -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (
-        f"cpu: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
-        f"gpu: {gpu}; device: {device}; torch {torch.__version__}"
-    )
+from segray.report import hardware
 
 
 def load_images(folder: str | None, n: int, seed: int) -> list[np.ndarray]:
@@ -73,16 +56,13 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def rate(fn, images: list[np.ndarray], device: str, repeats: int) -> float:
-    """Best images/s over `repeats` passes (the best pass is the least disturbed one)."""
-    best = 0.0
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn(images)
-        sync(device)
-        best = max(best, len(images) / (time.perf_counter() - start))
-    return best
+def pass_rate(fn, images: list[np.ndarray], device: str) -> float:
+    """images/s of one pass."""
+    sync(device)
+    start = time.perf_counter()
+    fn(images)
+    sync(device)
+    return len(images) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -128,12 +108,17 @@ def main() -> None:
         # Warm-up: first calls pay for lazy initialisation (and CUDA kernels/autotuning).
         loop(images[:2])
         batched(images[: args.batch_size])
-        loop_rate = rate(loop, images, device, args.repeats)
-        batch_rate = rate(batched, images, device, args.repeats)
+        # Alternating passes see the same machine load; the best pass of each is kept.
+        loop_rate = batch_rate = 0.0
+        for _ in range(args.repeats):
+            loop_rate = max(loop_rate, pass_rate(loop, images, device))
+            batch_rate = max(batch_rate, pass_rate(batched, images, device))
 
     sizes = sorted({im.shape[:2] for im in images})
     print(f"models:    {label}: {detector} + {sam} (load {load_s:.1f} s)")
-    print(f"hardware:  {hardware(device)}")
+    hw = hardware()
+    print(f"hardware:  {hw['cpu']}, {hw['cores']} cores, torch threads {torch.get_num_threads()}; "
+          f"GPUs: {hw['gpus'] or 'none'}; device: {device}; torch {torch.__version__}")
     print(f"images:    {len(images)} x {sizes if len(sizes) > 1 else sizes[0]}, best of {args.repeats} passes")
     print(f"loop:      {loop_rate:8.2f} images/s   (predict([image]) per image, as the seeds)")
     print(f"batched:   {batch_rate:8.2f} images/s   (batch size {args.batch_size})")

@@ -65,22 +65,42 @@ def mask_boundary(mask, ratio: float = BOUNDARY_DILATION_RATIO):
     kernel, `boundary_width` times (Cheng et al., CVPR 2021, G_d ∩ G). As in the reference
     implementation (bowenc0221/boundary-iou-api), the mask is padded with background first,
     so a mask cut by the image edge has a boundary band along that edge too."""
-    import cv2
     import numpy as np
 
     mask = np.asarray(mask, bool)
-    height, width = mask.shape
+    return _band(mask, boundary_width(mask.shape, ratio))
+
+
+def _band(mask, width: int):
+    """`mask_boundary` with the band's width given (it depends on the whole image's size)."""
+    import cv2
+    import numpy as np
+
+    height, width_px = mask.shape
     padded = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=boundary_width(mask.shape, ratio))
-    return mask & ~eroded[1 : height + 1, 1 : width + 1].astype(bool)
+    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=width)
+    return mask & ~eroded[1 : height + 1, 1 : width_px + 1].astype(bool)
 
 
 def boundary_iou(pred, truth, ratio: float = BOUNDARY_DILATION_RATIO):
     """Boundary IoU (Cheng et al., CVPR 2021) of two boolean (H, W) masks: the IoU of their
     inner boundary bands (`mask_boundary`); both bands empty (both masks empty) -> 1.0.
-    It punishes boundary errors that plain IoU hides on large masks."""
-    pred_band, truth_band = mask_boundary(pred, ratio), mask_boundary(truth, ratio)
-    return float(_ratio((pred_band & truth_band).sum(), (pred_band | truth_band).sum()))
+    It punishes boundary errors that plain IoU hides on large masks.
+
+    The bands are computed on the masks' common bounding box grown by one background pixel
+    (2x faster on a person in a 512x384 image). That gives the same bands: a band pixel's
+    erosion window that reaches outside the box also covers the box's background border."""
+    import numpy as np
+
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    width = boundary_width(pred.shape, ratio)
+    either = pred | truth
+    rows, cols = np.flatnonzero(either.any(axis=1)), np.flatnonzero(either.any(axis=0))
+    if len(rows) == 0:
+        return 1.0
+    box = slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2)
+    pred_band, truth_band = _band(pred[box], width), _band(truth[box], width)
+    return float(_ratio(np.count_nonzero(pred_band & truth_band), np.count_nonzero(pred_band | truth_band)))
 
 
 def pooled_iou(intersections, unions):
@@ -98,16 +118,24 @@ METRIC_COLUMNS = ["iou", "dice", "precision", "recall", "boundary_iou", "pred_ar
 
 def score_masks(predicted, truth) -> dict:
     """Every per-image metric column of one (prediction, ground truth) pair of bool (H, W)
-    numpy masks. A no-detection is scored as an all-False prediction."""
+    numpy masks. A no-detection is scored as an all-False prediction. The pixel metrics
+    come from three pixel counts (the same ratios as `iou`, `dice`, `precision`, `recall`),
+    so each mask is scanned once rather than once per metric."""
+    import numpy as np
+
+    predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)
+    pred_area, true_area = np.count_nonzero(predicted), np.count_nonzero(truth)
+    intersection = np.count_nonzero(predicted & truth)
+    union = pred_area + true_area - intersection
     return {
-        "iou": float(iou(predicted, truth)),
-        "dice": float(dice(predicted, truth)),
-        "precision": float(precision(predicted, truth)),
-        "recall": float(recall(predicted, truth)),
+        "iou": float(_ratio(intersection, union)),
+        "dice": float(_ratio(2 * intersection, pred_area + true_area)),
+        "precision": float(_ratio(intersection, pred_area)),
+        "recall": float(_ratio(intersection, true_area)),
         "boundary_iou": boundary_iou(predicted, truth),
-        "pred_area": int(predicted.sum()),
-        "true_area": int(truth.sum()),
-        "intersection": int((predicted & truth).sum()),
-        "union": int((predicted | truth).sum()),
-        "empty": not bool(truth.any()),
+        "pred_area": int(pred_area),
+        "true_area": int(true_area),
+        "intersection": int(intersection),
+        "union": int(union),
+        "empty": bool(true_area == 0),
     }

@@ -76,3 +76,14 @@ def test_a_failing_image_does_not_take_its_batch_down(monkeypatch):
     assert rows["status"] == ["ok", "ok", "error", "error", "ok", "ok"]
     assert rows["error"][2] == "RuntimeError: dark image"
     assert rows["mask"][4].shape == (6, 2)
+
+
+def test_actor_threads_share_the_cores_among_the_model_actors_on_cpu(monkeypatch):
+    from segray.evaluate import actor_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert actor_threads(EvalConfig(cpus_per_actor=0.5, actors=1), models=1, gpus=False) == 8
+    assert actor_threads(EvalConfig(cpus_per_actor=0.5, actors=2), models=2, gpus=False) == 2
+    assert actor_threads(EvalConfig(cpus_per_actor=0.5, actors=3), models=3, gpus=False) == 1  # never 0
+    assert actor_threads(EvalConfig(cpus_per_actor=4, actors=3), models=3, gpus=False) == 4  # asked for more
+    assert actor_threads(EvalConfig(cpus_per_actor=0.5), models=1, gpus=True) == 1  # the GPU does the work

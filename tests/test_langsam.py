@@ -348,6 +348,21 @@ def test_multimask_output_keeps_sams_best_mask(tiny, images):
         assert p.status == "ok" and p.mask.shape == image.shape[:2] and p.num_detections == 2
 
 
+@pytest.mark.parametrize("shape", [(384, 512), (200, 300), (40, 50)])
+def test_upsample_masks_matches_sam2_post_process_masks(shape):
+    """The OpenCV upsampling gives SAM2's own post-processing masks (bilinear, logit > 0),
+    to float rounding: at most a pixel in ten thousand may differ."""
+    from transformers import Sam2ImageProcessor
+
+    rng = np.random.default_rng(0)
+    logits = (rng.normal(size=(5, 64, 64)).cumsum(-1).cumsum(-2) / 8).astype(np.float32)
+    expected = Sam2ImageProcessor().post_process_masks([torch.from_numpy(logits[:, None])], [shape])[0][:, 0]
+    masks = L.upsample_masks(logits, shape)
+    assert masks.dtype == bool and masks.shape == (5, *shape)
+    assert 0 < masks.mean() < 1
+    assert (masks != expected.numpy()).mean() <= 1e-4
+
+
 def test_no_global_state_leak(tiny, images):
     seg = build(tiny, bf16=False)
     seg.predict(images[:2])

@@ -35,6 +35,30 @@ def test_pixel_metrics_match_sklearn_including_empty_and_full(metric, oracle):
             assert metric(pred, truth) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    ("column", "oracle"),
+    [("iou", jaccard_score), ("dice", f1_score), ("precision", precision_score), ("recall", recall_score)],
+)
+def test_score_masks_pixel_metrics_match_sklearn_including_empty_and_full(column, oracle):
+    """score_masks computes the ratios from pixel counts: the same values as the oracles."""
+    rng = np.random.default_rng(3)
+    for pred in random_masks(rng):
+        for truth in random_masks(rng)[:4] + [np.zeros(pred.shape, bool), np.ones(pred.shape, bool)]:
+            expected = oracle(truth.ravel(), pred.ravel(), zero_division=1.0)
+            assert score_masks(pred, truth)[column] == pytest.approx(expected)
+
+
+def test_boundary_iou_of_small_masks_away_from_the_edge_matches_slow_reference():
+    """Masks far smaller than the image: the bands are computed on their bounding box."""
+    rng = np.random.default_rng(4)
+    shape = (120, 150)
+    for _ in range(6):
+        pred, truth = np.zeros(shape, bool), np.zeros(shape, bool)
+        pred[30:70, 40:80] = blob(rng, (40, 40))
+        truth[35:75, 50:90] = blob(rng, (40, 40))
+        assert boundary_iou(pred, truth) == pytest.approx(slow_boundary_iou(pred, truth))
+
+
 def test_empty_conventions():
     empty, full = np.zeros((5, 5), bool), np.ones((5, 5), bool)
     assert dice(empty, empty) == precision(empty, empty) == recall(empty, empty) == 1.0

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 from urllib.parse import urlparse
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -358,6 +359,18 @@ def _load(source: WeightsSource, loader: Callable[..., Any]) -> Any:
         raise _unavailable(source.what, source.name, error, source.needs_tokenizer) from e
 
 
+def upsample_masks(logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """SAM's low-resolution mask logits (N, h, w) -> bool masks (N, H, W) at the image's size.
+
+    What Sam2Processor.post_process_masks does (bilinear, half-pixel centres, logit > 0),
+    with OpenCV instead of torch: 5-9x faster on CPU, and only for the real boxes, not the
+    padding. The float arithmetic differs slightly: about 1 pixel in a million may flip."""
+    height, width = shape
+    return np.stack(
+        [cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR) > 0 for mask in logits]
+    )
+
+
 def _check_images(images: list[np.ndarray]) -> list[np.ndarray]:
     out = []
     for i, image in enumerate(images):
@@ -477,11 +490,11 @@ class LangSAMSegmenter:
         scores = iou.gather(-1, best[..., None])[..., 0]
         low_res = outputs.pred_masks.float()  # (B, N, C, h, w)
         index = best[..., None, None, None].expand(-1, -1, 1, *low_res.shape[-2:])
-        low_res = low_res.gather(2, index)  # (B, N, 1, h, w)
-        masks = self.sam_processor.post_process_masks(list(low_res), inputs["original_sizes"])
+        low_res = low_res.gather(2, index)[:, :, 0].cpu().numpy()  # (B, N, h, w)
+        scores = scores.cpu().numpy()
         out = []
-        for i, n in enumerate(counts):
-            out.append((masks[i][:n, 0].cpu().numpy(), scores[i, :n].cpu().numpy()))
+        for image, logits, image_scores, n in zip(images, low_res, scores, counts):
+            out.append((upsample_masks(logits[:n], image.shape[:2]), image_scores[:n]))
         return out
 
     def predict(self, images: list[np.ndarray]) -> list[dict[str, Prediction]]:

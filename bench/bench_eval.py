@@ -1,0 +1,133 @@
+"""Ray Data evaluation vs a plain single-process PyTorch loop: images/s of each, one run.
+
+Both sides do the same work on the same rows, with the same untrained model and batch size:
+decode each image, predict, score against its mask (metrics + PNG of the predicted mask),
+and write the rows as Parquet.
+
+  plain  a torch DataLoader (num_workers=0) over the manifest rows, batches decoded by
+         `segray.evaluate.decode_batch`, then `PredictStage` and `score_batch` in this
+         process, and one `pyarrow.parquet.write_table`;
+  ray    `segray.evaluate.evaluate` on a local Ray started by this script
+         (`ray.init(num_cpus=4)`, as the tests do), Parquet write included.
+
+Passes alternate (plain, ray, plain, ray, ...) so that both see the same machine load;
+the best pass of each is kept. Ray's startup (`ray.init`) is timed and reported apart;
+each Ray pass still pays for starting its model actor (a fresh process importing torch).
+`--rows` cycles the generated images to make a longer run without generating more.
+
+    python bench/bench_eval.py                                   # unet width 16 at 128 px, 256 rows
+    python bench/bench_eval.py --rows 1024                       # more rows: fixed costs weigh less
+    python bench/bench_eval.py --model resnet34_unet --image-size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from segray.config import EvalConfig
+from segray.data.manifest import read_folder
+from segray.data.synthetic import write_synthetic
+from segray.evaluate import PredictStage, actor_threads, decode_batch, evaluate, score_batch
+from segray.models.base import ModelSpec
+from segray.report import hardware
+
+MODEL_PARAMS = {"unet": {"base_width": 16}, "resnet34_unet": {"encoder_weights": "none"}}
+
+
+def manifest_rows(root: Path, rows: int) -> pd.DataFrame:
+    """`rows` manifest rows cycling over the generated files, each with its own image_id."""
+    table = read_folder(str(root)).table
+    cycled = table.iloc[[i % len(table) for i in range(rows)]].reset_index(drop=True)
+    cycled["image_id"] = [f"{i:06d}_{name}" for i, name in enumerate(cycled["image_id"])]
+    return cycled
+
+
+def plain_loop(manifest: pd.DataFrame, spec: ModelSpec, batch_size: int, threads: int, out: Path) -> None:
+    """The same stages without Ray: DataLoader -> decode -> predict -> score -> one Parquet file."""
+    records = manifest.to_dict("records")
+    loader = torch.utils.data.DataLoader(
+        records,
+        batch_size=batch_size,
+        num_workers=0,
+        collate_fn=lambda rows: decode_batch({k: [r[k] for r in rows] for k in manifest.columns}),
+    )
+    stage = PredictStage(spec, torch_threads=threads)
+    tables = [score_batch(stage(batch), "bench") for batch in loader]
+    pq.write_table(pa.concat_tables(tables), out)
+
+
+def ray_pipeline(manifest: pd.DataFrame, spec: ModelSpec, config: EvalConfig, out: Path) -> None:
+    evaluate(manifest, [spec], config, str(out), "bench")
+    written = pq.read_table(out).num_rows
+    if written != len(manifest):
+        raise SystemExit(f"ray wrote {written} rows for {len(manifest)} images")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODEL_PARAMS), default="unet")
+    parser.add_argument("--image-size", type=int, default=128, help="model input size (default 128)")
+    parser.add_argument("--images", type=int, default=32, help="distinct generated 512x384 images (default 32)")
+    parser.add_argument("--rows", type=int, default=256, help="rows evaluated, cycling the images (default 256)")
+    parser.add_argument("--batch-size", type=int, default=16, help="model batch size, both sides (default 16)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads of the plain loop (default: torch's, one per core)")
+    parser.add_argument("--cpus-per-actor", type=float, default=EvalConfig.cpus_per_actor,
+                        help="Ray CPUs of the model actor (default: EvalConfig's)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--num-cpus", type=int, default=4, help="ray.init(num_cpus=...) (default 4, as the tests)")
+    parser.add_argument("--repeats", type=int, default=2, help="passes per side, alternating, best kept (default 2)")
+    args = parser.parse_args()
+
+    import ray
+
+    params = {**MODEL_PARAMS[args.model], "image_size": args.image_size}
+    spec = ModelSpec(args.model, params=params, device=args.device)
+    config = EvalConfig(
+        batch_size={args.model: args.batch_size}, cpus_per_actor=args.cpus_per_actor, decode_batch_size=args.batch_size
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = manifest_rows(write_synthetic(Path(tmp) / "set", args.images, seed=0), args.rows)
+        started = time.perf_counter()
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+        ray_start_s = time.perf_counter() - started
+        plain_times, ray_times = [], []
+        for repeat in range(args.repeats):
+            started = time.perf_counter()
+            plain_loop(manifest, spec, args.batch_size, args.threads, Path(tmp) / f"plain-{repeat}.parquet")
+            plain_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            ray_pipeline(manifest, spec, config, Path(tmp) / f"ray-{repeat}")
+            ray_times.append(time.perf_counter() - started)
+        ray.shutdown()
+
+    n = len(manifest)
+    plain_rate, ray_rate = n / min(plain_times), n / min(ray_times)
+    hw = hardware()
+    print(f"hardware: {hw['cpu']}, {hw['cores']} cores, GPUs: {hw['gpus'] or 'none'}; torch {torch.__version__}, "
+          f"ray {ray.__version__}")
+    print(f"work:     {n} rows ({args.images} generated 512x384 images, cycled); {args.model} "
+          f"{MODEL_PARAMS[args.model]} at {args.image_size} px, untrained; batch {args.batch_size}")
+    threads = actor_threads(config, 1, gpus=torch.cuda.is_available())
+    print(f"setup:    plain torch threads {args.threads}; ray num_cpus={args.num_cpus}, 1 actor with "
+          f"{args.cpus_per_actor} CPU ({threads} torch threads); best of {args.repeats}")
+    print(f"ray.init: {ray_start_s:8.1f} s (not in the figures below)")
+    print(f"plain:    {plain_rate:8.1f} images/s   (passes {', '.join(f'{t:.1f}' for t in plain_times)} s)")
+    print(f"ray:      {ray_rate:8.1f} images/s   (passes {', '.join(f'{t:.1f}' for t in ray_times)} s)")
+    print(f"ratio:    {ray_rate / plain_rate:8.2f} x   (ray / plain; target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()
