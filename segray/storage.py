@@ -83,9 +83,7 @@ def delete_dir(uri: str) -> None:
 
 def list_files(uri: str) -> list[str]:
     """Base names of the files (not directories) directly under `uri`, sorted."""
-    fs, path = resolve(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File)
+    return sorted(file_sizes(uri))
 
 
 def list_dirs(uri: str) -> list[str]:
