@@ -41,7 +41,7 @@ from segray.data.manifest import read_folder
 from segray.data.synthetic import write_synthetic
 from segray.evaluate import PredictStage, actor_threads, decode_batch, evaluate, score_batch
 from segray.models.base import ModelSpec
-from segray.report import hardware
+from segray.report.provenance import hardware
 
 MODEL_PARAMS = {"unet": {"base_width": 16}, "resnet34_unet": {"encoder_weights": "none"}}
 

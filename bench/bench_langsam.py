@@ -28,7 +28,7 @@ import torch
 from segray.models.base import ModelSpec, resolve_device
 from segray.models.langsam import LangSAMSegmenter
 from segray.models.tiny_langsam import save_tiny_langsam
-from segray.report import hardware
+from segray.report.provenance import hardware
 
 
 def load_images(folder: str | None, n: int, seed: int) -> list[np.ndarray]:

@@ -5,7 +5,7 @@
 
 The largest set is generated once (segray.data.synthetic, ~45 ms per image here) under
 --work; each smaller set is hard links to its first N images, i.e. the same dataset
-before it grew. For each size, with a fresh results table and a registry holding one
+before it grew. For each size, with a fresh results table and a checkpoint store holding one
 tiny random UNet, the job runs in a subprocess with its own local Ray, while this script
 samples every 0.5 s the memory of the job's whole process tree (driver, GCS, raylet, Ray
 workers) from /proc: the sum of RSS (shared pages counted once per process, as asked) and
@@ -33,10 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from segray.data.synthetic import sample_name, write_synthetic  # noqa: E402
-from segray.model_registry import record_model  # noqa: E402
-from segray.models.registry import build_network  # noqa: E402
-from segray.models.trained import save_checkpoint  # noqa: E402
-from segray.report import hardware  # noqa: E402
+from segray.models.checkpoint import save_checkpoint  # noqa: E402
+from segray.models.networks import build_network  # noqa: E402
+from segray.models.store import record_model  # noqa: E402
+from segray.report.provenance import hardware  # noqa: E402
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -151,7 +151,7 @@ def run_job(argv: list[str], log: Path) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="2000,20000", help="comma-separated dataset sizes")
-    p.add_argument("--work", default="/tmp/segray-bench-reevaluate", help="datasets, registry and tables go here")
+    p.add_argument("--work", default="/tmp/segray-bench-reevaluate", help="datasets, the checkpoint store and tables go here")
     p.add_argument("--base-width", type=int, default=8, help="the tiny UNet's first-layer width")
     p.add_argument("--image-size", type=int, default=64, help="the tiny UNet's input size")
     p.add_argument("--wait-for-ray", type=float, default=1800, metavar="SECONDS",
@@ -171,7 +171,7 @@ def main() -> int:
     for n in sizes:
         dataset = subset(full, work / f"dataset-{n}", n)
         table = work / f"results-{n}-{int(time.time())}"
-        argv = ["--preset", "demo", "--dataset", str(dataset), "--results", str(table), "--registry", str(registry),
+        argv = ["--preset", "demo", "--dataset", str(dataset), "--results", str(table), "--checkpoint-store", str(registry),
                 "--models", "unet", "--run-id", "bench"]
         if not args.allow_other_ray and not wait_for_no_ray(args.wait_for_ray):
             print(f"another Ray still runs on this host after {args.wait_for_ray:g} s: stopping", file=sys.stderr)

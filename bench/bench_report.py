@@ -1,7 +1,7 @@
 """How long the comparison report takes on a large run: 10 models x 100,000 images.
 
 Writes a synthetic run directory (default: a temp dir) once: predictions/ as Parquet with
-`segray.evaluate.ROW_SCHEMA` (1,000,000 rows, every row's `mask_png` filled with a real
+`segray.schema.ROW_SCHEMA` (1,000,000 rows, every row's `mask_png` filled with a real
 PNG mask, so the file is as heavy as a real one; only the gallery's rows are read back),
 summary.json, training.json, and a small dataset_root holding the images the worst-N
 galleries show. Then times `segray.report.write_report` on it and prints the time per
@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from segray.data.decode import encode_mask
-from segray.evaluate import ROW_SCHEMA
+from segray.schema import ROW_SCHEMA
 
 CATEGORIES = ["HipHop", "Jazz", "Kata", "Sports", "Taichi"]
 GALLERY_IMAGES = 64  # the hardest images: every model's worst ones are among them
@@ -71,7 +71,7 @@ def write_run(root: Path, models: int, images: int, val_fraction: float, seed: i
         intersection = np.round(iou * union).astype(np.int64)
         true_area = intersection + rng.integers(0, 500, images)
         valid = status != "error"
-        nulls = lambda a: pa.array(a, mask=~valid)  # noqa: E731
+        nulls = lambda a, valid=valid: pa.array(a, mask=~valid)  # noqa: E731
         png = pa.array([pngs[k] if s == "ok" else None for k, s in zip(rng.integers(0, len(pngs), images), status)],
                        pa.binary())
         table = pa.table(
@@ -86,7 +86,7 @@ def write_run(root: Path, models: int, images: int, val_fraction: float, seed: i
                 "error": pa.array([("RuntimeError: x" if s == "error" else None) for s in status]),
                 "latency_ms": pa.array(rng.gamma(4, 5 * (m + 1), images)), "box_score": pa.nulls(images, pa.float64()),
                 "mask_score": pa.nulls(images, pa.float64()), "num_detections": pa.nulls(images, pa.int64()),
-                "mask_png": png,
+                "mask_png": png, "model_version": pa.array([f"{name}@bench"] * images),
             },
             schema=ROW_SCHEMA,
         )
@@ -127,10 +127,11 @@ def main() -> None:
     run = root / "run"
 
     started = time.perf_counter()
-    from segray.report import hardware, write_report  # noqa: E402 (the import is part of the cost)
-
     import matplotlib  # noqa: F401  (imported by the figures anyway; timed separately below)
     import scipy.stats  # noqa: F401
+
+    from segray.report import write_report  # noqa: E402 (the import is part of the cost)
+    from segray.report.provenance import hardware
 
     imports = time.perf_counter() - started
     timings: dict[str, float] = {}

@@ -28,7 +28,7 @@ from segray.data.synthetic import write_synthetic
 from segray.evaluate import PredictStage, decode_batch, score_batch
 from segray.metrics import score_masks
 from segray.models.base import ModelSpec
-from segray.report import hardware
+from segray.report.provenance import hardware
 
 MODEL_PARAMS = {"unet": {"base_width": 16}, "resnet34_unet": {"encoder_weights": "none"}}
 

@@ -39,8 +39,8 @@ from segray.data.manifest import read_folder
 from segray.data.synthetic import write_synthetic
 from segray.data.transforms import train_augment, val_augment
 from segray.metrics import iou
-from segray.models.registry import build_network
-from segray.report import hardware
+from segray.models.networks import build_network
+from segray.report.provenance import hardware
 from segray.train import Augment, load_resized, train_model, training_datasets
 
 MODEL_PARAMS = {

@@ -3,9 +3,11 @@
     python jobs/benchmark.py --preset demo --output runs --run-id demo     # offline, CPU, minutes
     ray job submit --working-dir . -- python jobs/benchmark.py             # the real benchmark on a cluster
 
-Writes OUTPUT/RUN_ID/{train/, training.json, predictions/*.parquet, summary.json} and prints
-mean IoU per model on the validation split. Exits 1 when a model failed to train, rows
-are missing or any row has status error (the run is "partial"), 2 on bad arguments or an unusable dataset/output. A model that cannot run for
+Writes OUTPUT/RUN_ID/{train/, training.json, predictions/*.parquet, summary.json, report/} and
+prints mean IoU per model on the validation split. With --checkpoint-store URI, each trained
+model's best checkpoint is recorded there as version RUN_ID, the version its rows carry.
+Exits 1 when a model failed to train, rows are missing or any row has status error (the run
+is "partial"), 2 on bad arguments or an unusable dataset/output. A model that cannot run for
 lack of weights (LangSAM offline) is reported as unavailable in the summary and does not
 fail the run.
 """
@@ -14,16 +16,16 @@ from __future__ import annotations
 
 import sys
 
-from segray.benchmark import RunError, print_summary, run_benchmark
 from segray.cli import config_from_args, parser
-from segray.data.manifest import DatasetError
+from segray.errors import DatasetError, RunError
+from segray.pipeline import print_summary, run_benchmark
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.split("\n\n")[0]).parse_args(argv)
     config = config_from_args(args)
     try:
-        summary = run_benchmark(config, args.ray_address, args.registry)
+        summary = run_benchmark(config, args.ray_address, args.checkpoint_store)
     except (DatasetError, RunError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,11 +1,12 @@
 """Scheduled, incremental re-evaluation: evaluate only the (image, model version) pairs the results table lacks.
 
-    python jobs/reevaluate.py --dataset DIR_OR_S3 --results RESULTS_URI --registry REGISTRY_URI
-    python jobs/reevaluate.py --preset demo --dataset data/mads --results runs/table --registry runs/registry \\
+    python jobs/reevaluate.py --dataset DIR_OR_S3 --results RESULTS_URI --checkpoint-store STORE_URI
+    python jobs/reevaluate.py --preset demo --dataset data/mads --results runs/table --checkpoint-store runs/store \\
         --version unet=latest --models unet,langsam --langsam-detector DIR --langsam-sam DIR
 
-Model versions: every registry version of each trained model in --models (or the one
---version MODEL=latest|best|VERSION picks), and LangSAM as `langsam@<detector>+<sam>`.
+Model versions: every checkpoint-store version of each trained model in --models (or those
+--version MODEL=latest|best|all|VERSION picks), and LangSAM as one version named by its weights,
+prompt and thresholds (`langsam@<detector>+<sam>?prompt=...`).
 The new rows go to RESULTS/run=RUN_ID/, committed by RESULTS/run=RUN_ID/_COMMITTED.json
 written last; RESULTS/report/ gets the trend of mean IoU per model version. A second run
 with nothing new computes and writes nothing. Runs must not overlap: RESULTS/_lock.json is
@@ -14,8 +15,8 @@ hours. See docs/REEVALUATE.md. The training options, --output and --overwrite do
 
 Exit status: 0 every pair is in the table (including "nothing to compute"); 1 a model
 could not run, or rows are missing (the partition is left uncommitted and redone next
-time); 2 bad arguments, an unusable dataset, results table or registry, or a --run-id
-already in the table; 3 another run holds the lock.
+time); 2 bad arguments, an unusable dataset, results table or checkpoint store, a --version
+that names no version, or a --run-id already in the table; 3 another run holds the lock.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from __future__ import annotations
 import sys
 
 from segray import storage
-from segray.benchmark import RunError
-from segray.cli import config_from_args, parser, versions_from_args
-from segray.data.manifest import DatasetError
-from segray.reevaluate import LockHeld, run_reevaluation
+from segray.cli import config_from_args, parser, trained_models_from_args
+from segray.errors import CheckpointStoreError, DatasetError, LockHeld, RunError
+from segray.reevaluate import run_reevaluation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,13 +37,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="take over a lock older than this (its run is presumed dead)")
     args = p.parse_args(argv)
     config = config_from_args(args)
+    selectors = trained_models_from_args(p, args, default_selector="all").selectors
     try:
-        outcome, unavailable = run_reevaluation(config, args.results, args.registry, versions_from_args(args),
+        outcome, unavailable = run_reevaluation(config, args.results, args.checkpoint_store, selectors,
                                                 args.lock_stale_after, args.ray_address)
     except LockHeld as error:
         print(f"error: another run is going on: {error}", file=sys.stderr)
         return 3
-    except (DatasetError, RunError) as error:
+    except (DatasetError, RunError, CheckpointStoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:

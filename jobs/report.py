@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from segray.report import IncompleteRun, write_report
+from segray.errors import IncompleteRun
+from segray.report import write_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,8 @@
 
 Writes OUTPUT/RUN_ID/train/<model>/ (checkpoints, one per epoch, best by validation IoU
 kept) and OUTPUT/RUN_ID/training.json, which jobs/evaluate.py --checkpoints-from reads.
-With --registry URI, each trained model's best checkpoint is also recorded in the model
-registry as version RUN_ID (segray/model_registry.py); a failure to record exits 1.
+With --checkpoint-store URI, each trained model's best checkpoint is also recorded in the
+checkpoint store as version RUN_ID (segray/models/store.py); a failure to record exits 1.
 Exits 1 when a model failed to train, 2 on bad arguments or an unusable dataset/output.
 """
 
@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import sys
 
-from segray.benchmark import RunError, open_run, register_trained, run_uri, train_models
 from segray.cli import config_from_args, parser
-from segray.data.manifest import DatasetError
+from segray.errors import DatasetError, RunError
+from segray.pipeline import record_trained, train_models
+from segray.run import open_run, run_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,14 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     results = train_models(config, manifest, run_uri(config))
-    registered = register_trained(args.registry, config, manifest, results) if args.registry else True
+    recorded = record_trained(args.checkpoint_store, config, manifest, results) if args.checkpoint_store else True
     for model, result in results.items():
         if "error" in result:
             print(f"{model}: FAILED: {result['error']}")
         else:
             print(f"{model}: best val IoU {result['best_val_iou']:.4f} at epoch {result['best_epoch']}, "
                   f"{result['train_time_s']:.0f} s; checkpoint {result['checkpoint']}")
-    return 1 if any("error" in r for r in results.values()) or not registered else 0
+    return 1 if any("error" in r for r in results.values()) or not recorded else 0
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@ consistent starting point and flags override single values.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 
+from segray import storage
 from segray.config import PRESETS, BenchmarkConfig, preset
+from segray.models.selection import TrainedModels
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -18,7 +21,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--preset", choices=sorted(PRESETS), default="seeds",
                    help="starting settings: 'seeds' is the real benchmark (Kaggle data, the seeds' recipe); "
-                   "'demo' is synthetic data, narrow networks, 128px, few epochs, offline on a CPU")
+                   "'demo' is synthetic data, narrow networks, 96px, few epochs, offline on a CPU")
     g.add_argument("--dataset", help="dataset source: a folder in MADS layout (images/, masks/; the Kaggle "
                    "zip's doubled folder works too), synthetic:N[:SEED], or kaggle:OWNER/SLUG "
                    "[default: the preset's]")
@@ -34,11 +37,14 @@ def parser(description: str) -> argparse.ArgumentParser:
                    "AWS_ENDPOINT_URL if set, else AWS]")
     g.add_argument("--ray-address", help="Ray cluster to join [default: RAY_ADDRESS if set (ray job submit "
                    "sets it), else a local Ray]")
-    g.add_argument("--registry", help="model registry URI (local or s3://): train and benchmark record each "
-                   "trained model's best checkpoint there; evaluate and reevaluate load versions from it")
+    g.add_argument("--checkpoint-store", "--registry", dest="checkpoint_store", metavar="URI",
+                   help="checkpoint store (local or s3://; --registry is the old spelling): train and benchmark "
+                   "record each trained model's best checkpoint there as version RUN_ID; evaluate and reevaluate "
+                   "load versions from it")
     g.add_argument("--version", action="append", metavar="MODEL=SELECTOR",
-                   help="with --registry, the version of a trained model to evaluate, repeatable: latest, best, "
-                   "a version name (reevaluate also takes all) [default: evaluate latest, reevaluate all]")
+                   help="with --checkpoint-store, the version of a trained model to evaluate, repeatable: latest, "
+                   "best, all, or a version name (RUN_ID or the rows' MODEL@RUN_ID) [default: evaluate latest, "
+                   "reevaluate all]")
     g.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
     g = p.add_argument_group("training (Ray Train)")
@@ -92,15 +98,37 @@ LANGSAM_FLAGS = {
 }
 
 
-def versions_from_args(args: argparse.Namespace) -> dict[str, str]:
-    """--version MODEL=SELECTOR options as {model: selector}."""
-    versions = {}
+def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    """The options that name trained checkpoints directly (evaluate), besides the store's."""
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--checkpoints-from", metavar="RUN_URI",
+                   help="a training run (OUTPUT/RUN_ID) whose training.json names each model's best checkpoint")
+    g.add_argument("--checkpoint", action="append", metavar="MODEL=DIR", help="a checkpoint directory, repeatable")
+
+
+def trained_models_from_args(p: argparse.ArgumentParser, args: argparse.Namespace,
+                             default_selector: str) -> TrainedModels:
+    """Where the trained models come from (`segray.models.selection`), from the options;
+    a malformed option is a usage error (exit 2)."""
+    selectors = {}
     for item in args.version or []:
         model, _, selector = item.partition("=")
         if not model or not selector:
-            raise SystemExit(f"--version expects MODEL=SELECTOR, got {item!r}")
-        versions[model] = selector
-    return versions
+            p.error(f"--version expects MODEL=SELECTOR, got {item!r}")
+        selectors[model] = selector
+    if selectors and not args.checkpoint_store:
+        p.error("--version needs --checkpoint-store")
+    training = {}
+    if getattr(args, "checkpoints_from", None):
+        training = json.loads(storage.read_bytes(storage.join(args.checkpoints_from, "training.json")))
+    checkpoints = {}
+    for item in getattr(args, "checkpoint", None) or []:
+        model, _, directory = item.partition("=")
+        if not model or not directory:
+            p.error(f"--checkpoint expects MODEL=DIR, got {item!r}")
+        checkpoints[model] = directory
+    return TrainedModels(training=training, checkpoints=checkpoints, store=args.checkpoint_store,
+                         selectors=selectors, default_selector=default_selector)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:

@@ -19,40 +19,14 @@ import pyarrow as pa
 
 from segray import storage
 from segray.config import EvalConfig
-from segray.data.manifest import to_dataset
 from segray.data.decode import check_same_size, decode_image, decode_mask, encode_mask, resize_mask
-from segray.metrics import METRIC_COLUMNS, score_masks
+from segray.data.manifest import to_dataset
+from segray.metrics import score_masks
 from segray.models.base import ModelSpec, Prediction
+from segray.models.catalogue import build_segmenter, version_of
+from segray.schema import ERROR, IMAGE_COLUMNS, METRIC_COLUMNS, OK, ROW_SCHEMA
 
-# The long-format table: one row per (run, image, model variant).
-ROW_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("image_id", pa.string()),
-        ("split", pa.string()),
-        ("category", pa.string()),
-        ("model", pa.string()),
-        ("iou", pa.float64()),  # null when status is "error"; this and the metrics below: segray.metrics
-        ("dice", pa.float64()),
-        ("precision", pa.float64()),
-        ("recall", pa.float64()),
-        ("boundary_iou", pa.float64()),
-        ("pred_area", pa.int64()),  # predicted pixels, at the ground truth's resolution
-        ("true_area", pa.int64()),  # ground-truth pixels
-        ("intersection", pa.int64()),  # pixels in both (pooled IoU = sum of these / sum of unions)
-        ("union", pa.int64()),
-        ("empty", pa.bool_()),  # the ground truth has no pixel
-        ("status", pa.string()),  # "ok" | "no_detection" | "error"
-        ("error", pa.string()),
-        ("latency_ms", pa.float64()),  # the model call's wall time shared out over its batch
-        ("box_score", pa.float64()),
-        ("mask_score", pa.float64()),
-        ("num_detections", pa.int64()),
-        ("mask_png", pa.binary()),  # the predicted mask, 0/255, at the ground truth's resolution
-        ("model_version", pa.string()),  # ModelSpec.version, e.g. "unet@<registry version>"; null if unnamed
-    ]
-)
-PASSTHROUGH = ["image_id", "mask_uri", "split", "category"]
+PASSTHROUGH = [*IMAGE_COLUMNS, "mask_uri"]
 EMPTY_IMAGE = np.zeros((0, 0, 3), np.uint8)
 
 
@@ -94,8 +68,6 @@ class PredictStage:
     def __init__(self, spec: ModelSpec, torch_threads: int):
         import torch
 
-        from segray.models.registry import build_segmenter
-
         torch.set_num_threads(torch_threads)
         self.model = build_segmenter(spec)
 
@@ -123,7 +95,7 @@ class PredictStage:
                 for key in PASSTHROUGH:
                     rows[key].append(batch[key][i])
                 rows["model"].append(variant)
-                rows["status"].append(prediction.status if prediction else "error")
+                rows["status"].append(prediction.status if prediction else ERROR)
                 rows["error"].append(errors[i])
                 rows["latency_ms"].append(latency[i])
                 rows["box_score"].append(prediction.box_score if prediction else None)
@@ -151,7 +123,7 @@ def score_batch(batch: dict[str, np.ndarray], run_id: str, model_version: str | 
     for i in range(len(batch["image_id"])):
         status, error = batch["status"][i], _present(batch["error"][i])
         scores, png = dict.fromkeys(METRIC_COLUMNS), None
-        if status != "error":
+        if status != ERROR:
             try:
                 mask_uri = batch["mask_uri"][i]
                 if mask_uri not in truths:
@@ -159,9 +131,9 @@ def score_batch(batch: dict[str, np.ndarray], run_id: str, model_version: str | 
                 truth = truths[mask_uri]
                 predicted = resize_mask(batch["mask"][i].astype(bool), truth.shape)
                 scores = score_masks(predicted, truth)
-                png = encode_mask(predicted) if status == "ok" else None
+                png = encode_mask(predicted) if status == OK else None
             except Exception as exc:
-                status, error = "error", f"mask {batch['mask_uri'][i]}: {exc}"
+                status, error = ERROR, f"mask {batch['mask_uri'][i]}: {exc}"
         rows.append(
             {
                 "run_id": run_id,
@@ -236,7 +208,7 @@ def evaluate(
             compute=ActorPoolStrategy(size=config.actors),
             **resources,
         )
-        branches.append(branch.map_batches(score_batch, fn_kwargs={"run_id": run_id, "model_version": spec.version}))
+        branches.append(branch.map_batches(score_batch, fn_kwargs={"run_id": run_id, "model_version": version_of(spec)}))
     rows = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
     fs, path = storage.resolve(predictions_uri)
     rows.write_parquet(path, filesystem=fs, min_rows_per_file=rows_per_file)

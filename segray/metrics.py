@@ -1,8 +1,8 @@
-"""Per-image segmentation metrics, defined once.
+"""Per-image segmentation metrics, each defined once.
 
-Masks are boolean arrays (numpy or torch); the pixel metrics (iou, dice, precision, recall)
-run over the last two axes, so a batch of masks gives one value per mask. boundary_iou
-takes one pair of (H, W) numpy masks (it erodes with OpenCV).
+`score_masks` gives every metric column of a row (`segray.schema.METRIC_COLUMNS`) for one
+pair of (H, W) numpy masks; `iou` is the batched form training uses (numpy arrays or torch
+tensors, over the last two axes, one value per mask). `boundary_iou` erodes with OpenCV.
 """
 
 from __future__ import annotations
@@ -36,22 +36,6 @@ def _ratio(numerator, denominator):
     """numerator / denominator, elementwise, with 0/0 -> 1.0."""
     empty = denominator == 0
     return (numerator + empty) / (denominator + empty)
-
-
-def dice(pred, truth):
-    """Dice coefficient (F1 over pixels): 2|P∩G| / (|P| + |G|); both empty -> 1.0."""
-    intersection = (pred & truth).sum(axis=(-2, -1))
-    return _ratio(2 * intersection, pred.sum(axis=(-2, -1)) + truth.sum(axis=(-2, -1)))
-
-
-def precision(pred, truth):
-    """|P∩G| / |P|: the share of predicted pixels that are right; no predicted pixels -> 1.0."""
-    return _ratio((pred & truth).sum(axis=(-2, -1)), pred.sum(axis=(-2, -1)))
-
-
-def recall(pred, truth):
-    """|P∩G| / |G|: the share of true pixels found; no true pixels -> 1.0."""
-    return _ratio((pred & truth).sum(axis=(-2, -1)), truth.sum(axis=(-2, -1)))
 
 
 def boundary_width(shape: tuple[int, ...], ratio: float = BOUNDARY_DILATION_RATIO) -> int:
@@ -111,16 +95,12 @@ def pooled_iou(intersections, unions):
     return float(_ratio(np.sum(intersections), np.sum(unions)))
 
 
-# The per-image metric columns of the prediction rows (segray.evaluate.ROW_SCHEMA).
-METRIC_COLUMNS = ["iou", "dice", "precision", "recall", "boundary_iou", "pred_area", "true_area",
-                  "intersection", "union", "empty"]
-
-
 def score_masks(predicted, truth) -> dict:
-    """Every per-image metric column of one (prediction, ground truth) pair of bool (H, W)
-    numpy masks. A no-detection is scored as an all-False prediction. The pixel metrics
-    come from three pixel counts (the same ratios as `iou`, `dice`, `precision`, `recall`),
-    so each mask is scanned once rather than once per metric."""
+    """Every per-image metric column (`segray.schema.METRIC_COLUMNS`) of one (prediction,
+    ground truth) pair of bool (H, W) numpy masks. A no-detection is scored as an all-False
+    prediction. The pixel metrics come from three pixel counts, so each mask is scanned
+    once rather than once per metric: IoU |P∩G|/|P∪G|, Dice 2|P∩G|/(|P|+|G|), precision
+    |P∩G|/|P| and recall |P∩G|/|G|, with the empty conventions above."""
     import numpy as np
 
     predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)

@@ -10,7 +10,6 @@ IoU (`Result.get_best_checkpoint(metric="val_iou", mode="max")`).
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -23,8 +22,8 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from segray import storage
 from segray.config import TrainConfig
-from segray.data.manifest import to_dataset
 from segray.data.decode import check_same_size, decode_image, decode_mask, resize_pair
+from segray.data.manifest import to_dataset
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +109,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from segray.data.transforms import train_augment, val_augment
     from segray.metrics import iou
-    from segray.models.registry import build_network
-    from segray.models.trained import load_network, load_optimizer_state, save_checkpoint
+    from segray.models.checkpoint import load_network, load_optimizer_state, save_checkpoint
+    from segray.models.networks import build_network
 
     torch.manual_seed(config["seed"])
     device = ray.train.torch.get_device()
@@ -191,6 +190,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "model": config["model"],
                     "params": config["params"],
                     "image_size": config["image_size"],
+                    "run_id": config["run_id"],  # names the weights' version
                     "epoch": epoch + 1,
                     "metrics": metrics,
                     "history": history,  # Result.metrics_dataframe only covers kept checkpoints
@@ -208,13 +208,15 @@ def train_model(
     config: TrainConfig,
     storage_path: str,
     run_name: str,
+    run_id: str | None = None,
 ) -> TrainResult:
-    """Train one model with a TorchTrainer and return its best checkpoint by validation IoU."""
+    """Train one model with a TorchTrainer and return its best checkpoint by validation IoU.
+    `run_id` is recorded in every checkpoint: it names the weights' version."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from segray.models.trained import META_FILE  # torch and albumentations: driver side only
+    from segray.models.checkpoint import read_meta
 
     if config.num_workers < 1:
         # Ray Train's local mode (0 workers) keeps no checkpoints, and evaluation needs them.
@@ -224,6 +226,7 @@ def train_model(
         "model": model,
         "params": params,
         "epochs": config.epochs[model],
+        "run_id": run_id,
         **{k: v for k, v in asdict(config).items() if k != "epochs"},
     }
     fs, path = storage.resolve(storage_path)
@@ -251,8 +254,8 @@ def train_model(
     result = trainer.fit()
     elapsed = time.perf_counter() - started
     best = result.get_best_checkpoint(metric=BEST_METRIC, mode="max")
-    best_meta = json.loads(storage.read_bytes(storage.join(_uri(best.path, storage_path), META_FILE)))
-    latest_meta = json.loads(storage.read_bytes(storage.join(_uri(result.checkpoint.path, storage_path), META_FILE)))
+    best_meta = read_meta(_uri(best.path, storage_path))
+    latest_meta = read_meta(_uri(result.checkpoint.path, storage_path))
     return TrainResult(
         model=model,
         checkpoint=_uri(best.path, storage_path),

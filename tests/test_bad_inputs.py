@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from segray.data.decode import check_same_size, decode_image, decode_mask
-from segray.models.registry import build_network
-from segray.models.trained import save_checkpoint
+from segray.models.checkpoint import save_checkpoint
+from segray.models.networks import build_network
 from segray.train import load_resized
 from tests.conftest import job
 

@@ -272,7 +272,7 @@ def test_entrypoint_runs_its_job_with_valid_options(path, script):
     assert argv[at] == script and (ROOT / script).is_file(), argv[at]
     args, rest = parser(script).parse_known_args(argv[at + 1:])
     assert re.fullmatch(r"[a-z0-9]+-\d{8}-\d{4}", args.run_id), args.run_id  # dated, one per run
-    assert args.dataset.startswith("s3://") and args.registry.startswith("s3://")
+    assert args.dataset.startswith("s3://") and args.checkpoint_store.startswith("s3://")
     if script == "jobs/benchmark.py":
         assert rest == [] and args.output.startswith("s3://")
     else:  # reevaluate's own option: the results table
@@ -313,13 +313,13 @@ def test_cluster_spec_head_and_gpu_workers(path):
     assert gpu_groups >= 1
 
 
-def test_scheduled_run_uses_the_one_off_runs_cluster_data_and_registry():
+def test_scheduled_run_uses_the_one_off_runs_cluster_data_and_checkpoint_store():
     """The RayCronJob's jobTemplate is k8s/rayjob.yaml's spec but for the entrypoint, which
-    re-evaluates the same dataset with the registry the one-off run records into."""
+    re-evaluates the same dataset with the checkpoint store the one-off run records into."""
     once, scheduled = rayjob_spec(RAYJOB), rayjob_spec(RAYCRONJOB)
     assert set(once) == set(scheduled)
     for key in once:
         if key != "entrypoint":
             assert once[key] == scheduled[key], key
-    options = [dict(re.findall(r"(--dataset|--registry) (\S+)", s["entrypoint"])) for s in (once, scheduled)]
+    options = [dict(re.findall(r"(--dataset|--checkpoint-store) (\S+)", s["entrypoint"])) for s in (once, scheduled)]
     assert options[0] == options[1] and len(options[0]) == 2

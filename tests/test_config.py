@@ -1,8 +1,9 @@
 import pytest
 
-from segray.benchmark import RunExists, prepare_run_dir
 from segray.cli import config_from_args, parser
 from segray.config import KAGGLE_DATASET
+from segray.errors import RunExists
+from segray.run import prepare_run_dir
 
 
 def parse(*argv):

@@ -8,7 +8,8 @@ from segray.data.decode import decode_mask
 from segray.data.manifest import build_manifest
 from segray.evaluate import PredictStage, evaluate
 from segray.models.base import ModelSpec, Prediction
-from segray.summary import read_rows, summarize
+from segray.results.read import read_rows
+from segray.results.scoring import model_summary
 
 UNTRAINED_UNET = ModelSpec("unet", params={"base_width": 4, "image_size": 64})
 
@@ -40,7 +41,7 @@ def test_pipeline_keeps_every_row_and_names_each_failure(ray_session, dataset_co
     truth = decode_mask((dataset_copy / "masks" / name).read_bytes())
     assert decode_mask(good.loc[name, "mask_png"]).shape == truth.shape == (384, 512)
 
-    summary = summarize(read_rows(str(out)), split="train")["unet"]
+    summary = model_summary(read_rows(str(out)), split="train")["unet"]
     assert summary["errors"] == (rows.loc[[corrupt, unmasked], "split"] == "train").sum()
 
 
@@ -59,7 +60,7 @@ class FailsOnDarkImages:
 
 
 def test_a_failing_image_does_not_take_its_batch_down(monkeypatch):
-    monkeypatch.setattr("segray.models.registry.build_segmenter", FailsOnDarkImages)
+    monkeypatch.setattr("segray.evaluate.build_segmenter", FailsOnDarkImages)
     stage = PredictStage(ModelSpec("stand-in"), torch_threads=1)
     images = [np.full((4, 5, 3), 9, np.uint8), np.zeros((4, 5, 3), np.uint8), np.full((6, 2, 3), 9, np.uint8)]
     batch = {

@@ -19,7 +19,7 @@ from segray import storage
 from segray.config import EvalConfig, TrainConfig
 from segray.data.manifest import build_manifest
 from segray.models.base import ModelSpec
-from segray.summary import read_rows
+from segray.results.read import read_rows
 from tests.conftest import JOBS, job
 
 WAIT_S = 120  # a signal that has not come by then will not come: fail instead of hanging
@@ -116,7 +116,7 @@ def langsam_argv(tiny_weights, dataset, output, run_id) -> list[str]:
 
 def test_a_crashed_run_is_refused_until_overwritten_then_written_once(ray_session, dataset_copy, tiny_weights,
                                                                       tmp_path, capsys):
-    from segray.models.langsam import VARIANTS
+    from segray.models.langsam_rules import VARIANTS
 
     argv = langsam_argv(tiny_weights, dataset_copy, tmp_path, "crashed")
     address = ray_session.get_runtime_context().gcs_address
@@ -149,7 +149,7 @@ def test_s3_going_away_mid_write_fails_clearly_and_a_rerun_writes_once(ray_sessi
                                                                        tiny_weights, monkeypatch, capsys):
     from ray.data import DataContext
 
-    from segray.models.langsam import VARIANTS
+    from segray.models.langsam_rules import VARIANTS
 
     boto3.client("s3").create_bucket(Bucket="segray-faults")
     run = "s3://segray-faults/runs/away"

@@ -2,23 +2,31 @@
 
 import json
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from segray.models.langsam import VARIANTS
+from segray.models.checkpoint import weights_sha256
+from segray.models.langsam_rules import VARIANTS
+from segray.models.store import resolve_version
 from tests.conftest import job
 
 
 @pytest.fixture(scope="module")
 def demo_run(ray_session, tiny_weights, tmp_path_factory):
-    """The demo preset, shrunk: 16 images at 64 px, one epoch each, tiny LangSAM."""
+    """The demo preset, shrunk: 16 images at 64 px, one epoch each, tiny LangSAM; the
+    trained models are recorded in a checkpoint store."""
     out = tmp_path_factory.mktemp("runs")
-    detector, sam = tiny_weights
     argv = ["--preset", "demo", "--dataset", "synthetic:16", "--cache-dir", str(out / "cache"),
             "--output", str(out), "--run-id", "tiny", "--image-size", "64",
-            "--unet-epochs", "1", "--resnet-epochs", "1",
-            "--langsam-detector", str(detector), "--langsam-sam", str(sam), "--langsam-box-threshold", "0"]
+            "--unet-epochs", "1", "--resnet-epochs", "1", *langsam_options(tiny_weights),
+            "--checkpoint-store", str(out / "store")]
     return job("benchmark")(argv), out, argv
+
+
+def langsam_options(tiny_weights) -> list[str]:
+    detector, sam = tiny_weights
+    return ["--langsam-detector", str(detector), "--langsam-sam", str(sam), "--langsam-box-threshold", "0"]
 
 
 def test_demo_benchmark_writes_every_row_and_the_summary(demo_run):
@@ -69,3 +77,32 @@ def test_an_unusable_dataset_exits_2_with_the_reason(ray_session, tmp_path, caps
     status = job("benchmark")(["--preset", "demo", "--dataset", str(tmp_path / "nowhere"), "--output", str(tmp_path)])
     assert status == 2
     assert "no dataset found" in capsys.readouterr().err
+
+
+def test_benchmark_rows_name_the_stored_weights_and_join_a_reevaluation(demo_run, tiny_weights):
+    """Every benchmark row's model_version resolves in the checkpoint store to the checkpoint
+    that produced it, and a re-evaluation over the same store names the same weights with
+    the same version strings: the two tables join on model_version."""
+    status, out, _ = demo_run
+    assert status == 0
+    training = json.loads((out / "tiny" / "training.json").read_text())
+    rows = pq.read_table(out / "tiny" / "predictions", columns=["image_id", "model", "model_version", "iou"]).to_pandas()
+    assert rows["model_version"].notna().all()
+    for model in ("unet", "resnet34_unet"):
+        (version,) = rows.loc[rows["model"] == model, "model_version"].unique()
+        assert version == f"{model}@tiny" == training[model]["version"]
+        record = resolve_version(str(out / "store"), model, version)
+        assert weights_sha256(record["checkpoint"]) == weights_sha256(training[model]["checkpoint"])
+
+    assert job("reevaluate")(["--preset", "demo", "--dataset", "synthetic:16", "--cache-dir", str(out / "cache"),
+                              "--results", str(out / "table"), "--checkpoint-store", str(out / "store"),
+                              "--run-id", "nightly", "--image-size", "64", *langsam_options(tiny_weights)]) == 0
+    again = pq.read_table(out / "table" / "run=nightly", columns=["image_id", "model", "model_version", "iou"]).to_pandas()
+    assert sorted(again["model_version"].unique()) == sorted(rows["model_version"].unique())
+    joined = rows.merge(again, on=["image_id", "model", "model_version"], suffixes=("", "_again"))
+    assert len(joined) == len(rows) == len(again)
+    # the same weights on the same images: the same scores
+    trained = joined[joined["model"].isin(["unet", "resnet34_unet"])]
+    assert (trained["iou"] - trained["iou_again"]).abs().max() < 1e-6
+    summary = json.loads((out / "tiny" / "summary.json").read_text())
+    assert pd.Series({m: s["model_version"] for m, s in summary["models"].items()}).notna().all()

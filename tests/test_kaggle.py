@@ -29,7 +29,8 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from segray.data.kaggle import MARKER, download_kaggle, safe_extract
-from segray.data.manifest import MADS_FOLDER, DatasetError, build_manifest
+from segray.data.manifest import MADS_FOLDER, build_manifest
+from segray.errors import DatasetError
 from tests.conftest import DATA
 
 SLUG = "tapakah68/segmentation-full-body-mads-dataset"

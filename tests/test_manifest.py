@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
-from segray.data.manifest import MADS_FOLDER, DatasetError, build_manifest, category_of
+from segray.data.manifest import MADS_FOLDER, build_manifest, category_of
+from segray.errors import DatasetError
 from tests.conftest import DATA
 
 REAL = pd.read_csv(DATA / "mads_df.csv")  # the real Kaggle file list (1192 rows)

@@ -1,5 +1,5 @@
 """jobs/reevaluate.py end to end on the shared local Ray: only new (image, model version)
-pairs are computed, a second run computes nothing, a new registry version gets every image,
+pairs are computed, a second run computes nothing, a new checkpoint-store version gets every image,
 a crashed run's rows are recomputed and never doubled, the lock refuses overlapping runs."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -15,24 +15,28 @@ import pytest
 import torch
 
 from segray import storage
-from segray.data.manifest import read_folder
-from segray.evaluate import evaluate
 from segray.config import EvalConfig
-from segray.model_registry import langsam_version, record_model, resolve_version, spec_for
-from segray.models.langsam import VARIANTS
-from segray.models.registry import build_network
-from segray.models.trained import save_checkpoint
-from segray.reevaluate import COMMIT_FILE, LOCK_FILE, LockHeld, acquire_lock, release_lock
+from segray.data.manifest import read_folder
+from segray.errors import LockHeld
+from segray.evaluate import evaluate
+from segray.models.base import ModelSpec
+from segray.models.checkpoint import save_checkpoint
+from segray.models.langsam import LangSAMConfig, model_version
+from segray.models.langsam_rules import VARIANTS
+from segray.models.networks import build_network
+from segray.models.store import record_model, resolve_version
+from segray.reevaluate import LOCK_FILE, acquire_lock, release_lock
+from segray.results.read import COMMIT_FILE
 from tests.conftest import job
 
 
-def register(registry, tmp_path, version: str, seed: int) -> None:
-    """A tiny random UNet (32 px) as a registry version."""
+def register(store, tmp_path, version: str, seed: int) -> None:
+    """A tiny random UNet (32 px) as a checkpoint-store version."""
     torch.manual_seed(seed)
     directory = tmp_path / f"ckpt-{version}"
     save_checkpoint(str(directory), build_network("unet", {"base_width": 4}),
                     {"model": "unet", "params": {"base_width": 4}, "image_size": 32})
-    record_model(str(registry), str(directory), version, config={}, metrics={"best_val_iou": 0.1},
+    record_model(str(store), str(directory), version, config={}, metrics={"best_val_iou": 0.1},
                  dataset={"uri": "test", "fingerprint": None})
 
 
@@ -50,20 +54,20 @@ def rows_of(results, run_id: str) -> pd.DataFrame:
 @pytest.fixture
 def setup(synthetic_root, tmp_path):
     names = sorted(p.name for p in (synthetic_root / "images").iterdir())
-    dataset, results, registry = tmp_path / "dataset", tmp_path / "results", tmp_path / "registry"
+    dataset, results, store = tmp_path / "dataset", tmp_path / "results", tmp_path / "store"
     add_images(synthetic_root, dataset, names[:8])
-    register(registry, tmp_path, "v1", seed=0)
+    register(store, tmp_path, "v1", seed=0)
 
     def run(run_id: str, *extra: str) -> int:
         return job("reevaluate")(["--preset", "demo", "--dataset", str(dataset), "--results", str(results),
-                                  "--registry", str(registry), "--models", "unet", "--run-id", run_id, *extra])
+                                  "--checkpoint-store", str(store), "--models", "unet", "--run-id", run_id, *extra])
 
-    return names, dataset, results, registry, run
+    return names, dataset, results, store, run
 
 
 def test_only_new_pairs_are_computed_and_a_rerun_computes_nothing(ray_session, setup, synthetic_root, tmp_path,
                                                                   capsys):
-    names, dataset, results, registry, run = setup
+    names, dataset, results, store, run = setup
     assert run("r1") == 0
     first = rows_of(results, "r1")
     assert sorted(first["image_id"]) == names[:8] and set(first["model_version"]) == {"unet@v1"}
@@ -78,7 +82,7 @@ def test_only_new_pairs_are_computed_and_a_rerun_computes_nothing(ray_session, s
     assert "nothing to compute: 12 images x 1 model versions already in" in capsys.readouterr().out
     assert not (results / "run=r3").exists()
 
-    register(registry, tmp_path, "v2", seed=1)
+    register(store, tmp_path, "v2", seed=1)
     assert run("r4") == 0
     assert "computed unet@v2: 12 new images" in capsys.readouterr().out
     fourth = rows_of(results, "r4")
@@ -106,12 +110,13 @@ def test_only_new_pairs_are_computed_and_a_rerun_computes_nothing(ray_session, s
 
 
 def test_a_crashed_run_is_ignored_and_its_pairs_recomputed_once(ray_session, setup, synthetic_root, capsys):
-    names, dataset, results, registry, run = setup
+    names, dataset, results, store, run = setup
     assert run("r1") == 0
     add_images(synthetic_root, dataset, names[8:12])
     # A run that crashed after writing the new pairs' rows but before committing them.
     manifest = read_folder(str(dataset)).table
-    spec = spec_for(resolve_version(str(registry), "unet", "v1"))
+    record = resolve_version(str(store), "unet", "v1")
+    spec = ModelSpec("unet", checkpoint=record["checkpoint"], version="unet@v1")
     evaluate(manifest, [spec], EvalConfig(), str(results / "run=crashed"), "crashed",
              manifest_per_spec=[manifest[manifest["image_id"].isin(names[8:12])]])
     assert len(rows_of(results, "crashed")) == 4
@@ -125,13 +130,14 @@ def test_a_crashed_run_is_ignored_and_its_pairs_recomputed_once(ray_session, set
 
 
 def test_langsam_is_one_version_with_a_row_per_variant(ray_session, setup, tiny_weights, capsys):
-    names, dataset, results, registry, run = setup
+    names, dataset, results, store, run = setup
     detector, sam = tiny_weights
     langsam = ["--langsam-detector", str(detector), "--langsam-sam", str(sam), "--langsam-box-threshold", "0"]
     assert run("r1", "--models", "langsam", *langsam) == 0
     rows = rows_of(results, "r1")
-    version = langsam_version({"detector": str(detector), "sam": str(sam)})
-    assert set(rows["model_version"]) == {version} and version == f"langsam@{detector}+{sam}"
+    version = model_version(LangSAMConfig(detector=str(detector), sam=str(sam), box_threshold=0))
+    assert set(rows["model_version"]) == {version}
+    assert version == f"langsam@{detector}+{sam}?prompt=person.&box=0.0&text=0.25&boxes=8"
     assert rows.groupby("model")["image_id"].nunique().to_dict() == dict.fromkeys(VARIANTS, 8)
     assert run("r2", "--models", "langsam", *langsam) == 0
     assert "nothing to compute: 8 images x 1 model versions" in capsys.readouterr().out
@@ -163,7 +169,7 @@ def test_the_lock_refuses_a_second_run_and_is_released(results_uri):
 
 
 def test_a_stale_lock_is_taken_over(results_uri, caplog):
-    old = datetime.now(timezone.utc) - timedelta(hours=7)
+    old = datetime.now(UTC) - timedelta(hours=7)
     stale = {"run_id": "dead", "host": "elsewhere", "started_at": old.isoformat()}
     storage.write_bytes(storage.join(results_uri, LOCK_FILE), json.dumps(stale).encode())
     with pytest.raises(LockHeld, match="held by run dead"):
@@ -174,19 +180,19 @@ def test_a_stale_lock_is_taken_over(results_uri, caplog):
 
 
 def test_the_job_exits_3_while_another_run_holds_the_lock(setup, capsys):
-    names, dataset, results, registry, run = setup
+    names, dataset, results, store, run = setup
     acquire_lock(str(results), "nightly-1", stale_after_h=6)
     assert run("r1") == 3
     assert "held by run nightly-1" in capsys.readouterr().err
     assert [p.name for p in results.iterdir()] == [LOCK_FILE]
 
 
-def test_evaluate_loads_a_registry_version(ray_session, dataset_copy, tmp_path):
-    registry, runs = tmp_path / "registry", tmp_path / "runs"
-    register(registry, tmp_path, "v1", seed=0)
-    register(registry, tmp_path, "v2", seed=1)
+def test_evaluate_loads_a_checkpoint_store_version(ray_session, dataset_copy, tmp_path):
+    store, runs = tmp_path / "store", tmp_path / "runs"
+    register(store, tmp_path, "v1", seed=0)
+    register(store, tmp_path, "v2", seed=1)
     common = ["--preset", "demo", "--dataset", str(dataset_copy), "--output", str(runs), "--models", "unet",
-              "--registry", str(registry)]
+              "--registry", str(store)]  # the old spelling of --checkpoint-store
     assert job("evaluate")([*common, "--run-id", "eval-1", "--version", "unet=v1"]) == 0
     rows = pq.read_table(runs / "eval-1" / "predictions", columns=["image_id", "model_version"]).to_pandas()
     assert len(rows) == 12 and set(rows["model_version"]) == {"unet@v1"}

@@ -17,17 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from segray.data.decode import encode_mask
-from segray.evaluate import ROW_SCHEMA
+from segray.data.manifest import manifest_fingerprint, read_folder
 from segray.metrics import score_masks
-from segray.report import (
-    IncompleteRun,
-    analyze,
-    bootstrap_means,
-    dataset_fingerprint,
-    figure_name,
-    wilcoxon_p,
-    write_report,
-)
+from segray.report import IncompleteRun, write_report
+from segray.report.analysis import analyze, bootstrap_means, wilcoxon_p
+from segray.report.figures import figure_name
+from segray.schema import ROW_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +36,8 @@ def crafted_rows(values: dict[str, list[float]], split="val", statuses=None, cat
             status = (statuses or {}).get((model, i), "ok")
             records.append({
                 "image_id": f"img{i:03d}.png", "split": split, "category": (categories or ["Jazz"] * n)[i],
-                "model": model, "status": status, "latency_ms": 10.0 + i, "iou": None if status == "error" else value,
+                "model": model, "model_version": f"{model}@test", "status": status,
+                "latency_ms": 10.0 + i, "iou": None if status == "error" else value,
                 "dice": value, "precision": value, "recall": value, "boundary_iou": value,
                 "intersection": round(100 * value), "union": 100,
             })
@@ -145,7 +141,7 @@ def fake_run(root: Path, n_images=12) -> Path:
                 "category": categories[i % 5], "model": model, **scores, "status": status,
                 "error": "RuntimeError: boom" if status == "error" else None,
                 "latency_ms": 5.0 * (j + 1), "box_score": None, "mask_score": None, "num_detections": None,
-                "mask_png": encode_mask(pred) if status == "ok" else None,
+                "mask_png": encode_mask(pred) if status == "ok" else None, "model_version": f"{model}@r1",
             })
     (run / "predictions").mkdir(parents=True)
     table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
@@ -162,6 +158,8 @@ def fake_run(root: Path, n_images=12) -> Path:
     }
     (run / "training.json").write_text(json.dumps(training))
     summary = {"run_id": "r1", "status": "complete", "dataset": str(dataset), "dataset_root": str(dataset),
+               "dataset_fingerprint": manifest_fingerprint(read_folder(str(dataset)).table),
+               "manifest": {"images": n_images},
                "finished_at": "2026-11-23T00:00:00+00:00", "training": training,
                "unavailable": {"langsam": "LangSAM GroundingDINO weights unavailable: offline\nFix one of: ..."},
                "config": {"dataset": str(dataset), "models": MODELS}}
@@ -215,8 +213,9 @@ def test_end_to_end_report(tmp_path):
     # image 5 is an error for unet: 9 common val images
     assert "same 9 images" in md
     repro = json.loads(re.search(r"```json\n(.*?)\n```", md, re.S).group(1))
-    names = sorted({p.name for p in (tmp_path / "dataset" / "images").iterdir()})
-    assert repro["dataset_fingerprint"] == dataset_fingerprint(names)
+    # The one fingerprint, as summary.json records it (and the checkpoint store and results table).
+    assert repro["dataset_fingerprint"] == manifest_fingerprint(read_folder(str(tmp_path / "dataset")).table)
+    assert repro["dataset_images"] == 12 and repro["model_versions"]["unet"] == "unet@r1"
     assert len(repro["checkpoints"]["unet"]) == 64
     assert repro["packages"]["numpy"] == np.__version__
     assert repro["config"]["models"] == MODELS

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from segray.models.registry import build_network
+from segray.models.networks import build_network
 from segray.models.resnet_unet import EncoderWeightsUnavailable
 
 

@@ -8,9 +8,10 @@ import pyarrow.fs as pafs
 import pytest
 
 from segray import storage
-from segray.benchmark import RunError, prepare_run_dir
-from segray.data.manifest import DatasetError, build_manifest
-from segray.summary import read_rows
+from segray.data.manifest import build_manifest
+from segray.errors import DatasetError, RunError
+from segray.results.read import read_rows
+from segray.run import prepare_run_dir
 from tests.conftest import job
 
 _buckets = itertools.count()

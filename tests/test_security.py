@@ -21,8 +21,8 @@ import torch
 
 from segray import storage
 from segray.data.manifest import build_manifest
-from segray.models.registry import build_network
-from segray.models.trained import OPTIMIZER_FILE, load_network, load_optimizer_state, save_checkpoint
+from segray.models.checkpoint import OPTIMIZER_FILE, load_network, load_optimizer_state, save_checkpoint
+from segray.models.networks import build_network
 from tests.conftest import job
 
 REPO = Path(__file__).parents[1]

@@ -6,7 +6,8 @@ import pytest
 from segray.config import TrainConfig
 from segray.data.manifest import build_manifest
 from segray.models.base import ModelSpec
-from segray.models.trained import TrainedSegmenter, load_network
+from segray.models.checkpoint import load_network
+from segray.models.trained import TrainedSegmenter
 from segray.train import train_model, training_datasets
 
 

@@ -23,7 +23,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from segray.data.manifest import DatasetError
+from segray.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,14 @@ import io
 import os
 import posixpath
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
 from segray import storage
+from segray.data.kaggle import download_kaggle
+from segray.errors import DatasetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 MADS_FOLDER = "segmentation_full_body_mads_dataset_1192_img"
@@ -30,10 +33,6 @@ DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "segray")
 VAL_FRACTION = 0.2
 SPLIT_SEED = 42
 MANIFEST_COLUMNS = ["image_id", "image_uri", "mask_uri", "split", "category"]
-
-
-class DatasetError(ValueError):
-    """A dataset source that cannot be turned into a manifest; the message says why."""
 
 
 @dataclass
@@ -65,14 +64,21 @@ class Manifest:
     problems: PairingProblems
     root: str
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """The dataset's one fingerprint (`manifest_fingerprint`), computed once."""
+        return manifest_fingerprint(self.table)
+
+    def description(self, uri: str) -> dict:
+        """What every record of a run names its data by: the source, fingerprint and size."""
+        return {"uri": uri, "fingerprint": self.fingerprint, "images": len(self.table)}
+
 
 def build_manifest(source: str, cache_dir: str = DEFAULT_CACHE_DIR) -> Manifest:
     """Resolve a dataset source (see the module docstring) into a manifest."""
     if source.startswith("synthetic:"):
         return read_folder(_synthetic_folder(source, cache_dir))
     if source.startswith("kaggle:"):
-        from segray.data.kaggle import download_kaggle  # here: it imports DatasetError from us
-
         return read_folder(str(download_kaggle(source.removeprefix("kaggle:"), cache_dir)))
     return read_folder(source)
 

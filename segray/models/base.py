@@ -16,12 +16,12 @@ import numpy as np
 
 @dataclass
 class ModelSpec:
-    """What an actor needs to build a model: a registry name and its parameters.
+    """What an actor needs to build a model: a catalogue name and its parameters.
 
     `checkpoint` is a directory written by `segray.train` (trained models) or None.
     `device` is "cuda", "cpu" or None for "cuda if available".
-    `version` names the exact model (e.g. "unet@<registry version>", see
-    `segray.model_registry`); it fills the rows' `model_version` column, None if unnamed.
+    `version` names the exact weights (e.g. "unet@<training run id>"); it fills the rows'
+    `model_version` column. `segray.models.selection` sets it for every model it picks.
     """
 
     name: str

@@ -6,29 +6,25 @@ kept one mask with a `pick_best` rule. Here the same two models run once per *ba
 1. one GroundingDINO forward for the whole batch -> boxes and box scores per image;
 2. one SAM2 forward for the images that have at least one box -> one mask and one
    predicted-IoU score per box, upsampled to each image's own resolution;
-3. every selection rule in `RULES` turns those candidates into one mask, so each rule
-   becomes its own variant (`langsam/<rule>`) from the same forward passes.
+3. every selection rule in `RULES` (segray.models.langsam_rules) turns those candidates
+   into one mask, so each rule becomes its own variant (`langsam/<rule>`) from the same
+   forward passes.
 
 Both models load with transformers (`backend="transformers"`, the default). The seeds'
 `lang_sam` package can be used instead (`backend="lang_sam"`); it is imported only then.
 
-Weights are hub ids or local `save_pretrained` folders. When they cannot be reached the
-constructor raises `LangSAMWeightsUnavailable` quickly, with the fix in the message,
-instead of letting huggingface_hub retry for minutes.
+Weights are hub ids or local `save_pretrained` folders (segray.models.langsam_weights).
+When they cannot be reached the constructor raises `LangSAMWeightsUnavailable` quickly,
+with the fix in the message, instead of letting huggingface_hub retry for minutes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import logging
-import os
-import re
-import socket
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
-from urllib.parse import urlparse
+from typing import Any
 
 import cv2
 import numpy as np
@@ -36,33 +32,10 @@ import torch
 from PIL import Image
 
 from segray.models.base import ModelSpec, Prediction, resolve_device
-
-log = logging.getLogger(__name__)
+from segray.models.langsam_rules import VARIANTS, from_lang_sam_result, keep_top_boxes, no_detection, select
+from segray.models.langsam_weights import LangSAMWeightsUnavailable, load_from, resolve_weights
 
 LANG_SAM_INSTALL = "pip install git+https://github.com/luca-medeiros/lang-segment-anything.git"
-
-# Files a `save_pretrained` folder must hold before we try to load it: a missing file
-# is reported by name here rather than as a confusing error deep inside transformers.
-_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
-
-# A hub id is "name" or "owner/name" of word characters, dots and dashes.
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-
-# How long the hub reachability probe may take. Without it, huggingface_hub retries each
-# file 5 times with back-off (~23 s per file, ~140 s for one AutoProcessor) when the
-# machine has no network and HF_HUB_OFFLINE is not set.
-HUB_PROBE_TIMEOUT_S = 3.0
-
-
-class LangSAMWeightsUnavailable(RuntimeError):
-    """GroundingDINO or SAM2 weights could not be loaded (no hub, not cached, bad folder)."""
 
 
 # --------------------------------------------------------------------------- config
@@ -121,242 +94,15 @@ class LangSAMConfig:
         return cls(**params)
 
 
-# --------------------------------------------------------------------------- rules
-
-
-class Choice(NamedTuple):
-    """What a rule picked: the mask, its scores, and the candidate index (None for union)."""
-
-    mask: np.ndarray
-    mask_score: float
-    box_score: float
-    index: int | None
-
-
-def _pick(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.ndarray, i: int) -> Choice:
-    return Choice(masks[i], float(mask_scores[i]), float(box_scores[i]), i)
-
-
-def rule_sam_score(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.ndarray) -> Choice:
-    """Seed rule 1: the highest SAM mask score, the first one on ties."""
-    best = 0
-    for i in range(len(mask_scores)):
-        if mask_scores[best] < mask_scores[i]:
-            best = i
-    return _pick(masks, mask_scores, box_scores, best)
-
-
-def rule_seed_both(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.ndarray) -> Choice:
-    """Seed rule 2 as written: move to i only if both scores beat the current pick (order-dependent)."""
-    best = 0
-    for i in range(len(mask_scores)):
-        if mask_scores[best] < mask_scores[i] and box_scores[best] < box_scores[i]:
-            best = i
-    return _pick(masks, mask_scores, box_scores, best)
-
-
-def rule_box_score(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.ndarray) -> Choice:
-    """The highest GroundingDINO box score, the first one on ties."""
-    return _pick(masks, mask_scores, box_scores, int(np.argmax(box_scores)))
-
-
-def rule_product(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.ndarray) -> Choice:
-    """The highest mask_score * box_score, the first one on ties."""
-    product = np.asarray(mask_scores, dtype=np.float64) * np.asarray(box_scores, dtype=np.float64)
-    return _pick(masks, mask_scores, box_scores, int(np.argmax(product)))
-
-
-def rule_union(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.ndarray) -> Choice:
-    """The union of all masks; its scores are the max mask score and the max box score."""
-    # The two maxima may come from different candidates: they describe the set, not one box.
-    return Choice(np.any(masks, axis=0), float(np.max(mask_scores)), float(np.max(box_scores)), None)
-
-
-Rule = Callable[[np.ndarray, np.ndarray, np.ndarray], Choice]
-
-# Fixed order: it is the order of `variants` and so of the result rows.
-RULES: dict[str, Rule] = {
-    "sam_score": rule_sam_score,
-    "seed_both": rule_seed_both,
-    "box_score": rule_box_score,
-    "product": rule_product,
-    "union": rule_union,
-}
-
-VARIANT_PREFIX = "langsam/"
-VARIANTS: list[str] = [VARIANT_PREFIX + name for name in RULES]
-
-
-def keep_top_boxes(box_scores: np.ndarray, max_boxes: int) -> np.ndarray:
-    """Indices of the `max_boxes` highest scores, returned in their original order.
-
-    The original (detector) order is kept because `seed_both` depends on it, and it is
-    the order lang_sam hands the candidates to the seeds' `pick_best`.
-    """
-    scores = np.asarray(box_scores)
-    if len(scores) <= max_boxes:
-        return np.arange(len(scores))
-    # Stable sort on -score: among equal scores the earlier candidate wins a place.
-    top = np.argsort(-scores, kind="stable")[:max_boxes]
-    return np.sort(top)
-
-
-def no_detection() -> dict[str, Prediction]:
-    """Every variant's answer for an image where GroundingDINO found no box."""
-    return {v: Prediction(mask=None, status="no_detection", num_detections=0) for v in VARIANTS}
-
-
-def select(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.ndarray) -> dict[str, Prediction]:
-    """Apply every rule to one image's candidates; no candidates gives `no_detection()`."""
-    n = len(mask_scores)
-    if n == 0:
-        return no_detection()
-    out = {}
-    for name, rule in RULES.items():
-        choice = rule(masks, mask_scores, box_scores)
-        out[VARIANT_PREFIX + name] = Prediction(
-            mask=np.asarray(choice.mask, dtype=bool),
-            status="ok",
-            box_score=choice.box_score,
-            mask_score=choice.mask_score,
-            num_detections=n,
-        )
-    return out
-
-
-def from_lang_sam_result(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Map one `LangSAM.predict` result dict to (masks (N,H,W) bool, mask_scores (N,), box_scores (N,)).
-
-    lang_sam squeezes its outputs: with one box `mask_scores` (and possibly `scores`) is a
-    0-d array and `masks` may lose its box axis; with no box `masks` is an empty list.
-    """
-    masks = result.get("masks")
-    if masks is None or len(masks) == 0:
-        empty = np.zeros(0, dtype=np.float32)
-        return np.zeros((0, 0, 0), dtype=bool), empty, empty
-    masks = np.asarray(masks)
-    if masks.ndim == 2:  # one box, squeezed to (H, W)
-        masks = masks[None]
-    elif masks.ndim == 4:  # (N, 1, H, W) when the mask-channel axis survived
-        masks = masks[:, 0]
-    # SAM2's predictor returns float 0/1 masks (or logits when asked): > 0 is the mask.
-    masks = masks > 0 if masks.dtype != bool else masks
-    mask_scores = np.atleast_1d(np.asarray(result["mask_scores"], dtype=np.float32)).reshape(-1)
-    box_scores = np.atleast_1d(np.asarray(result["scores"], dtype=np.float32)).reshape(-1)
-    if not len(masks) == len(mask_scores) == len(box_scores):
-        raise ValueError(
-            f"lang_sam result has {len(masks)} masks, {len(mask_scores)} mask scores "
-            f"and {len(box_scores)} box scores; expected equal counts"
-        )
-    return masks, mask_scores, box_scores
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _offline() -> bool:
-    # Read the environment now rather than huggingface_hub's import-time constant, so that
-    # HF_HUB_OFFLINE set after transformers was imported (a test, a notebook) still counts.
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return env.strip().lower() in {"1", "true", "yes", "on"} or constants.HF_HUB_OFFLINE
-
-
-def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> tuple[bool, str]:
-    """One TCP connect to the hub (or to the HTTPS proxy when one is set); (ok, why not)."""
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY")
-    url = urlparse(proxy or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host = url.hostname or "huggingface.co"
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True, ""
-    except OSError as e:
-        return False, f"cannot connect to {host}:{port} ({type(e).__name__}: {e})"
-
-
-def _is_cached(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-
-
-def _unavailable(what: str, name: str, error: str, needs_tokenizer: bool) -> LangSAMWeightsUnavailable:
-    files = "config.json, model.safetensors, processor_config.json or preprocessor_config.json"
-    if needs_tokenizer:
-        files += ", tokenizer.json (or vocab.txt) and tokenizer_config.json"
-    error = " ".join(str(error).split())  # one line
-    return LangSAMWeightsUnavailable(
-        f"LangSAM {what} weights unavailable: {name!r}: {error}\n"
-        f"Fix one of:\n"
-        f"  - pass local folders: --langsam-detector DIR --langsam-sam DIR "
-        f"(params 'detector' / 'sam');\n"
-        f"  - set HF_HUB_OFFLINE=1 with a Hugging Face cache that already holds {name!r};\n"
-        f"  - give this machine access to the Hugging Face hub.\n"
-        f"A local folder is what `save_pretrained` writes for the model and its processor: {files}. "
-        f"`python -m segray.models.tiny_langsam DIR` writes a tiny random pair for offline demos."
-    )
-
-
-class WeightsSource(NamedTuple):
-    """Where one model's weights load from, decided before any loading starts."""
-
-    what: str  # "GroundingDINO" or "SAM2", for messages
-    name: str  # as the user gave it
-    location: str  # the folder or hub id handed to from_pretrained
-    local_files_only: bool
-    needs_tokenizer: bool
-
-
-def resolve_weights(what: str, name: str, needs_tokenizer: bool = False) -> WeightsSource:
-    """Check a local folder, or that a hub id can be fetched; raise LangSAMWeightsUnavailable if not."""
-
-    def fail(error: str) -> LangSAMWeightsUnavailable:
-        return _unavailable(what, name, error, needs_tokenizer)
-
-    path = Path(name).expanduser()
-    if path.is_dir():
-        missing = []
-        if not (path / "config.json").is_file():
-            missing.append("config.json")
-        if not any((path / f).is_file() for f in _WEIGHT_FILES):
-            missing.append("model.safetensors")
-        if not any((path / f).is_file() for f in _PROCESSOR_FILES):
-            missing.append("processor_config.json or preprocessor_config.json")
-        if needs_tokenizer and not any((path / f).is_file() for f in _TOKENIZER_FILES):
-            missing.append("tokenizer.json or vocab.txt")
-        if missing:
-            raise fail(f"local folder {path} lacks {', '.join(missing)}")
-        return WeightsSource(what, name, str(path), True, needs_tokenizer)
-    if path.exists():
-        raise fail(f"{path} is a file, not a save_pretrained folder")
-    if not _HUB_ID.match(name) or name.startswith((".", "/", "~")):
-        raise fail(f"local folder {path} does not exist")
-    # A hub id. Offline: only the cache counts; look there before importing transformers.
-    if _offline():
-        if not _is_cached(name):
-            raise fail("HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache")
-        return WeightsSource(what, name, name, True, needs_tokenizer)
-    ok, why = _hub_reachable()
-    if ok:
-        return WeightsSource(what, name, name, False, needs_tokenizer)
-    # No network: use a warm cache directly instead of retrying every file for minutes.
-    if _is_cached(name):
-        log.warning("Hugging Face hub unreachable (%s); loading %s from the local cache", why, name)
-        return WeightsSource(what, name, name, True, needs_tokenizer)
-    raise fail(f"not in the local Hugging Face cache and the hub is unreachable: {why}")
-
-
-def _load(source: WeightsSource, loader: Callable[..., Any]) -> Any:
-    try:
-        return loader(source.location, local_files_only=source.local_files_only)
-    except Exception as e:  # noqa: BLE001 - any load failure means these weights are unusable
-        error = f"{type(e).__name__}: {e}"
-        if source.local_files_only and not Path(source.location).is_dir():
-            # transformers' own message talks about connecting even when offline.
-            error = f"not usable from the local Hugging Face cache (offline mode) - {error}"
-        raise _unavailable(source.what, source.name, error, source.needs_tokenizer) from e
+def model_version(config: LangSAMConfig) -> str:
+    """The `model_version` of LangSAM's rows: the weights as given (hub ids or folders),
+    then every option that changes its masks: the prompt, the box and text thresholds and
+    the boxes kept per image; multimask, bf16 and the lang_sam backend only when set."""
+    version = (f"langsam@{config.detector}+{config.sam}?prompt={config.prompt}&box={config.box_threshold}"
+               f"&text={config.text_threshold}&boxes={config.max_boxes}")
+    for flag, value in (("multimask", config.multimask_output), ("bf16", config.bf16)):
+        version += f"&{flag}=1" if value else ""
+    return version + (f"&backend={config.backend}" if config.backend != "transformers" else "")
 
 
 def upsample_masks(logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -402,19 +148,24 @@ class LangSAMSegmenter:
         sam = resolve_weights("SAM2", self.config.sam)
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor, Sam2Model, Sam2Processor
 
-        self.detector_processor = _load(detector, AutoProcessor.from_pretrained)
-        self.detector = _load(detector, AutoModelForZeroShotObjectDetection.from_pretrained)
+        self.detector_processor = load_from(detector, AutoProcessor.from_pretrained)
+        self.detector = load_from(detector, AutoModelForZeroShotObjectDetection.from_pretrained)
         # Sam2Processor explicitly: the hub's sam2.1 repos declare a *video* processor,
         # which is what AutoProcessor would build.
-        self.sam_processor = _load(sam, Sam2Processor.from_pretrained)
-        self.sam_model = _load(sam, Sam2Model.from_pretrained)
+        self.sam_processor = load_from(sam, Sam2Processor.from_pretrained)
+        self.sam_model = load_from(sam, Sam2Model.from_pretrained)
         self.detector.to(self.device).eval()
         self.sam_model.to(self.device).eval()
 
     @classmethod
     def variants_for(cls, spec: ModelSpec) -> list[str]:
-        """The variant names, without building the model (segray.models.registry asks)."""
+        """The variant names, without building the model (segray.models.catalogue asks)."""
         return list(VARIANTS)
+
+    @classmethod
+    def version_for(cls, spec: ModelSpec) -> str:
+        """The version of its rows (segray.models.catalogue asks): `model_version`."""
+        return model_version(LangSAMConfig.from_params(dict(spec.params)))
 
     @classmethod
     def check_available(cls, spec: ModelSpec) -> None:

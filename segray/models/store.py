@@ -1,6 +1,7 @@
-"""The model registry: every trained checkpoint, recorded once, under a registry URI.
+"""The checkpoint store: every trained checkpoint, recorded once, under a store URI
+(`--checkpoint-store`, formerly `--registry`).
 
-Layout under REGISTRY (a local path or `s3://bucket/prefix`):
+Layout under STORE (a local path or `s3://bucket/prefix`):
 
   <model>/<version>/model.safetensors   the weights, copied from the training checkpoint
   <model>/<version>/segray.json         model name, params, input size, epoch, metrics
@@ -8,10 +9,11 @@ Layout under REGISTRY (a local path or `s3://bucket/prefix`):
                                         config, metrics, dataset (uri, fingerprint), checkpoint_source
 
 A version is the id of the training run that produced it (run ids are unique, see
-`segray.benchmark.prepare_run_dir`) and is written once: `record.json` is created
+`segray.run.prepare_run_dir`) and is written once: `record.json` is created
 exclusively, so recording an existing version fails instead of replacing it. A version
 folder without `record.json` is an interrupted copy: it is invisible and may be redone.
-The optimizer state is not copied: the registry serves evaluation, not resuming.
+The optimizer state is not copied: the store serves evaluation, not resuming. Rows of a
+stored version carry `model_version` `<model>@<version>` (`checkpoint.version_key`).
 
 Selectors: `latest` (newest created_at), `best` (highest best_val_iou; validation IoU
 is only comparable between versions trained on the same dataset fingerprint), `all`
@@ -21,47 +23,39 @@ is only comparable between versions trained on the same dataset fingerprint), `a
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-import pandas as pd
-
 from segray import storage
-from segray.data.manifest import manifest_fingerprint
-from segray.models.base import ModelSpec
-from segray.models.trained import META_FILE, WEIGHTS_FILE
+from segray.errors import CheckpointStoreError
+from segray.models.checkpoint import META_FILE, WEIGHTS_FILE, read_meta
 
 RECORD_FILE = "record.json"
 CHECKPOINT_FILES = (WEIGHTS_FILE, META_FILE)
 SELECTORS = ("latest", "best", "all")
 
 
-class RegistryError(ValueError):
-    """A version that cannot be recorded or found; the message says why."""
-
-
 def record_model(
-    registry: str,
+    store: str,
     checkpoint: str,
     run_id: str,
     config: dict[str, Any],
     metrics: dict[str, Any],
     dataset: dict[str, Any],
 ) -> dict[str, Any]:
-    """Copy a checkpoint into the registry as version `run_id` of its model; returns the record."""
-    meta = json.loads(storage.read_bytes(storage.join(checkpoint, META_FILE)))
-    model = meta["model"]
-    version_uri = storage.join(registry, model, run_id)
+    """Copy a checkpoint into the store as version `run_id` of its model; returns the record."""
+    model = read_meta(checkpoint)["model"]
+    version_uri = storage.join(store, model, run_id)
     record_uri = storage.join(version_uri, RECORD_FILE)
     if storage.exists(record_uri):
-        raise RegistryError(f"{model} version {run_id} is already in {registry}: a version is written once")
+        raise CheckpointStoreError(f"{model} version {run_id} is already in {store}: a version is written once")
     for name in CHECKPOINT_FILES:
         storage.copy_file(storage.join(checkpoint, name), storage.join(version_uri, name))
     record = {
         "model": model,
         "version": run_id,
         "run_id": run_id,
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
         "config": config,
         "metrics": metrics,
         "dataset": dataset,
@@ -70,43 +64,42 @@ def record_model(
     try:
         storage.write_new(record_uri, json.dumps(record, indent=2, default=str).encode())
     except FileExistsError:
-        raise RegistryError(f"{model} version {run_id} was recorded meanwhile in {registry}") from None
+        raise CheckpointStoreError(f"{model} version {run_id} was recorded meanwhile in {store}") from None
     return {**record, "checkpoint": version_uri}
 
 
-def record_training(
-    registry: str, training: dict[str, dict[str, Any]], run_id: str, config: dict[str, Any], dataset: str,
-    manifest: pd.DataFrame,
-) -> list[dict[str, Any]]:
-    """Record the best checkpoint of every model that trained (`segray.benchmark.train_models`'
-    result); models that failed to train are skipped."""
-    fingerprint = manifest_fingerprint(manifest)
+def record_training(store: str, training: dict[str, dict[str, Any]], run_id: str, config: dict[str, Any],
+                    dataset: dict[str, Any]) -> list[dict[str, Any]]:
+    """Record the best checkpoint of every model that trained (`segray.pipeline.train_models`'
+    result) as version `run_id`; models that failed to train are skipped. `dataset` is the
+    run's {uri, fingerprint, images}."""
     records = []
     for result in training.values():
         if "checkpoint" not in result:
             continue
         metrics = {k: result[k] for k in ("best_val_iou", "best_epoch", "train_time_s")}
-        records.append(record_model(registry, result["checkpoint"], run_id, config, metrics,
-                                    {"uri": dataset, "fingerprint": fingerprint, "images": len(manifest)}))
+        records.append(record_model(store, result["checkpoint"], run_id, config, metrics, dataset))
     return records
 
 
-def list_versions(registry: str, model: str) -> list[dict[str, Any]]:
+def list_versions(store: str, model: str) -> list[dict[str, Any]]:
     """Every recorded version of `model`, oldest first; each record gains `checkpoint` (its folder)."""
     records = []
-    for version in storage.list_dirs(storage.join(registry, model)):
-        version_uri = storage.join(registry, model, version)
+    for version in storage.list_dirs(storage.join(store, model)):
+        version_uri = storage.join(store, model, version)
         record_uri = storage.join(version_uri, RECORD_FILE)
         if storage.exists(record_uri):
             records.append({**json.loads(storage.read_bytes(record_uri)), "checkpoint": version_uri})
     return sorted(records, key=lambda r: r["created_at"])
 
 
-def select_versions(registry: str, model: str, selector: str) -> list[dict[str, Any]]:
-    """The records a selector picks: `all`, or the one `latest`, `best` or named version."""
-    records = list_versions(registry, model)
+def select_versions(store: str, model: str, selector: str) -> list[dict[str, Any]]:
+    """The records a selector picks: `all`, or the one `latest`, `best` or named version
+    (a name may be given as the rows' `model_version`, `<model>@<version>`)."""
+    selector = selector.removeprefix(f"{model}@")
+    records = list_versions(store, model)
     if not records:
-        raise RegistryError(f"no version of {model} in {registry}")
+        raise CheckpointStoreError(f"no version of {model} in {store}")
     if selector == "all":
         return records
     if selector == "latest":
@@ -114,38 +107,18 @@ def select_versions(registry: str, model: str, selector: str) -> list[dict[str, 
     if selector == "best":
         scored = [r for r in records if r.get("metrics", {}).get("best_val_iou") is not None]
         if not scored:
-            raise RegistryError(f"no version of {model} in {registry} has a best_val_iou")
+            raise CheckpointStoreError(f"no version of {model} in {store} has a best_val_iou")
         return [max(scored, key=lambda r: r["metrics"]["best_val_iou"])]
     named = [r for r in records if r["version"] == selector]
     if not named:
         versions = ", ".join(r["version"] for r in records)
-        raise RegistryError(f"{model} has no version {selector!r} in {registry}; versions: {versions} "
-                            f"(or {', '.join(SELECTORS)})")
+        raise CheckpointStoreError(f"{model} has no version {selector!r} in {store}; versions: {versions} "
+                                   f"(or {', '.join(SELECTORS)})")
     return named
 
 
-def resolve_version(registry: str, model: str, selector: str) -> dict[str, Any]:
+def resolve_version(store: str, model: str, selector: str) -> dict[str, Any]:
     """The one record `latest`, `best` or a version name picks."""
     if selector == "all":
-        raise RegistryError("'all' picks several versions; expected latest, best or a version name")
-    return select_versions(registry, model, selector)[0]
-
-
-def version_key(model: str, version: str) -> str:
-    """The `model_version` of a trained model's rows: `unet@<registry version>`."""
-    return f"{model}@{version}"
-
-
-def langsam_version(params: dict[str, Any]) -> str:
-    """The `model_version` of LangSAM's rows: `langsam@<detector>+<sam>`, the weights as given
-    (hub ids or folders). Other parameters (prompt, thresholds) are not part of it."""
-    from segray.models.langsam import LangSAMConfig
-
-    config = LangSAMConfig.from_params(params)
-    return f"langsam@{config.detector}+{config.sam}"
-
-
-def spec_for(record: dict[str, Any], params: dict[str, Any] | None = None) -> ModelSpec:
-    """The evaluation spec of a registered version; its checkpoint is the registry's copy."""
-    return ModelSpec(record["model"], params=params or {}, checkpoint=record["checkpoint"],
-                     version=version_key(record["model"], record["version"]))
+        raise CheckpointStoreError("'all' picks several versions; expected latest, best or a version name")
+    return select_versions(store, model, selector)[0]

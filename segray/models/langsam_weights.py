@@ -1,0 +1,150 @@
+"""Where LangSAM's GroundingDINO and SAM2 weights load from: a local `save_pretrained`
+folder or a hub id, checked before anything loads.
+
+When the weights cannot be reached `resolve_weights` raises `LangSAMWeightsUnavailable`
+quickly, with the fix in the message, instead of letting huggingface_hub retry for minutes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+# Files a `save_pretrained` folder must hold before we try to load it: a missing file
+# is reported by name here rather than as a confusing error deep inside transformers.
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+
+# A hub id is "name" or "owner/name" of word characters, dots and dashes.
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+# How long the hub reachability probe may take. Without it, huggingface_hub retries each
+# file 5 times with back-off (~23 s per file, ~140 s for one AutoProcessor) when the
+# machine has no network and HF_HUB_OFFLINE is not set.
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+class LangSAMWeightsUnavailable(RuntimeError):
+    """GroundingDINO or SAM2 weights could not be loaded (no hub, not cached, bad folder)."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _offline() -> bool:
+    # Read the environment now rather than huggingface_hub's import-time constant, so that
+    # HF_HUB_OFFLINE set after transformers was imported (a test, a notebook) still counts.
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return env.strip().lower() in {"1", "true", "yes", "on"} or constants.HF_HUB_OFFLINE
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> tuple[bool, str]:
+    """One TCP connect to the hub (or to the HTTPS proxy when one is set); (ok, why not)."""
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY")
+    url = urlparse(proxy or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, ""
+    except OSError as e:
+        return False, f"cannot connect to {host}:{port} ({type(e).__name__}: {e})"
+
+
+def _is_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def _unavailable(what: str, name: str, error: str, needs_tokenizer: bool) -> LangSAMWeightsUnavailable:
+    files = "config.json, model.safetensors, processor_config.json or preprocessor_config.json"
+    if needs_tokenizer:
+        files += ", tokenizer.json (or vocab.txt) and tokenizer_config.json"
+    error = " ".join(str(error).split())  # one line
+    return LangSAMWeightsUnavailable(
+        f"LangSAM {what} weights unavailable: {name!r}: {error}\n"
+        f"Fix one of:\n"
+        f"  - pass local folders: --langsam-detector DIR --langsam-sam DIR "
+        f"(params 'detector' / 'sam');\n"
+        f"  - set HF_HUB_OFFLINE=1 with a Hugging Face cache that already holds {name!r};\n"
+        f"  - give this machine access to the Hugging Face hub.\n"
+        f"A local folder is what `save_pretrained` writes for the model and its processor: {files}. "
+        f"`python -m segray.models.tiny_langsam DIR` writes a tiny random pair for offline demos."
+    )
+
+
+class WeightsSource(NamedTuple):
+    """Where one model's weights load from, decided before any loading starts."""
+
+    what: str  # "GroundingDINO" or "SAM2", for messages
+    name: str  # as the user gave it
+    location: str  # the folder or hub id handed to from_pretrained
+    local_files_only: bool
+    needs_tokenizer: bool
+
+
+def resolve_weights(what: str, name: str, needs_tokenizer: bool = False) -> WeightsSource:
+    """Check a local folder, or that a hub id can be fetched; raise LangSAMWeightsUnavailable if not."""
+
+    def fail(error: str) -> LangSAMWeightsUnavailable:
+        return _unavailable(what, name, error, needs_tokenizer)
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        missing = []
+        if not (path / "config.json").is_file():
+            missing.append("config.json")
+        if not any((path / f).is_file() for f in _WEIGHT_FILES):
+            missing.append("model.safetensors")
+        if not any((path / f).is_file() for f in _PROCESSOR_FILES):
+            missing.append("processor_config.json or preprocessor_config.json")
+        if needs_tokenizer and not any((path / f).is_file() for f in _TOKENIZER_FILES):
+            missing.append("tokenizer.json or vocab.txt")
+        if missing:
+            raise fail(f"local folder {path} lacks {', '.join(missing)}")
+        return WeightsSource(what, name, str(path), True, needs_tokenizer)
+    if path.exists():
+        raise fail(f"{path} is a file, not a save_pretrained folder")
+    if not _HUB_ID.match(name) or name.startswith((".", "/", "~")):
+        raise fail(f"local folder {path} does not exist")
+    # A hub id. Offline: only the cache counts; look there before importing transformers.
+    if _offline():
+        if not _is_cached(name):
+            raise fail("HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache")
+        return WeightsSource(what, name, name, True, needs_tokenizer)
+    ok, why = _hub_reachable()
+    if ok:
+        return WeightsSource(what, name, name, False, needs_tokenizer)
+    # No network: use a warm cache directly instead of retrying every file for minutes.
+    if _is_cached(name):
+        log.warning("Hugging Face hub unreachable (%s); loading %s from the local cache", why, name)
+        return WeightsSource(what, name, name, True, needs_tokenizer)
+    raise fail(f"not in the local Hugging Face cache and the hub is unreachable: {why}")
+
+
+def load_from(source: WeightsSource, loader: Callable[..., Any]) -> Any:
+    try:
+        return loader(source.location, local_files_only=source.local_files_only)
+    except Exception as e:  # noqa: BLE001 - any load failure means these weights are unusable
+        error = f"{type(e).__name__}: {e}"
+        if source.local_files_only and not Path(source.location).is_dir():
+            # transformers' own message talks about connecting even when offline.
+            error = f"not usable from the local Hugging Face cache (offline mode) - {error}"
+        raise _unavailable(source.what, source.name, error, source.needs_tokenizer) from e

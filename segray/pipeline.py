@@ -1,0 +1,172 @@
+"""The whole comparison, stage by stage: data -> train -> evaluate -> summary -> report.
+
+The run's folder and lifecycle are `segray.run`'s; the models to evaluate and their
+versions come from `segray.models.selection`; the summary scores rows by the one rule of
+`segray.results.scoring`, which the report and the trend share.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from segray import storage
+from segray.config import BenchmarkConfig
+from segray.data.manifest import Manifest
+from segray.errors import CheckpointStoreError
+from segray.models.base import ModelSpec
+from segray.models.catalogue import TRAINABLE, variants_of
+from segray.models.checkpoint import version_key
+from segray.models.networks import check_weights
+from segray.models.selection import TrainedModels, models_to_evaluate
+from segray.models.store import record_training
+from segray.results.read import read_rows
+from segray.results.scoring import format_table, model_summary
+from segray.run import open_run, run_failed, run_uri
+from segray.schema import ERROR
+
+log = logging.getLogger(__name__)
+
+
+def train_models(config: BenchmarkConfig, manifest: Manifest, uri: str) -> dict[str, dict[str, Any]]:
+    """Train every trainable model in `config.models`; a model that fails is recorded with
+    its error. Each result names its version: `<model>@<run id>`."""
+    from segray.train import train_model, training_datasets
+
+    results: dict[str, dict[str, Any]] = {}
+    to_train = []
+    for model in (m for m in config.models if m in TRAINABLE):
+        try:
+            check_weights(model, config.model_params.get(model, {}))
+            to_train.append(model)
+        except Exception as error:
+            log.error("cannot train %s: %s", model, error)
+            results[model] = {"model": model, "error": f"{type(error).__name__}: {error}"}
+    datasets = training_datasets(manifest.table, config.train.image_size) if to_train else {}
+    for model in to_train:
+        log.info("training %s", model)
+        try:
+            result = train_model(model, config.model_params.get(model, {}), datasets, config.train,
+                                 storage_path=storage.join(uri, "train"), run_name=model, run_id=config.run_id)
+            results[model] = {**asdict(result), "version": version_key(model, config.run_id)}
+        except Exception as error:
+            log.exception("training %s failed", model)
+            results[model] = {"model": model, "error": f"{type(error).__name__}: {error}"}
+    storage.write_bytes(storage.join(uri, "training.json"), json.dumps(results, indent=2).encode())
+    return results
+
+
+def record_trained(store: str, config: BenchmarkConfig, manifest: Manifest,
+                   training: dict[str, dict[str, Any]]) -> bool:
+    """Record each trained model's best checkpoint in the checkpoint store, as version
+    `config.run_id`. False, with the reason logged, when that failed (the run's own
+    outputs are unaffected)."""
+    try:
+        records = record_training(store, training, config.run_id, config.to_dict(),
+                                  manifest.description(config.dataset))
+    except (CheckpointStoreError, OSError) as error:
+        log.error("recording the trained models in %s failed: %s", store, error)
+        return False
+    for record in records:
+        print(f"recorded {record['model']} version {record['version']} in {store}")
+    return True
+
+
+def evaluate_and_summarize(config: BenchmarkConfig, manifest: Manifest, specs: list[ModelSpec],
+                           unavailable: dict[str, str], training: dict[str, dict[str, Any]],
+                           started: float) -> dict[str, Any]:
+    """Evaluate `specs` into the run's predictions/, then write summary.json (last) and return it."""
+    from segray.evaluate import evaluate
+
+    uri = run_uri(config)
+    predictions = storage.join(uri, "predictions")
+    if specs:
+        try:
+            evaluate(manifest.table, specs, config.eval, predictions, config.run_id)
+        except OSError as error:  # the output went away mid-run
+            # A Ray task's error is also of its cause's type; its own message is the remote traceback.
+            cause = getattr(error, "cause", None) or error
+            raise run_failed(uri, f"{predictions}: cannot write the rows there: {storage.describe(cause)}") from error
+    expected = len(manifest.table) * sum(len(variants_of(spec)) for spec in specs)
+    return write_summary(config, manifest, expected, unavailable, training, started)
+
+
+def write_summary(config: BenchmarkConfig, manifest: Manifest, expected_rows: int, unavailable: dict[str, str],
+                  training: dict[str, dict[str, Any]], started: float) -> dict[str, Any]:
+    """summary.json from the run's rows, as they are (written last: the run is finished)."""
+    uri = run_uri(config)
+    predictions = storage.join(uri, "predictions")
+    try:
+        rows = read_rows(predictions)
+    except OSError as error:
+        raise run_failed(uri, f"{predictions}: cannot read the rows back: {storage.describe(error)}") from error
+    # Rows with status "error", in every split, per model that has any: one makes the run partial.
+    counts = rows.loc[rows["status"] == ERROR, "model"].astype(str).value_counts().sort_index()
+    errors_by_model = {model: int(n) for model, n in counts.items()}
+    failed_training = [m for m, r in training.items() if "error" in r]
+    table = manifest.table
+    complete = expected_rows > 0 and len(rows) == expected_rows and not errors_by_model and not failed_training
+    summary = {
+        "run_id": config.run_id,
+        "status": "complete" if complete else "partial",
+        "dataset": config.dataset,
+        "dataset_root": manifest.root,
+        "dataset_fingerprint": manifest.fingerprint,
+        "finished_at": datetime.now(UTC).isoformat(),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "manifest": {
+            "images": len(table),
+            "train": int((table["split"] == "train").sum()),
+            "val": int((table["split"] == "val").sum()),
+            "pairing_problems": manifest.problems.as_dict(),
+        },
+        "rows": {"expected": expected_rows, "written": len(rows), "errors": sum(errors_by_model.values()),
+                 "errors_by_model": errors_by_model},
+        "models": model_summary(rows),
+        "unavailable": unavailable,
+        "training": training,
+        "config": config.to_dict(),
+    }
+    storage.write_bytes(storage.join(uri, "summary.json"), json.dumps(summary, indent=2, default=str).encode())
+    return summary
+
+
+def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None, store: str | None = None) -> dict[str, Any]:
+    """data -> train -> evaluate -> summary -> report. Returns the summary (also in summary.json).
+    With `store`, each trained model's best checkpoint is recorded there after training,
+    under the version its rows carry."""
+    started = time.perf_counter()
+    manifest = open_run(config, ray_address)
+    uri = run_uri(config)
+    training = train_models(config, manifest, uri)
+    if store:
+        record_trained(store, config, manifest, training)
+    specs, unavailable = models_to_evaluate(config, TrainedModels(training=training))
+    summary = evaluate_and_summarize(config, manifest, specs, unavailable, training, started)
+    write_report_logged(uri)
+    return summary
+
+
+def write_report_logged(uri: str) -> None:
+    """The report is derived from the finished run (jobs/report.py can redo it), so a
+    failure to draw it is logged and does not fail the run."""
+    from segray.report import write_report
+
+    try:
+        paths = write_report(uri)
+        print(f"report: {paths['report.html']}")
+    except Exception:
+        log.exception("writing the report of %s failed; retry with: python jobs/report.py %s", uri, uri)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(format_table(summary["models"]))
+    for model, reason in summary["unavailable"].items():
+        print(f"{model}: UNAVAILABLE: {reason}")
+    rows = summary["rows"]
+    print(f"rows written {rows['written']} of {rows['expected']}, {rows['errors']} with status error "
+          f"(their error column says what and where); status: {summary['status']}")

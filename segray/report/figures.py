@@ -1,0 +1,274 @@
+"""The report's figures as PNG bytes: matplotlib (Agg, imported only when a figure is
+drawn) for the plots, numpy/OpenCV for the worst-image galleries."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from segray import storage
+from segray.report.analysis import Analysis, worst_images
+from segray.results.read import read_masks
+
+log = logging.getLogger(__name__)
+
+# The seeds' show_masks: a magenta fill at alpha 0.6 with a white contour.
+MASK_RGB = (1.0, 0.0, 1.0)
+MASK_ALPHA = 0.6
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png(fig, tight: bool = True) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight" if tight else None)
+    pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def figure_histograms(analysis: Analysis) -> bytes:
+    """IoU histogram per model, 25 bins over [0, 1], like the seeds' notebook."""
+    plt = pyplot()
+    k = max(1, len(analysis.models))
+    cols = min(k, 3)
+    rows = (k + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=True)
+    bins = np.linspace(0, 1, 26)
+    for ax in axes.flat[k:]:
+        ax.axis("off")
+    for ax, (j, model) in zip(axes.flat, enumerate(analysis.models)):
+        counts, _ = np.histogram(analysis.iou[:, j], bins=bins)
+        ax.stairs(counts, bins, fill=True, color="tab:blue")  # one patch, not 25: fast for many models
+        mean = analysis.per_model[model]["mean_iou"]
+        if mean is not None:
+            ax.axvline(mean, color="black", linestyle="--", linewidth=1, label=f"mean {mean:.3f}")
+            ax.legend(loc="upper left", fontsize=8)
+        ax.set_title(model, fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("IoU per image")
+        if j % cols == 0:
+            ax.set_ylabel("images")
+    fig.suptitle(f"Distribution of per-image IoU ({analysis.split} split, {len(analysis.iou)} images per model)",
+                 y=1 - 0.2 / (3.0 * rows))
+    # fixed margins: tight_layout would draw the whole grid once more (slow with many models)
+    height = 3.0 * rows
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.5 / height, top=1 - 0.75 / height, hspace=0.55, wspace=0.15)
+    return png(fig, tight=False)
+
+
+def figure_ecdf(analysis: Analysis) -> bytes:
+    """Overlaid ECDFs of per-image IoU: a curve further right and lower is better."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    levels = np.linspace(0, 1, 1001)
+    for j, model in enumerate(analysis.models):
+        values = np.sort(analysis.iou[:, j])
+        if len(values):
+            x = np.quantile(values, levels) if len(values) > len(levels) else values
+            y = levels if len(values) > len(levels) else np.arange(1, len(values) + 1) / len(values)
+            ax.step(x, y, where="post", label=model, color=_color(j), linestyle=_style(j))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("IoU per image")
+    ax.set_ylabel("share of images with IoU ≤ x")
+    ax.set_title(f"Cumulative distribution of IoU ({analysis.split} split): lower-right is better")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return png(fig)
+
+
+def figure_categories(analysis: Analysis) -> bytes:
+    """Mean IoU per category and model, as grouped bars."""
+    plt = pyplot()
+    categories = list(analysis.per_category)
+    k = max(1, len(analysis.models))
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(categories) * max(1, k / 3)), 4.5))
+    width = 0.8 / k
+    x = np.arange(len(categories))
+    for j, model in enumerate(analysis.models):
+        heights = [analysis.per_category[c][model] or 0.0 for c in categories]
+        ax.bar(x + (j - (k - 1) / 2) * width, heights, width, label=model, color=_color(j))
+    ax.set_xticks(x, [f"{c}\n({analysis.per_category[c]['images']} images)" for c in categories])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("mean IoU")
+    ax.set_title(f"Mean IoU per category ({analysis.split} split)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(k, 3), loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    return png(fig)
+
+
+def figure_training(analysis: Analysis) -> bytes | None:
+    """Training loss and validation IoU per epoch of each trained model; the best epoch marked."""
+    trained = {m: t for m, t in analysis.training.items() if t["history"]}
+    if not trained:
+        return None
+    plt = pyplot()
+    fig, (loss_ax, iou_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for j, (model, t) in enumerate(trained.items()):
+        epochs = [h.get("epoch", i + 1) for i, h in enumerate(t["history"])]
+        label = model + (f" ({t['train_time_s'] / 60:.1f} min)" if t.get("train_time_s") else "")
+        style = {"marker": "o", "ms": 3, "label": label, "color": _color(j)}
+        loss_ax.plot(epochs, [h.get("train_loss") for h in t["history"]], **style)
+        iou_ax.plot(epochs, [h.get("val_iou") for h in t["history"]], **style)
+        if t.get("best_epoch") is not None:
+            best = next((h for h in t["history"] if h.get("epoch") == t["best_epoch"]), None)
+            if best is not None:
+                iou_ax.plot([best["epoch"]], [best.get("val_iou")], marker="*", ms=14, color=_color(j),
+                            markeredgecolor="black")
+    loss_ax.set_title("training loss per epoch")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("train loss")
+    iou_ax.set_title("validation IoU per epoch (★ = checkpoint used)")
+    iou_ax.set_xlabel("epoch")
+    iou_ax.set_ylabel("validation IoU")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (loss_ax, iou_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return png(fig)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray | None):
+    """The seeds' show_masks style: magenta fill (alpha 0.6) over the image."""
+    out = image.astype(np.float32) / 255.0
+    if mask is not None and mask.any():
+        out[mask] = (1 - MASK_ALPHA) * out[mask] + MASK_ALPHA * np.asarray(MASK_RGB, np.float32)
+    return out
+
+
+def figure_gallery(model: str, items: list[dict[str, Any]]) -> bytes:
+    """One column per image (worst first): the image, the ground truth, the prediction,
+    composed with numpy/OpenCV (no matplotlib: ~50x faster, which matters with many models)."""
+    import cv2
+
+    n = max(1, len(items))
+    tile_h = max((item["image"].shape[0] for item in items), default=64)
+    tile_w = max((item["image"].shape[1] for item in items), default=64)
+    gap, label_h, head_h = 8, 22, 34
+    grid = np.full((head_h + 3 * (tile_h + label_h), n * (tile_w + gap) + gap, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+
+    def text(string: str, x_center: float, y: int, scale: float = 0.42, thickness: int = 1) -> None:
+        (w, _), _ = cv2.getTextSize(string, font, scale, thickness)
+        cv2.putText(grid, string, (int(x_center - w / 2), y), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+
+    text(f"{model}: the {len(items)} lowest-IoU images (magenta fill, white contour = mask)", grid.shape[1] / 2, 24,
+         0.6, 1)
+    for c, item in enumerate(items):
+        image, x = item["image"], gap + c * (tile_w + gap)
+        label = "no detection" if item["status"] == "no_detection" else "prediction"
+        fits = tile_w // 7  # characters that fit over a tile
+        name = item["image_id"] if len(item["image_id"]) <= fits else "..." + item["image_id"][-(fits - 3):]
+        for r, (mask, caption) in enumerate(((None, name), (item["truth"], "ground truth"),
+                                             (item["pred"], f"{label}: IoU {item['iou']:.3f}"))):
+            tile = (overlay(image, mask) * 255).round().astype(np.uint8)
+            if mask is not None and mask.any():
+                contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+                cv2.drawContours(tile, contours, -1, (255, 255, 255), 1)
+            y = head_h + r * (tile_h + label_h) + label_h
+            grid[y : y + image.shape[0], x : x + image.shape[1]] = tile
+            text(caption, x + image.shape[1] / 2, y - 6)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("cannot encode the gallery as PNG")
+    return png.tobytes()
+
+
+def _color(j: int) -> str:
+    return f"C{j % 10}"
+
+
+def _style(j: int) -> str:
+    return ["-", "--", ":", "-."][(j // 10) % 4]
+
+
+def gallery_items(rows: pd.DataFrame, analysis: Analysis, dataset_root: str | None, n: int,
+                  max_side: int = 256) -> dict[str, list[dict[str, Any]]]:
+    """The worst-n images of each model with image, ground truth and predicted masks,
+    resized so that their longer side is `max_side`."""
+    import cv2
+
+    from segray.data.decode import decode_image, decode_mask
+
+    if not dataset_root or n <= 0:
+        return {}
+    worst = worst_images(analysis, n)
+    wanted_pairs = {(m, i) for m, items in worst.items() for i, _ in items}
+    wanted_images = sorted({i for _, i in wanted_pairs})
+    near = rows[np.asarray((rows["split"] == analysis.split) & rows["image_id"].isin(wanted_images))
+                & np.asarray(rows["status"] != "error")]
+    keys = zip(near["model"].astype(str), near["image_id"].astype(str))
+    selected = near[[k in wanted_pairs for k in keys]]
+    masks = read_masks(rows, selected)
+    by_key = {(str(m), str(i)): (mask, str(s)) for m, i, s, mask in
+              zip(selected["model"], selected["image_id"], selected["status"], masks)}
+    mask_names = _mask_names(dataset_root)
+    cache: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for model, items in worst.items():
+        out[model] = []
+        for image_id, value in items:
+            if image_id not in cache:
+                try:
+                    image = decode_image(storage.read_bytes(storage.join(dataset_root, "images", image_id)))
+                except (OSError, ValueError) as error:
+                    log.warning("gallery: skipping %s: %s", image_id, error)
+                    continue
+                truth = None
+                name = mask_names.get(image_id) or mask_names.get(os.path.splitext(image_id)[0])
+                try:
+                    if name:
+                        truth = decode_mask(storage.read_bytes(storage.join(dataset_root, "masks", name)))
+                except (OSError, ValueError) as error:
+                    log.warning("gallery: no ground truth for %s: %s", image_id, error)
+                cache[image_id] = (image, truth)
+            image, truth = cache[image_id]
+            pred, status = by_key.get((model, image_id), (None, "no_detection"))
+            scale = max_side / max(image.shape[:2])  # every tile the same readable size
+            size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
+            truth, pred = (_resize(m, size) for m in (truth, pred))
+            out[model].append({"image_id": image_id, "iou": value, "image": image, "truth": truth,
+                               "pred": pred, "status": status})
+    return out
+
+
+def _resize(mask: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
+    import cv2
+
+    if mask is None or (mask.shape[1], mask.shape[0]) == size:
+        return mask
+    return cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def _mask_names(dataset_root: str) -> dict[str, str]:
+    """Mask file names by full name and by stem (a mask may have another extension)."""
+    try:
+        names = storage.list_files(storage.join(dataset_root, "masks"))
+    except OSError:
+        return {}
+    table = {}
+    for name in names:
+        table.setdefault(os.path.splitext(name)[0], name)
+        table[name] = name
+    return table
+
+
+def figure_name(model: str) -> str:
+    """A file-name-safe form of a model variant (`langsam/sam_score` -> `langsam-sam_score`)."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in model)

@@ -1,0 +1,215 @@
+"""The report as Markdown and as a self-contained HTML page (figures embedded as base64 PNG)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from typing import Any
+
+import numpy as np
+
+from segray.report.analysis import Analysis
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return "< 1e-300" if value == 0 else (f"{value:.2e}" if value < 1e-3 else f"{value:.3f}")
+
+
+def _ci(ci: tuple[float | None, float | None]) -> str:
+    return "–" if ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def tables(analysis: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """The report's tables as (header, rows) of strings."""
+    s = analysis.settings
+    out = {}
+    out["models"] = (
+        ["model", "rows", "errors", "no detection", "scored images", "mean IoU (strict)", "95% CI",
+         "mean IoU (seeds)", "median IoU", "pooled IoU", "Dice", "boundary IoU", "precision", "recall"],
+        [[m, _f(p["images"]), _f(p["errors"]), _f(p["no_detection"]), _f(p["scored_images"]), _f(p["mean_iou"]),
+          _ci(p["mean_iou_ci"]), _f(p["mean_iou_seeds"]), _f(p["median_iou"]), _f(p["pooled_iou"]),
+          _f(p["mean_dice"]), _f(p["mean_boundary_iou"]), _f(p["mean_precision"]), _f(p["mean_recall"])]
+         for m, p in sorted(analysis.per_model.items(), key=lambda kv: -(kv[1]["mean_iou"] or -1))],
+    )
+    cats = list(analysis.per_category)
+    out["categories"] = (
+        ["model", *[f"{c} ({analysis.per_category[c]['images']})" for c in cats]],
+        [[m, *[_f(analysis.per_category[c][m]) for c in cats]] for m in analysis.models],
+    )
+    out["pairs"] = (
+        ["A", "B", "images", "mean IoU A − B", "95% CI", "A wins", "ties", "B wins", "Wilcoxon p"],
+        [[p["a"], p["b"], _f(p["images"]), _f(p["mean_diff"], 4), _ci(p["ci"]), _pct(p["win_rate"]),
+          _pct(p["tie_rate"]), _pct(p["loss_rate"]), _p(p["wilcoxon_p"])] for p in analysis.pairs],
+    )
+    out["cost"] = (
+        ["model", "images timed", "latency p50 (ms)", "latency p95 (ms)", "images/s per GPU",
+         f"$ per 1,000 images at ${s['gpu_hour_usd']:g}/GPU-hour"],
+        [[m, _f(v["images"]), _f(v["p50_ms"], 1), _f(v["p95_ms"], 1), _f(v["images_per_s"], 1),
+          _f(v["usd_per_1000"], 4)] for m, v in analysis.latency.items()],
+    )
+    out["training"] = (
+        ["model", "epochs", "best epoch", "best val IoU", "time to train", "checkpoint / error"],
+        [[m, _f(t["epochs"]), _f(t["best_epoch"]), _f(t["best_val_iou"]),
+          (f"{t['train_time_s'] / 60:.1f} min" if t.get("train_time_s") is not None else "–"),
+          t["error"] or t["checkpoint"] or "–"] for m, t in analysis.training.items()],
+    )
+    return out
+
+
+NOTES = {
+    "models": (
+        "Every model is scored on the same {n} images of the {split} split: those where no model's row "
+        "is an error ({excluded} left out). *Strict* mean IoU scores a no-detection against an empty "
+        "prediction (IoU 0); the *seeds'* mean leaves no-detections out, as the seeds' notebook did. "
+        "*Pooled* IoU is the sum of intersections over the sum of unions (large masks weigh more). "
+        "The 95% CI is a percentile bootstrap of the strict mean ({resamples} resamples of the images, seed {seed}). "
+        "Boundary IoU (Cheng et al. 2021) compares only bands of width 2% of the image diagonal along the mask "
+        "edges. A metric whose denominator is empty counts as 1 (e.g. precision when nothing is predicted)."
+    ),
+    "pairs": (
+        "Paired comparisons on the same images: A − B is the mean per-image IoU difference (positive: A better), "
+        "its CI a paired bootstrap; *A wins* is the share of images where A's IoU is higher. The Wilcoxon "
+        "signed-rank test drops ties; p = 1 when the two models agree on every image."
+    ),
+    "cost": (
+        "Latency is the model call's wall time per image (batch time / batch size) on one accelerator, "
+        "decode and scoring excluded. Throughput = 1000 / mean latency (ms); cost per 1,000 images = "
+        "1,000 × mean latency (s) × $/GPU-hour / 3600. LangSAM variants share one inference, so they share "
+        "its latency."
+    ),
+}
+
+
+# The report's sections, in order: heading, table key, figures shown under the table.
+SECTIONS = [
+    ("Accuracy per model", "models", ["histograms", "ecdf"]),
+    ("Per category (mean strict IoU)", "categories", ["categories"]),
+    ("Pairwise comparisons", "pairs", []),
+    ("Speed and cost", "cost", []),
+    ("Training", "training", ["training"]),
+]
+
+
+def render_markdown(analysis: Analysis, repro: dict[str, Any], figures: dict[str, str], title: str) -> str:
+    t = tables(analysis)
+    notes = _notes(analysis)
+    lines = [f"# {title}", "", _headline(analysis), ""]
+    for heading, key, figs in SECTIONS:
+        lines += [f"## {heading}", ""]
+        if key in notes:
+            lines += [notes[key], ""]
+        lines += md_table(*t[key]) + [""]
+        for name in figs:
+            if name in figures:
+                lines += [f"![{name}]({figures[name]})", ""]
+    galleries = [n for n in figures if n.startswith("worst_")]
+    if galleries:
+        lines += ["## Worst images per model", ""]
+        lines += [f"![{n}]({figures[n]})" for n in galleries] + [""]
+    lines += ["## Reproducibility", "", "```json", json.dumps(repro, indent=2, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def _notes(analysis: Analysis) -> dict[str, str]:
+    s = analysis.settings
+    return {k: v.format(n=len(analysis.iou), split=analysis.split, excluded=analysis.excluded_images,
+                        resamples=s["resamples"], seed=s["seed"]) for k, v in NOTES.items()}
+
+
+def _headline(analysis: Analysis) -> str:
+    # A model that could not run is named first: it is never silently absent.
+    missing = "".join(
+        f"**{model} was not evaluated**: {reason.strip().splitlines()[0]} "
+        for model, reason in analysis.unavailable.items()
+    )
+    return missing + _ranking(analysis)
+
+
+def _ranking(analysis: Analysis) -> str:
+    ranked = sorted(analysis.per_model.items(), key=lambda kv: -(kv[1]["mean_iou"] or -1))
+    if not ranked or ranked[0][1]["mean_iou"] is None:
+        return f"No model was scored on the {analysis.split} split."
+    best, stats = ranked[0]
+    text = (f"On the {analysis.split} split ({len(analysis.iou)} images), the best mean IoU is **{best}**: "
+            f"{stats['mean_iou']:.3f} (95% CI {_ci(stats['mean_iou_ci'])}).")
+    if len(ranked) > 1:
+        second = ranked[1][0]
+        pair = next(p for p in analysis.pairs if {p["a"], p["b"]} == {best, second})
+        sign = 1 if pair["a"] == best else -1
+        low, high = (sign * pair["ci"][0], sign * pair["ci"][1]) if sign == 1 else (-pair["ci"][1], -pair["ci"][0])
+        verdict = "a difference the bootstrap CI separates from zero" if low > 0 else "not separable from zero"
+        text += (f" Next is {second}: {best} is ahead by {sign * pair['mean_diff']:.3f} IoU "
+                 f"(95% CI [{low:.3f}, {high:.3f}], {verdict}).")
+    return text
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    return ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(map(esc, r)) + " |" for r in rows
+    ]
+
+
+HTML_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, td:nth-child(2) { text-align: left; }
+img { max-width: 100%; display: block; margin: 1em 0; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+.note { color: #555; max-width: 60em; }
+"""
+
+
+def render_html(analysis: Analysis, repro: dict[str, Any], pngs: dict[str, bytes], title: str) -> str:
+    t = tables(analysis)
+    notes = _notes(analysis)
+    parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
+             f"<style>{HTML_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+             f"<p>{_bold_html(_headline(analysis))}</p>"]
+    for heading, key, figs in SECTIONS:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if key in notes:
+            parts.append(f"<p class='note'>{_bold_html(notes[key])}</p>")
+        parts.append(html_table(*t[key]))
+        parts += [html_img(name, pngs[name]) for name in figs if name in pngs]
+    galleries = [n for n in pngs if n.startswith("worst_")]
+    if galleries:
+        parts.append("<h2>Worst images per model</h2>")
+        parts += [html_img(n, pngs[n]) for n in galleries]
+    parts += ["<h2>Reproducibility</h2>", f"<pre>{html.escape(json.dumps(repro, indent=2, default=str))}</pre>",
+              "</body></html>"]
+    return "\n".join(parts)
+
+
+def _bold_html(text: str) -> str:
+    """The markdown emphasis the notes use, as HTML: **bold** and *italic*."""
+    pieces = html.escape(text).split("**")
+    text = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(pieces))
+    pieces = text.split("*")
+    return "".join(f"<i>{p}</i>" if i % 2 else p for i, p in enumerate(pieces))
+
+
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_img(name: str, png: bytes) -> str:
+    return f"<img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
