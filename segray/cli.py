@@ -45,6 +45,9 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="with --checkpoint-store, the version of a trained model to evaluate, repeatable: latest, "
                    "best, all, or a version name (RUN_ID or the rows' MODEL@RUN_ID) [default: evaluate latest, "
                    "reevaluate all]")
+    g.add_argument("--seed", type=int, help="the run's seed: training's initial weights, data order, shards and "
+                   "flips, and the report's bootstrap; the same seed, data and settings repeat a CPU run bit for "
+                   "bit [default: 0]")
     g.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
     g = p.add_argument_group("training (Ray Train)")
@@ -145,7 +148,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         config.models = [m.strip() for m in args.models.split(",") if m.strip()]
 
     train = config.train
-    for flag in ("image_size", "batch_size", "lr", "num_workers", "cpus_per_worker", "use_gpu", "amp"):
+    for flag in ("image_size", "batch_size", "lr", "num_workers", "cpus_per_worker", "use_gpu", "amp", "seed"):
         if getattr(args, flag) is not None:
             setattr(train, flag, getattr(args, flag))
     if args.unet_epochs is not None:

@@ -24,7 +24,7 @@ class TrainConfig:
     cpus_per_worker: float = 1.0  # also the torch threads of a CPU worker
     use_gpu: bool | None = None  # None: use GPUs when the cluster has any
     amp: bool = True  # torch.autocast + GradScaler, on GPU only
-    seed: int = 0
+    seed: int = 0  # the run's seed: training's weights, data order and flips, and the report's bootstrap
 
 
 @dataclass

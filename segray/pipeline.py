@@ -46,7 +46,8 @@ def train_models(config: BenchmarkConfig, manifest: Manifest, uri: str) -> dict[
         except Exception as error:
             log.error("cannot train %s: %s", model, error)
             results[model] = {"model": model, "error": f"{type(error).__name__}: {error}"}
-    datasets = training_datasets(manifest.table, config.train.image_size) if to_train else {}
+    datasets = (training_datasets(manifest.table, config.train.image_size, config.train.num_workers, config.train.seed)
+                if to_train else {})
     for model in to_train:
         log.info("training %s", model)
         try:

@@ -1,8 +1,13 @@
 """Training of the UNets on Ray Train: data-parallel (DDP) `TorchTrainer`, one run per model.
 
 Data reaches the workers through Ray Data: every image is decoded and resized once and
-cached in the object store; `get_dataset_shard(...).iter_torch_batches` feeds each worker
-its shard, and its `collate_fn` applies the random flip and normalisation every epoch.
+cached in the object store, one seeded shard per worker (`training_datasets`);
+`get_dataset_shard(...).iter_torch_batches` feeds each worker its shard, shuffled with a
+seed, and its `collate_fn` applies the random flip and normalisation every epoch. With the
+same `seed`, data and settings, a CPU run repeats bit for bit (torch's deterministic
+algorithms are on); on GPU, cuDNN/cuBLAS kernels without a deterministic implementation
+(atomics in some convolution backward passes) may differ in the last bits, and torch warns
+where they run.
 Each epoch reports the mean train loss and the validation IoU (all workers combined)
 with a checkpoint from rank 0; evaluation uses the checkpoint with the best validation
 IoU (`Result.get_best_checkpoint(metric="val_iou", mode="max")`).
@@ -68,17 +73,32 @@ def load_resized(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
     }
 
 
-def training_datasets(manifest: pd.DataFrame, image_size: int) -> dict[str, Any]:
-    """The train and val sets (images with a mask), decoded and resized once and cached
-    in the object store; augmentation happens per epoch in the workers (`Augment`)."""
+def training_datasets(manifest: pd.DataFrame, image_size: int, num_workers: int = 1, seed: int = 0) -> dict[str, Any]:
+    """The train and val sets (images with a mask) as one shard per training worker
+    (`train_<rank>`, `val_<rank>`), decoded and resized once and cached in the object
+    store; augmentation happens per epoch in the workers (`Augment`).
+
+    The shards are cut here, by a seeded permutation, rather than by Ray Data's
+    streaming_split, which gives no ordering guarantee: so the same seed gives every
+    worker the same images in the same order, run after run. Each worker then shuffles
+    its shard every epoch with a seeded local shuffle."""
     labelled = manifest[manifest["mask_uri"].notna()]
+    shuffled = labelled.iloc[np.random.default_rng(seed).permutation(len(labelled))]
     datasets = {}
     for split in ("train", "val"):
-        rows = labelled[labelled["split"] == split][["image_uri", "mask_uri"]]
-        if rows.empty:
-            raise ValueError(f"no {split} images with masks to train on")
-        datasets[split] = to_dataset(rows).map_batches(load_resized, fn_kwargs={"size": image_size}).materialize()
+        rows = shuffled[shuffled["split"] == split][["image_uri", "mask_uri"]]
+        if len(rows) < num_workers:
+            raise ValueError(f"{len(rows)} {split} images with masks to train on, fewer than the {num_workers} workers")
+        for rank, shard in enumerate(np.array_split(np.arange(len(rows)), num_workers)):
+            dataset = to_dataset(rows.iloc[shard]).map_batches(load_resized, fn_kwargs={"size": image_size})
+            dataset.context.execution_options.preserve_order = True  # blocks in manifest order, every run
+            datasets[f"{split}_{rank}"] = dataset.materialize()
     return datasets
+
+
+def seed_of(*parts: int) -> int:
+    """A 32-bit seed for one (run seed, worker, epoch): the same parts, the same seed."""
+    return int(np.random.SeedSequence(parts).generate_state(1)[0])
 
 
 class Augment(NumpyBatchCollateFn):
@@ -112,7 +132,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from segray.models.checkpoint import load_network, load_optimizer_state, save_checkpoint
     from segray.models.networks import build_network
 
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(config["seed"])  # the same initial weights on every worker
+    # Bit-for-bit repeatable on CPU; on GPU, ops without a deterministic kernel only warn.
+    torch.use_deterministic_algorithms(True, warn_only=True)
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
@@ -135,10 +157,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     criterion = torch.nn.BCEWithLogitsLoss()
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
 
-    train_transform, val_transform = train_augment(), val_augment()
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
     context = ray.train.get_context()
+    rank = context.get_world_rank()
+    val_transform = val_augment()
+    train_shard = ray.train.get_dataset_shard(f"train_{rank}")
+    val_shard = ray.train.get_dataset_shard(f"val_{rank}")
 
     def all_sum(values: list[float]) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
@@ -148,12 +171,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, config["epochs"]):
         started = time.perf_counter()
+        # Every random draw of an epoch (shuffle, flips, dropout) is seeded by (seed, rank,
+        # epoch): a run resumed from a checkpoint redraws exactly what it would have.
+        epoch_seed = seed_of(config["seed"], rank, epoch)
+        torch.manual_seed(epoch_seed)
         model.train()
         loss_sum, batches = 0.0, 0
         for batch in train_shard.iter_torch_batches(
             batch_size=config["batch_size"],
             local_shuffle_buffer_size=4 * config["batch_size"],
-            collate_fn=Augment(train_transform, device),
+            local_shuffle_seed=epoch_seed,
+            collate_fn=Augment(train_augment(seed=epoch_seed), device),
         ):
             optimizer.zero_grad()
             with torch.autocast(device.type, enabled=use_amp):
@@ -184,7 +212,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         }
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
-            if context.get_world_rank() == 0:
+            if rank == 0:
                 history.append(metrics)
                 meta = {
                     "model": config["model"],
@@ -214,6 +242,7 @@ def train_model(
     `run_id` is recorded in every checkpoint: it names the weights' version."""
     import ray
     import ray.train
+    from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
 
     from segray.models.checkpoint import read_meta
@@ -221,6 +250,10 @@ def train_model(
     if config.num_workers < 1:
         # Ray Train's local mode (0 workers) keeps no checkpoints, and evaluation needs them.
         raise ValueError(f"num_workers must be >= 1, got {config.num_workers}")
+    shards = sorted(name for name in datasets if name.startswith("train_"))
+    if len(shards) != config.num_workers:
+        raise ValueError(f"the datasets hold {len(shards)} training shards for {config.num_workers} workers: "
+                         "cut them with training_datasets(..., num_workers)")
     use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     loop_config = {
         "model": model,
@@ -249,6 +282,9 @@ def train_model(
             failure_config=ray.train.FailureConfig(max_failures=2),
         ),
         datasets=datasets,
+        # Each worker reads its own shards (training_datasets cuts them, seeded), in order.
+        dataset_config=ray.train.DataConfig(datasets_to_split=[],
+                                            execution_options=ExecutionOptions(preserve_order=True)),
     )
     started = time.perf_counter()
     result = trainer.fit()

@@ -17,8 +17,10 @@ def small_sets(ray_session, synthetic_root):
     return manifest, training_datasets(manifest, image_size=64)
 
 
-def test_two_worker_gloo_ddp_saves_and_reloads_the_best_checkpoint(small_sets, tmp_path):
-    manifest, datasets = small_sets
+def test_two_worker_gloo_ddp_saves_and_reloads_the_best_checkpoint(ray_session, synthetic_root, tmp_path):
+    manifest = build_manifest(str(synthetic_root)).table
+    datasets = training_datasets(manifest, image_size=64, num_workers=2)
+    assert sorted(datasets) == ["train_0", "train_1", "val_0", "val_1"]
     config = TrainConfig(image_size=64, batch_size=8, epochs={"unet": 2}, num_workers=2, cpus_per_worker=1)
     result = train_model("unet", {"base_width": 4}, datasets, config, str(tmp_path / "train"), "ddp")
 
@@ -59,3 +61,21 @@ def test_training_clearly_beats_the_untrained_network(small_sets, tmp_path):
     trained = val_iou(TrainedSegmenter(ModelSpec("unet", checkpoint=result.checkpoint)), manifest)
     assert trained == pytest.approx(result.best_val_iou, abs=0.05)  # the pipeline scores what training saw
     assert trained > untrained + 0.15, (untrained, trained, result.history)
+
+
+def test_shards_are_a_seeded_partition_of_each_split(ray_session, synthetic_root):
+    """Every labelled image lands in exactly one shard of its split; the same seed cuts the
+    same shards in the same order, another seed other ones; the shards must match the workers."""
+    manifest = build_manifest(str(synthetic_root)).table
+
+    def shard_images(seed: int) -> dict[str, list]:
+        sets = training_datasets(manifest, image_size=16, num_workers=2, seed=seed)
+        return {name: [row["image"].tobytes() for row in ds.iter_rows()] for name, ds in sets.items()}
+
+    first, again, other = shard_images(3), shard_images(3), shard_images(4)
+    assert first == again and first != other
+    for split in ("train", "val"):
+        sizes = [len(first[f"{split}_{rank}"]) for rank in (0, 1)]
+        assert sum(sizes) == (manifest["split"] == split).sum() and abs(sizes[0] - sizes[1]) <= 1
+    with pytest.raises(ValueError, match="2 training shards for 1 workers"):
+        train_model("unet", {}, training_datasets(manifest, 16, num_workers=2), TrainConfig(num_workers=1), "x", "x")

@@ -16,9 +16,9 @@ import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
 
-def train_augment() -> A.Compose:
-    """The per-epoch second half of the seeds' training transform."""
-    return A.Compose([A.HorizontalFlip(p=0.5), A.Normalize(), ToTensorV2()])
+def train_augment(seed: int | None = None) -> A.Compose:
+    """The per-epoch second half of the seeds' training transform; `seed` fixes its flips."""
+    return A.Compose([A.HorizontalFlip(p=0.5), A.Normalize(), ToTensorV2()], seed=seed)
 
 
 def val_augment() -> A.Compose:

@@ -16,7 +16,7 @@ one rule of `segray.results.scoring` (so n and mean IoU are summary.json's):
     pooled IoU (sum of intersections / sum of unions), mean Dice, boundary IoU,
     precision and recall;
   - a 95% percentile bootstrap CI of the strict mean IoU (2000 resamples of the images,
-    fixed seed); the same resamples serve every model, so pair differences are paired;
+    the run's seed); the same resamples serve every model, so pair differences are paired;
   - per pair of models: mean IoU difference with its bootstrap CI, win/tie/loss rates and
     the Wilcoxon signed-rank p-value (zero differences dropped; all zero -> p = 1);
   - latency p50/p95 per image, throughput and cost per 1,000 images at $/GPU-hour.
@@ -62,7 +62,7 @@ def write_report(
     gpu_hour_usd: float = 2.0,
     worst_n: int = 6,
     resamples: int = 2000,
-    seed: int = 0,
+    seed: int | None = None,
     timings: dict[str, float] | None = None,
 ) -> dict[str, str]:
     """Write RUN_URI/report/ (report.md, report.html, figures) from the run directory alone;
@@ -83,6 +83,8 @@ def write_report(
     training = read_json(storage.join(run_uri, "training.json")) or summary.get("training") or {}
     rows = read_rows(storage.join(run_uri, "predictions"), positions=True)
     lap("read")
+    if seed is None:  # the run's own seed (--seed)
+        seed = int(((summary.get("config") or {}).get("train") or {}).get("seed", 0))
     analysis = analyze(rows, split, training, gpu_hour_usd, resamples, seed)
     analysis.unavailable = summary.get("unavailable") or {}
     lap("statistics")
