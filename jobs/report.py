@@ -19,12 +19,16 @@ from segray.report import write_report
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_uri", metavar="RUN_URI", help="a run directory: OUTPUT/RUN_ID (local path or s3://)")
-    p.add_argument("--split", default="val", help="the split to compare the models on (default: val)")
+    p.add_argument("--split", help="the split to compare the models on: train, val or all (default: the one the "
+                   "run scored, in its summary.json)")
     p.add_argument("--gpu-hour-usd", type=float, default=2.0, help="$ per GPU-hour for the cost table (default: 2.0)")
+    p.add_argument("--cpu-hour-usd", type=float, help="$ per hour of one CPU evaluation actor, to price models that "
+                   "ran on CPUs (default: not priced)")
     p.add_argument("--worst", type=int, default=6, metavar="N", help="images per model in the worst-N gallery")
     args = p.parse_args(argv)
     try:
-        written = write_report(args.run_uri, split=args.split, gpu_hour_usd=args.gpu_hour_usd, worst_n=args.worst)
+        written = write_report(args.run_uri, split=args.split, gpu_hour_usd=args.gpu_hour_usd, worst_n=args.worst,
+                               cpu_hour_usd=args.cpu_hour_usd)
     except IncompleteRun as error:
         print(f"error: {error}; rerun the benchmark or pick a finished run", file=sys.stderr)
         return 1

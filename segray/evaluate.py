@@ -22,7 +22,7 @@ from segray.config import EvalConfig
 from segray.data.decode import check_same_size, decode_image, decode_mask, encode_mask, resize_mask
 from segray.data.manifest import to_dataset
 from segray.metrics import score_masks
-from segray.models.base import ModelSpec, Prediction
+from segray.models.base import ModelSpec, Prediction, describe_device
 from segray.models.catalogue import build_segmenter, version_of
 from segray.schema import ERROR, IMAGE_COLUMNS, METRIC_COLUMNS, OK, ROW_SCHEMA
 
@@ -70,6 +70,7 @@ class PredictStage:
 
         torch.set_num_threads(torch_threads)
         self.model = build_segmenter(spec)
+        self.device = describe_device(str(getattr(self.model, "device", "cpu")))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         n = len(batch["image_id"])
@@ -88,7 +89,7 @@ class PredictStage:
                         errors[i] = f"{type(error).__name__}: {error}"
 
         rows: dict[str, list] = {k: [] for k in [*PASSTHROUGH, "model", "status", "error", "latency_ms",
-                                                  "box_score", "mask_score", "num_detections", "mask"]}
+                                                  "box_score", "mask_score", "num_detections", "mask", "device"]}
         for i in range(n):
             for variant in self.model.variants:
                 prediction = results[i][variant] if results[i] else None
@@ -103,6 +104,7 @@ class PredictStage:
                 rows["num_detections"].append(prediction.num_detections if prediction else None)
                 mask = prediction.mask if prediction else None
                 rows["mask"].append(np.zeros((0, 0), np.uint8) if mask is None else mask.astype(np.uint8))
+                rows["device"].append(self.device)
         return rows
 
     def _predict(self, batch, indices, results, latency) -> None:
@@ -150,6 +152,7 @@ def score_batch(batch: dict[str, np.ndarray], run_id: str, model_version: str | 
                 "num_detections": _present(batch["num_detections"][i]),
                 "mask_png": png,
                 "model_version": model_version,
+                "device": batch["device"][i],
             }
         )
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)

@@ -25,7 +25,7 @@ from segray.models.networks import check_weights
 from segray.models.selection import TrainedModels, models_to_evaluate
 from segray.models.store import record_training
 from segray.results.read import read_rows
-from segray.results.scoring import format_table, model_summary
+from segray.results.scoring import ALL_SPLITS, format_table, model_summary
 from segray.run import open_run, run_failed, run_uri
 from segray.schema import ERROR
 
@@ -52,8 +52,10 @@ def train_models(config: BenchmarkConfig, manifest: Manifest, uri: str) -> dict[
         log.info("training %s", model)
         try:
             result = train_model(model, config.model_params.get(model, {}), datasets, config.train,
-                                 storage_path=storage.join(uri, "train"), run_name=model, run_id=config.run_id)
-            results[model] = {**asdict(result), "version": version_key(model, config.run_id)}
+                                 storage_path=storage.join(uri, "train"), run_name=model, run_id=config.run_id,
+                                 dataset_fingerprint=manifest.fingerprint)
+            results[model] = {**asdict(result), "version": version_key(model, config.run_id),
+                              "dataset_fingerprint": manifest.fingerprint}
         except Exception as error:
             log.exception("training %s failed", model)
             results[model] = {"model": model, "error": f"{type(error).__name__}: {error}"}
@@ -93,12 +95,20 @@ def evaluate_and_summarize(config: BenchmarkConfig, manifest: Manifest, specs: l
             cause = getattr(error, "cause", None) or error
             raise run_failed(uri, f"{predictions}: cannot write the rows there: {storage.describe(cause)}") from error
     expected = len(manifest.table) * sum(len(variants_of(spec)) for spec in specs)
-    return write_summary(config, manifest, expected, unavailable, training, started)
+    return write_summary(config, manifest, expected, unavailable, training, started, scoring_split(specs, manifest))
+
+
+def scoring_split(specs: list[ModelSpec], manifest: Manifest) -> str:
+    """The split a run scores: "val" when a model in it was trained on this very dataset
+    (its train split is then seen data), else every image (ALL_SPLITS): a model trained
+    elsewhere, or not at all (LangSAM), has seen none of them."""
+    return "val" if any(spec.trained_on == manifest.fingerprint for spec in specs) else ALL_SPLITS
 
 
 def write_summary(config: BenchmarkConfig, manifest: Manifest, expected_rows: int, unavailable: dict[str, str],
-                  training: dict[str, dict[str, Any]], started: float) -> dict[str, Any]:
-    """summary.json from the run's rows, as they are (written last: the run is finished)."""
+                  training: dict[str, dict[str, Any]], started: float, split: str = "val") -> dict[str, Any]:
+    """summary.json from the run's rows, as they are (written last: the run is finished),
+    scored on `split` (`scoring_split`)."""
     uri = run_uri(config)
     predictions = storage.join(uri, "predictions")
     try:
@@ -127,7 +137,8 @@ def write_summary(config: BenchmarkConfig, manifest: Manifest, expected_rows: in
         },
         "rows": {"expected": expected_rows, "written": len(rows), "errors": sum(errors_by_model.values()),
                  "errors_by_model": errors_by_model},
-        "models": model_summary(rows),
+        "split": split,
+        "models": model_summary(rows, split),
         "unavailable": unavailable,
         "training": training,
         "config": config.to_dict(),
@@ -165,7 +176,9 @@ def write_report_logged(uri: str) -> None:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    print(format_table(summary["models"]))
+    print(format_table(summary["models"], summary.get("split", "val")))
+    if summary.get("split") == ALL_SPLITS:
+        print("(no model here was trained on this dataset, so every image is unseen and counts)")
     for model, reason in summary["unavailable"].items():
         print(f"{model}: UNAVAILABLE: {reason}")
     rows = summary["rows"]

@@ -66,9 +66,11 @@ def start_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    # Workers read and write S3 too: they need the same endpoint override.
+    # Workers read and write S3 too: they need the same endpoint override. cuBLAS needs a
+    # fixed workspace to be deterministic (--seed), set before CUDA starts in a worker.
     env_vars = {v: os.environ[v] for v in storage.ENDPOINT_VARIABLES if os.environ.get(v)}
-    runtime_env = {"env_vars": env_vars} if env_vars else None
+    env_vars["CUBLAS_WORKSPACE_CONFIG"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    runtime_env = {"env_vars": env_vars}
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, runtime_env=runtime_env)
     else:

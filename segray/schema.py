@@ -40,6 +40,7 @@ ROW_SCHEMA = pa.schema(
         ("num_detections", pa.int64()),
         ("mask_png", pa.binary()),  # the predicted mask, 0/255, at the ground truth's resolution
         ("model_version", pa.string()),  # the exact weights: segray.models.catalogue.version_of
+        ("device", pa.string()),  # what the model ran on, as its actor saw it: segray.models.base.describe_device
     ]
 )
 
@@ -49,9 +50,9 @@ METRIC_COLUMNS = ["iou", "dice", "precision", "recall", "boundary_iou", "pred_ar
 # The manifest columns each row carries from its image.
 IMAGE_COLUMNS = ["image_id", "split", "category"]
 # What scoring, the summary, the report and the trend read: everything but the mask bytes.
-SCORE_COLUMNS = ["run_id", *IMAGE_COLUMNS, "model", "model_version", "status", "latency_ms",
+SCORE_COLUMNS = ["run_id", *IMAGE_COLUMNS, "model", "model_version", "device", "status", "latency_ms",
                  "iou", "dice", "precision", "recall", "boundary_iou", "intersection", "union"]
 # What says a (image, model version) pair is done, in the incremental re-evaluation.
 PAIR_COLUMNS = ["image_id", "model_version"]
 # Low-cardinality string columns, read as pandas categoricals.
-CATEGORICAL_COLUMNS = ["run_id", *IMAGE_COLUMNS, "model", "model_version", "status"]
+CATEGORICAL_COLUMNS = ["run_id", *IMAGE_COLUMNS, "model", "model_version", "device", "status"]

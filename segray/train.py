@@ -219,6 +219,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "params": config["params"],
                     "image_size": config["image_size"],
                     "run_id": config["run_id"],  # names the weights' version
+                    "dataset_fingerprint": config["dataset_fingerprint"],  # what they were trained on
                     "epoch": epoch + 1,
                     "metrics": metrics,
                     "history": history,  # Result.metrics_dataframe only covers kept checkpoints
@@ -237,9 +238,11 @@ def train_model(
     storage_path: str,
     run_name: str,
     run_id: str | None = None,
+    dataset_fingerprint: str | None = None,
 ) -> TrainResult:
     """Train one model with a TorchTrainer and return its best checkpoint by validation IoU.
-    `run_id` is recorded in every checkpoint: it names the weights' version."""
+    `run_id` and `dataset_fingerprint` are recorded in every checkpoint: they name the
+    weights' version and the data they were trained on."""
     import ray
     import ray.train
     from ray.data import ExecutionOptions
@@ -260,6 +263,7 @@ def train_model(
         "params": params,
         "epochs": config.epochs[model],
         "run_id": run_id,
+        "dataset_fingerprint": dataset_fingerprint,
         **{k: v for k, v in asdict(config).items() if k != "epochs"},
     }
     fs, path = storage.resolve(storage_path)

@@ -27,7 +27,8 @@ from segray.schema import ROW_SCHEMA
 REPO = Path(__file__).resolve().parents[1]
 
 
-def crafted_rows(values: dict[str, list[float]], split="val", statuses=None, categories=None) -> pd.DataFrame:
+def crafted_rows(values: dict[str, list[float]], split="val", statuses=None, categories=None,
+                 device="GPU: NVIDIA test") -> pd.DataFrame:
     """A rows table: one row per (image, model) with the given IoUs."""
     n = len(next(iter(values.values())))
     records = []
@@ -36,7 +37,7 @@ def crafted_rows(values: dict[str, list[float]], split="val", statuses=None, cat
             status = (statuses or {}).get((model, i), "ok")
             records.append({
                 "image_id": f"img{i:03d}.png", "split": split, "category": (categories or ["Jazz"] * n)[i],
-                "model": model, "model_version": f"{model}@test", "status": status,
+                "model": model, "model_version": f"{model}@test", "device": device, "status": status,
                 "latency_ms": 10.0 + i, "iou": None if status == "error" else value,
                 "dice": value, "precision": value, "recall": value, "boundary_iou": value,
                 "intersection": round(100 * value), "union": 100,
@@ -64,7 +65,22 @@ def test_known_means_and_a_model_that_always_wins():
     assert pair["wilcoxon_p"] < 1e-6
     lat = result.latency["good"]
     assert lat["p50_ms"] == pytest.approx(np.percentile(10.0 + np.arange(40), 50))
-    assert lat["usd_per_1000"] == pytest.approx(lat["mean_ms"] * 2.0 / 3600)
+    assert lat["usd_per_1000"] == pytest.approx(lat["mean_ms"] * 2.0 / 3600) and lat["device"] == "GPU: NVIDIA test"
+
+
+def test_cpu_latencies_are_priced_per_cpu_hour_or_not_at_all():
+    rows = crafted_rows({"a": [0.5, 0.6]}, device="CPU: AMD EPYC (2 threads)")
+    assert analyze(rows, resamples=10).latency["a"]["usd_per_1000"] is None
+    priced = analyze(rows, resamples=10, cpu_hour_usd=0.1).latency["a"]
+    assert priced["usd_per_1000"] == pytest.approx(priced["mean_ms"] * 0.1 / 3600)
+    assert priced["device"] == "CPU: AMD EPYC (2 threads)"
+
+
+def test_every_split_is_scored_when_asked():
+    rows = pd.concat([crafted_rows({"a": [0.2, 0.4]}), crafted_rows({"a": [0.6, 0.8]}, split="train")])
+    rows["image_id"] = [f"img{i}" for i in range(len(rows))]
+    result = analyze(rows, split="all", resamples=10)
+    assert result.per_model["a"]["scored_images"] == 4 and result.per_model["a"]["mean_iou"] == pytest.approx(0.5)
 
 
 def test_conventions_errors_and_no_detections():

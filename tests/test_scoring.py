@@ -43,6 +43,14 @@ def test_console_summary_and_report_agree_on_a_partial_run(ray_session, syntheti
                             "--langsam-detector", str(detector), "--langsam-sam", str(sam),
                             "--langsam-box-threshold", "0"]) == 0
     run = runs / "partial"
+    # No model here was trained on this dataset (the checkpoint names none): every image counts,
+    # and the latencies say what they were measured on.
+    scored = json.loads((run / "summary.json").read_text())
+    assert scored["split"] == "all" and scored["models"]["unet"]["scored_images"] == 48
+    assert all(s["device"].startswith("CPU: ") for s in scored["models"].values())
+    cost = table_rows((run / "report" / "report.md").read_text(), "model | measured on")
+    assert cost["unet"][0].startswith("CPU: ") and cost["unet"][-1] == "–"  # CPU, not priced without a price
+    assert "every image (48 images)" in (run / "report" / "report.md").read_text()
     rows = pq.read_table(run / "predictions").to_pandas()
     val = sorted(rows.loc[rows["split"] == "val", "image_id"].unique())
     assert len(val) > 5

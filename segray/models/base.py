@@ -22,6 +22,8 @@ class ModelSpec:
     `device` is "cuda", "cpu" or None for "cuda if available".
     `version` names the exact weights (e.g. "unet@<training run id>"); it fills the rows'
     `model_version` column. `segray.models.selection` sets it for every model it picks.
+    `trained_on` is the fingerprint of the dataset it was trained on (None: not trained,
+    or not recorded): scoring a dataset no model was trained on uses every image.
     """
 
     name: str
@@ -29,6 +31,7 @@ class ModelSpec:
     checkpoint: str | None = None
     device: str | None = None
     version: str | None = None
+    trained_on: str | None = None
 
 
 @dataclass
@@ -57,6 +60,33 @@ class Segmenter(Protocol):
         Returns one dict per image, mapping every name in `variants` to a Prediction.
         """
         ...
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name (from /proc/cpuinfo on Linux)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                        platform.processor() or platform.machine())
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def describe_device(device: str) -> str:
+    """What a model runs on, for the rows' `device` column: `GPU: <name>` or
+    `CPU: <model> (<n> threads)`. Latency and cost only mean something with it."""
+    import torch
+
+    if device.startswith("cuda"):
+        return f"GPU: {torch.cuda.get_device_name(torch.device(device))}"
+    return f"CPU: {cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def is_gpu(description: str | None) -> bool:
+    """True for a `describe_device` description of a GPU."""
+    return bool(description) and description.startswith("GPU:")
 
 
 def resolve_device(device: str | None) -> str:

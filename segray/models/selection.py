@@ -21,7 +21,7 @@ from segray.config import BenchmarkConfig
 from segray.errors import CheckpointStoreError
 from segray.models.base import ModelSpec
 from segray.models.catalogue import SEGMENTERS, TRAINABLE, check_available, version_of
-from segray.models.checkpoint import version_key
+from segray.models.checkpoint import read_meta, version_key
 from segray.models.store import select_versions
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,17 @@ def models_to_evaluate(config: BenchmarkConfig, trained: TrainedModels) -> tuple
 
 def _trained_specs(model: str, params: dict[str, Any], trained: TrainedModels) -> list[ModelSpec]:
     if model in trained.checkpoints:
-        return [ModelSpec(model, params=params, checkpoint=trained.checkpoints[model])]
+        checkpoint = trained.checkpoints[model]
+        return [ModelSpec(model, params=params, checkpoint=checkpoint,
+                          trained_on=read_meta(checkpoint).get("dataset_fingerprint"))]
     if trained.store:
         selector = trained.selectors.get(model, trained.default_selector)
         return [ModelSpec(model, params=params, checkpoint=record["checkpoint"],
-                          version=version_key(model, record["version"]))
+                          version=version_key(model, record["version"]),
+                          trained_on=(record.get("dataset") or {}).get("fingerprint"))
                 for record in select_versions(trained.store, model, selector)]
     result = trained.training.get(model, {})
     if "checkpoint" not in result:
         return []
-    return [ModelSpec(model, params=params, checkpoint=result["checkpoint"], version=result.get("version"))]
+    return [ModelSpec(model, params=params, checkpoint=result["checkpoint"], version=result.get("version"),
+                      trained_on=result.get("dataset_fingerprint"))]

@@ -58,16 +58,18 @@ from segray.results.read import read_rows
 
 def write_report(
     run_uri: str,
-    split: str = "val",
+    split: str | None = None,
     gpu_hour_usd: float = 2.0,
     worst_n: int = 6,
     resamples: int = 2000,
     seed: int | None = None,
     timings: dict[str, float] | None = None,
+    cpu_hour_usd: float | None = None,
 ) -> dict[str, str]:
     """Write RUN_URI/report/ (report.md, report.html, figures) from the run directory alone;
     return {name: URI} of the files written. Raises IncompleteRun without summary.json.
-    `timings`, if given, receives seconds per stage."""
+    `split` and `seed` default to the run's own (summary.json: the split it scored, its
+    --seed). `timings`, if given, receives seconds per stage."""
     clock = time.perf_counter()
     timings = timings if timings is not None else {}
 
@@ -85,7 +87,8 @@ def write_report(
     lap("read")
     if seed is None:  # the run's own seed (--seed)
         seed = int(((summary.get("config") or {}).get("train") or {}).get("seed", 0))
-    analysis = analyze(rows, split, training, gpu_hour_usd, resamples, seed)
+    split = split or summary.get("split") or "val"
+    analysis = analyze(rows, split, training, gpu_hour_usd, resamples, seed, cpu_hour_usd)
     analysis.unavailable = summary.get("unavailable") or {}
     lap("statistics")
     repro = reproducibility(summary, training, {m: p["model_version"] for m, p in analysis.per_model.items()})

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from segray.metrics import pooled_iou
-from segray.results.scoring import common_rows, model_summary
+from segray.models.base import is_gpu
+from segray.results.scoring import common_rows, in_split, model_summary
 from segray.schema import OK
 
 CATEGORIES = ("HipHop", "Jazz", "Kata", "Sports", "Taichi")
@@ -78,10 +79,13 @@ def analyze(
     gpu_hour_usd: float = 2.0,
     resamples: int = 2000,
     seed: int = 0,
+    cpu_hour_usd: float | None = None,
 ) -> Analysis:
     """The report's numbers from the prediction rows (a pure function). Which images count,
-    and each model's n and mean IoU, are `segray.results.scoring`'s, as in summary.json."""
-    rows = rows[np.asarray(rows["split"] == split)]
+    and each model's n and mean IoU, are `segray.results.scoring`'s, as in summary.json.
+    Cost is priced by the device the latencies were measured on: GPU-hours at
+    `gpu_hour_usd`, CPU actor-hours at `cpu_hour_usd` (not priced when None)."""
+    rows = rows[in_split(rows, split)]
     model_code, models = _codes(rows["model"])
     keep = common_rows(rows)
     kept, kept_model = rows[keep], model_code[keep]
@@ -146,13 +150,16 @@ def analyze(
         values = latency_ms[kept_model == j]
         values = values[~np.isnan(values)]
         mean = float(values.mean()) if len(values) else None
+        device = per_model[model]["device"]
+        hour_usd = gpu_hour_usd if is_gpu(device) else cpu_hour_usd
         latency[model] = {
+            "device": device,
             "images": int(len(values)),
             "p50_ms": float(np.percentile(values, 50)) if len(values) else None,
             "p95_ms": float(np.percentile(values, 95)) if len(values) else None,
             "mean_ms": mean,
             "images_per_s": 1000.0 / mean if mean else None,
-            "usd_per_1000": mean * gpu_hour_usd / 3600.0 if mean is not None else None,
+            "usd_per_1000": mean * hour_usd / 3600.0 if mean is not None and hour_usd is not None else None,
         }
 
     return Analysis(
@@ -167,7 +174,7 @@ def analyze(
         latency=latency,
         training=training_table(training or {}),
         excluded_images=int(rows["image_id"].nunique()) - len(image_ids),
-        settings={"gpu_hour_usd": gpu_hour_usd, "resamples": resamples, "seed": seed},
+        settings={"gpu_hour_usd": gpu_hour_usd, "cpu_hour_usd": cpu_hour_usd, "resamples": resamples, "seed": seed},
     )
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 from segray import storage
 from segray.report.analysis import Analysis, worst_images
 from segray.results.read import read_masks
+from segray.results.scoring import in_split, split_label
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def figure_histograms(analysis: Analysis) -> bytes:
         ax.set_xlabel("IoU per image")
         if j % cols == 0:
             ax.set_ylabel("images")
-    fig.suptitle(f"Distribution of per-image IoU ({analysis.split} split, {len(analysis.iou)} images per model)",
+    fig.suptitle(f"Distribution of per-image IoU ({split_label(analysis.split)}, {len(analysis.iou)} images per model)",
                  y=1 - 0.2 / (3.0 * rows))
     # fixed margins: tight_layout would draw the whole grid once more (slow with many models)
     height = 3.0 * rows
@@ -83,7 +84,7 @@ def figure_ecdf(analysis: Analysis) -> bytes:
     ax.set_ylim(0, 1)
     ax.set_xlabel("IoU per image")
     ax.set_ylabel("share of images with IoU ≤ x")
-    ax.set_title(f"Cumulative distribution of IoU ({analysis.split} split): lower-right is better")
+    ax.set_title(f"Cumulative distribution of IoU ({split_label(analysis.split)}): lower-right is better")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return png(fig)
@@ -103,7 +104,7 @@ def figure_categories(analysis: Analysis) -> bytes:
     ax.set_xticks(x, [f"{c}\n({analysis.per_category[c]['images']} images)" for c in categories])
     ax.set_ylim(0, 1)
     ax.set_ylabel("mean IoU")
-    ax.set_title(f"Mean IoU per category ({analysis.split} split)")
+    ax.set_title(f"Mean IoU per category ({split_label(analysis.split)})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(k, 3), loc="upper center", bbox_to_anchor=(0.5, -0.15))
     return png(fig)
@@ -210,7 +211,7 @@ def gallery_items(rows: pd.DataFrame, analysis: Analysis, dataset_root: str | No
     worst = worst_images(analysis, n)
     wanted_pairs = {(m, i) for m, items in worst.items() for i, _ in items}
     wanted_images = sorted({i for _, i in wanted_pairs})
-    near = rows[np.asarray((rows["split"] == analysis.split) & rows["image_id"].isin(wanted_images))
+    near = rows[in_split(rows, analysis.split) & np.asarray(rows["image_id"].isin(wanted_images))
                 & np.asarray(rows["status"] != "error")]
     keys = zip(near["model"].astype(str), near["image_id"].astype(str))
     selected = near[[k in wanted_pairs for k in keys]]

@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from segray.models.base import cpu_model
 from segray.models.checkpoint import weights_sha256
 
 PACKAGES = ["torch", "ray", "transformers", "segmentation_models_pytorch", "numpy", "pyarrow", "scipy", "matplotlib"]
@@ -80,12 +81,7 @@ def checkpoint_hashes(training: dict[str, Any]) -> dict[str, str | None]:
 
 def hardware() -> dict[str, Any]:
     """The machine writing the report (not necessarily the one that ran the benchmark)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_model()
     gpus = []
     torch = sys.modules.get("torch")  # only if something else already paid for the import
     if torch is not None and torch.cuda.is_available():

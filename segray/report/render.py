@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from segray.report.analysis import Analysis
+from segray.results.scoring import split_label
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -56,11 +57,12 @@ def tables(analysis: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
         [[p["a"], p["b"], _f(p["images"]), _f(p["mean_diff"], 4), _ci(p["ci"]), _pct(p["win_rate"]),
           _pct(p["tie_rate"]), _pct(p["loss_rate"]), _p(p["wilcoxon_p"])] for p in analysis.pairs],
     )
+    cpu_price = f"${s['cpu_hour_usd']:g}/CPU actor-hour" if s.get("cpu_hour_usd") is not None else "CPU: not priced"
     out["cost"] = (
-        ["model", "images timed", "latency p50 (ms)", "latency p95 (ms)", "images/s per GPU",
-         f"$ per 1,000 images at ${s['gpu_hour_usd']:g}/GPU-hour"],
-        [[m, _f(v["images"]), _f(v["p50_ms"], 1), _f(v["p95_ms"], 1), _f(v["images_per_s"], 1),
-          _f(v["usd_per_1000"], 4)] for m, v in analysis.latency.items()],
+        ["model", "measured on", "images timed", "latency p50 (ms)", "latency p95 (ms)", "images/s per device",
+         f"$ per 1,000 images (${s['gpu_hour_usd']:g}/GPU-hour; {cpu_price})"],
+        [[m, v["device"] or "unknown", _f(v["images"]), _f(v["p50_ms"], 1), _f(v["p95_ms"], 1),
+          _f(v["images_per_s"], 1), _f(v["usd_per_1000"], 4)] for m, v in analysis.latency.items()],
     )
     out["training"] = (
         ["model", "epochs", "best epoch", "best val IoU", "time to train", "checkpoint / error"],
@@ -73,8 +75,8 @@ def tables(analysis: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
 
 NOTES = {
     "models": (
-        "Every model is scored on the same {n} images of the {split} split: those where no model's row "
-        "is an error ({excluded} left out). *Strict* mean IoU scores a no-detection against an empty "
+        "Every model is scored on the same {n} images of {split}: those where every model has a row and "
+        "none is an error ({excluded} left out). *Strict* mean IoU scores a no-detection against an empty "
         "prediction (IoU 0); the *seeds'* mean leaves no-detections out, as the seeds' notebook did. "
         "*Pooled* IoU is the sum of intersections over the sum of unions (large masks weigh more). "
         "The 95% CI is a percentile bootstrap of the strict mean ({resamples} resamples of the images, seed {seed}). "
@@ -87,10 +89,11 @@ NOTES = {
         "signed-rank test drops ties; p = 1 when the two models agree on every image."
     ),
     "cost": (
-        "Latency is the model call's wall time per image (batch time / batch size) on one accelerator, "
-        "decode and scoring excluded. Throughput = 1000 / mean latency (ms); cost per 1,000 images = "
-        "1,000 × mean latency (s) × $/GPU-hour / 3600. LangSAM variants share one inference, so they share "
-        "its latency."
+        "Latency is the model call's wall time per image (batch time / batch size) on the device its actor "
+        "reported (*measured on*), decode and scoring excluded. Throughput = 1000 / mean latency (ms); cost "
+        "per 1,000 images = 1,000 × mean latency (s) × $/hour / 3600, at the GPU price for a GPU and the "
+        "price of one CPU actor-hour for a CPU (`--cpu-hour-usd`; unpriced without it). LangSAM variants "
+        "share one inference, so they share its latency."
     ),
 }
 
@@ -127,7 +130,7 @@ def render_markdown(analysis: Analysis, repro: dict[str, Any], figures: dict[str
 
 def _notes(analysis: Analysis) -> dict[str, str]:
     s = analysis.settings
-    return {k: v.format(n=len(analysis.iou), split=analysis.split, excluded=analysis.excluded_images,
+    return {k: v.format(n=len(analysis.iou), split=split_label(analysis.split), excluded=analysis.excluded_images,
                         resamples=s["resamples"], seed=s["seed"]) for k, v in NOTES.items()}
 
 
@@ -143,9 +146,9 @@ def _headline(analysis: Analysis) -> str:
 def _ranking(analysis: Analysis) -> str:
     ranked = sorted(analysis.per_model.items(), key=lambda kv: -(kv[1]["mean_iou"] or -1))
     if not ranked or ranked[0][1]["mean_iou"] is None:
-        return f"No model was scored on the {analysis.split} split."
+        return f"No model was scored on {split_label(analysis.split)}."
     best, stats = ranked[0]
-    text = (f"On the {analysis.split} split ({len(analysis.iou)} images), the best mean IoU is **{best}**: "
+    text = (f"On {split_label(analysis.split)} ({len(analysis.iou)} images), the best mean IoU is **{best}**: "
             f"{stats['mean_iou']:.3f} (95% CI {_ci(stats['mean_iou_ci'])}).")
     if len(ranked) > 1:
         second = ranked[1][0]

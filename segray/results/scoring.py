@@ -18,6 +18,21 @@ import pandas as pd
 from segray.schema import ERROR, NO_DETECTION, OK
 
 SERIES = ["model", "model_version"]
+# The split that means every image: what a run scores when no model in it was trained on
+# its dataset (every image is then unseen, and the 20 % "val" split would hide 80 % of them).
+ALL_SPLITS = "all"
+
+
+def in_split(rows: pd.DataFrame, split: str | None) -> np.ndarray:
+    """A boolean per row: it belongs to `split` (every row for None or ALL_SPLITS)."""
+    if split in (None, ALL_SPLITS):
+        return np.ones(len(rows), bool)
+    return np.asarray(rows["split"] == split)
+
+
+def split_label(split: str | None) -> str:
+    """How texts name a split: "the val split", or "every image"."""
+    return "every image" if split in (None, ALL_SPLITS) else f"the {split} split"
 
 
 def series_codes(rows: pd.DataFrame) -> np.ndarray:
@@ -28,7 +43,7 @@ def series_codes(rows: pd.DataFrame) -> np.ndarray:
 def common_rows(rows: pd.DataFrame, split: str | None = None) -> np.ndarray:
     """A boolean per row: it is scored (see the module docstring). With `split`, only
     rows of that split count, and the series are those with a row in it."""
-    inside = np.ones(len(rows), bool) if split is None else np.asarray(rows["split"] == split)
+    inside = in_split(rows, split)
     part = rows[inside]
     if part.empty:
         return inside
@@ -46,20 +61,23 @@ def common_rows(rows: pd.DataFrame, split: str | None = None) -> np.ndarray:
 
 
 def model_summary(rows: pd.DataFrame, split: str = "val") -> dict[str, dict]:
-    """Per model variant, on `split`: its version (None unless it has exactly one), its
-    rows, errors and no-detections there, and over the common images (`common_rows`)
-    their count, mean IoU (strict and the seeds') and mean latency."""
-    in_split = rows[np.asarray(rows["split"] == split)]
+    """Per model variant, on `split` (ALL_SPLITS: every row): its version (None unless it
+    has exactly one) and the device its actors ran on, its rows, errors and no-detections
+    there, and over the common images (`common_rows`) their count, mean IoU (strict and
+    the seeds') and mean latency."""
+    inside = rows[in_split(rows, split)]
     scored = rows[common_rows(rows, split)]
     result = {}
-    for model in sorted(in_split["model"].astype(str).unique()):
-        group = in_split[np.asarray(in_split["model"] == model)]
+    for model in sorted(inside["model"].astype(str).unique()):
+        group = inside[np.asarray(inside["model"] == model)]
         mine = scored[np.asarray(scored["model"] == model)]
         detected = mine[np.asarray(mine["status"] == OK)]
         latency = group["latency_ms"].astype(float)
         versions = group["model_version"].dropna().astype(str).unique()
+        devices = sorted(group["device"].dropna().astype(str).unique())
         result[model] = {
             "model_version": str(versions[0]) if len(versions) == 1 else None,
+            "device": "; ".join(devices) or None,  # what its latencies were measured on
             "images": int(len(group)),
             "errors": int((group["status"] == ERROR).sum()),
             "no_detection": int((group["status"] == NO_DETECTION).sum()),
@@ -74,7 +92,7 @@ def model_summary(rows: pd.DataFrame, split: str = "val") -> dict[str, dict]:
 def format_table(per_model: dict[str, dict], split: str = "val") -> str:
     """A plain-text table of `model_summary`'s result."""
     header = f"{'model':<22} {'images':>6} {'errors':>6} {'no det':>6} {'scored':>6} {'mean IoU':>9} {'seeds IoU':>9}"
-    lines = [f"Mean IoU on the {split} split (same images for every model):", header, "-" * len(header)]
+    lines = [f"Mean IoU on {split_label(split)} (same images for every model):", header, "-" * len(header)]
     for model, s in per_model.items():
         lines.append(
             f"{model:<22} {s['images']:>6} {s['errors']:>6} {s['no_detection']:>6} {s['scored_images']:>6} "
