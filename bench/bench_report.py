@@ -87,6 +87,7 @@ def write_run(root: Path, models: int, images: int, val_fraction: float, seed: i
                 "latency_ms": pa.array(rng.gamma(4, 5 * (m + 1), images)), "box_score": pa.nulls(images, pa.float64()),
                 "mask_score": pa.nulls(images, pa.float64()), "num_detections": pa.nulls(images, pa.int64()),
                 "mask_png": png, "model_version": pa.array([f"{name}@bench"] * images),
+                "device": pa.array(["GPU: bench"] * images),
             },
             schema=ROW_SCHEMA,
         )
