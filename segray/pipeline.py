@@ -176,7 +176,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     ambiguous = summary["masks"]["ambiguous"]
     if ambiguous["count"]:
         shown = ", ".join(ambiguous["files"][:AMBIGUOUS_SHOWN]) + (", ..." if ambiguous["count"] > AMBIGUOUS_SHOWN else "")
-        print(f"warning: {ambiguous['count']} masks may not mark the person ({shown}): their rows' mask_note says "
+        print(f"warning: {ambiguous['count']} of the masks may not mark the person ({shown}): their rows' mask_note says "
               "what was found (summary.json: masks.ambiguous); name the person value(s) with --mask-person-values")
     rows = summary["rows"]
     print(f"rows written {rows['written']} of {rows['expected']}, {rows['errors']} with status error "

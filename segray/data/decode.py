@@ -47,6 +47,8 @@ class PairError(ValueError):
 
 @dataclass(frozen=True)
 class DecodedPair:
+    """What `decode_pair` makes of an image and its mask: the two agree in size."""
+
     image: np.ndarray  # RGB uint8 (H, W, 3), in the orientation the mask agrees with
     mask: np.ndarray  # bool (H, W): the person
     orientation: str  # STORED or EXIF: which pixels of the image `image` is
