@@ -22,9 +22,13 @@ def parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--preset", choices=sorted(PRESETS), default="seeds",
                    help="starting settings: 'seeds' is the real benchmark (Kaggle data, the seeds' recipe); "
                    "'demo' is synthetic data, narrow networks, 96px, few epochs, offline on a CPU")
-    g.add_argument("--dataset", help="dataset source: a folder in MADS layout (images/, masks/; the Kaggle "
-                   "zip's doubled folder works too), synthetic:N[:SEED], or kaggle:OWNER/SLUG "
-                   "[default: the preset's]")
+    g.add_argument("--dataset", help="dataset source: a folder in MADS layout (images/, masks/, subfolders "
+                   "pair by path; PNG, JPEG, WebP, BMP, TIFF; the Kaggle zip's doubled folder works too), "
+                   "synthetic:N[:SEED], or kaggle:OWNER/SLUG [default: the preset's]")
+    g.add_argument("--mask-person-values", type=person_values, metavar="V[,V...]",
+                   help="the mask value(s) that are the person, e.g. 15 for a label map whose class 15 is the person "
+                   "(on a colour mask: its brightest channel) [default: a mask of two values: the larger; "
+                   "else > 127, and a mask that then has no person is named in summary.json]")
     g.add_argument("--output", help="where runs are written; the run goes to OUTPUT/RUN_ID [default: runs]")
     g.add_argument("--run-id", help="name of this run [default: the UTC time, YYYYmmdd-HHMMSS]")
     g.add_argument("--overwrite", action="store_true", default=None,
@@ -89,6 +93,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def person_values(text: str) -> list[int]:
+    """`--mask-person-values`: comma-separated mask values, 0 to 65535 (16-bit masks)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0 <= v <= 65535 for v in values):
+        raise argparse.ArgumentTypeError(f"expected V[,V...] with integers 0..65535, got {text!r}")
+    return values
+
+
 LANGSAM_FLAGS = {
     "langsam_detector": "detector",
     "langsam_sam": "sam",
@@ -141,7 +156,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     if args.s3_endpoint_url:
         os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint_url
     config = preset(args.preset)
-    for flag in ("dataset", "output", "run_id", "overwrite", "cache_dir"):
+    for flag in ("dataset", "mask_person_values", "output", "run_id", "overwrite", "cache_dir"):
         if getattr(args, flag) is not None:
             setattr(config, flag, getattr(args, flag))
     if args.models:

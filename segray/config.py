@@ -42,6 +42,9 @@ class BenchmarkConfig:
     output: str = "runs"
     run_id: str | None = None
     cache_dir: str | None = None
+    # The mask value(s) that are the person (`--mask-person-values`); None: the rules of
+    # segray.data.decode.decode_mask_noted (a two-valued mask's larger value, else > 127).
+    mask_person_values: list[int] | None = None
     overwrite: bool = False
     models: list[str] = field(default_factory=lambda: ["unet", "resnet34_unet", "langsam"])
     model_params: dict[str, dict[str, Any]] = field(

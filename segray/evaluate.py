@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import pyarrow as pa
 
 from segray import storage
 from segray.config import EvalConfig
-from segray.data.decode import check_same_size, decode_image, decode_mask, encode_mask, resize_mask
+from segray.data.decode import DecodedPair, PairError, decode_mask, decode_pair, encode_mask, resize_mask
 from segray.data.manifest import to_dataset
 from segray.metrics import score_masks
 from segray.models.base import ModelSpec, Prediction, describe_device
@@ -30,40 +31,46 @@ PASSTHROUGH = [*IMAGE_COLUMNS, "mask_uri"]
 EMPTY_IMAGE = np.zeros((0, 0, 3), np.uint8)
 
 
-def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Read and decode each image, and check that its mask exists, decodes and has the
-    image's size. A failure leaves an empty image (the model skips it) and the message."""
-    images, errors = [], []
+def decode_batch(batch: dict[str, np.ndarray], mask_person_values: Sequence[int] | None = None) -> dict[str, Any]:
+    """Read and decode each image with its mask (`decode_pair`: the mask exists, decodes
+    and has the image's size in one of its orientations). A failure leaves an empty image
+    (the model skips it) and the message; a pair carries its orientation and mask note."""
+    images, errors, orientations, notes = [], [], [], []
     for uri, mask_uri in zip(batch["image_uri"], batch["mask_uri"]):
-        try:
-            image = decode_image(storage.read_bytes(uri))
-        except Exception as error:
-            images.append(EMPTY_IMAGE)
-            errors.append(f"image {uri}: {error}")
-            continue
-        error = _mask_problem(image, _present(mask_uri))
-        images.append(EMPTY_IMAGE if error else image)
-        errors.append(error)
-    return {**{k: batch[k] for k in PASSTHROUGH}, "image": images, "error": errors}
+        pair = _decode(uri, _present(mask_uri), mask_person_values)
+        ok = isinstance(pair, DecodedPair)
+        images.append(pair.image if ok else EMPTY_IMAGE)
+        errors.append(None if ok else pair)
+        orientations.append(pair.orientation if ok else None)
+        notes.append(pair.mask_note if ok else None)
+    return {**{k: batch[k] for k in PASSTHROUGH}, "image": images, "error": errors,
+            "image_orientation": orientations, "mask_note": notes}
 
 
-def _mask_problem(image: np.ndarray, mask_uri: str | None) -> str | None:
-    """Why `image` cannot be scored against its mask, or None. Checked before prediction,
-    so every model's row for the image carries the same error (score_batch reads the mask
-    again: the masks are small, and the predicted masks need not carry it along)."""
+def _decode(uri: str, mask_uri: str | None, person_values: Sequence[int] | None) -> DecodedPair | str:
+    """The decoded pair, or why it cannot be scored, naming the file. Checked before
+    prediction, so every model's row for the image carries the same error (score_batch
+    reads the mask again: the masks are small, and the predicted masks need not carry it)."""
     if mask_uri is None:
         return "missing mask: no file in masks/ matches this image"
+    where = {"image": uri, "mask": mask_uri}
+    data = {}
+    for part, part_uri in where.items():
+        try:
+            data[part] = storage.read_bytes(part_uri)
+        except Exception as error:
+            return f"{part} {part_uri}: {error}"
     try:
-        check_same_size(image, decode_mask(storage.read_bytes(mask_uri)))
-    except Exception as error:
-        return f"mask {mask_uri}: {error}"
-    return None
+        return decode_pair(data["image"], data["mask"], person_values)
+    except PairError as error:
+        return f"{error.part} {where[error.part]}: {error}"
 
 
 class PredictStage:
     """The actor every model shares: builds the model once, predicts batches, and turns
-    each image into one row per variant. A batch that fails is retried image by image
-    so that one bad image cannot take its neighbours' rows down with it."""
+    each image into one row per variant, carrying every other column of the decoded batch
+    along. A batch that fails is retried image by image so that one bad image cannot take
+    its neighbours' rows down with it."""
 
     def __init__(self, spec: ModelSpec, torch_threads: int):
         import torch
@@ -88,12 +95,13 @@ class PredictStage:
                     except Exception as error:
                         errors[i] = f"{type(error).__name__}: {error}"
 
-        rows: dict[str, list] = {k: [] for k in [*PASSTHROUGH, "model", "status", "error", "latency_ms",
+        carried = [k for k in batch if k not in ("image", "error")]
+        rows: dict[str, list] = {k: [] for k in [*carried, "model", "status", "error", "latency_ms",
                                                   "box_score", "mask_score", "num_detections", "mask", "device"]}
         for i in range(n):
             for variant in self.model.variants:
                 prediction = results[i][variant] if results[i] else None
-                for key in PASSTHROUGH:
+                for key in carried:
                     rows[key].append(batch[key][i])
                 rows["model"].append(variant)
                 rows["status"].append(prediction.status if prediction else ERROR)
@@ -115,11 +123,12 @@ class PredictStage:
             results[i], latency[i] = prediction, per_image_ms
 
 
-def score_batch(batch: dict[str, np.ndarray], run_id: str, model_version: str | None = None) -> pa.Table:
+def score_batch(batch: dict[str, np.ndarray], run_id: str, model_version: str | None = None,
+                mask_person_values: Sequence[int] | None = None) -> pa.Table:
     """The metrics of each prediction against its ground truth; the predicted mask is
-    stored as PNG. decode_batch made sure the mask exists and has the image's size, which
-    is the prediction's. A no-detection is scored as an empty prediction; an error row has
-    null metrics."""
+    stored as PNG. decode_batch made sure the mask exists and has the size of the image
+    the model saw, which is the prediction's. A no-detection is scored as an empty
+    prediction; an error row has null metrics and no orientation."""
     rows = []
     truths: dict[str, np.ndarray] = {}  # a model with several variants has one row per variant
     for i in range(len(batch["image_id"])):
@@ -129,7 +138,7 @@ def score_batch(batch: dict[str, np.ndarray], run_id: str, model_version: str | 
             try:
                 mask_uri = batch["mask_uri"][i]
                 if mask_uri not in truths:
-                    truths[mask_uri] = decode_mask(storage.read_bytes(mask_uri))
+                    truths[mask_uri] = decode_mask(storage.read_bytes(mask_uri), mask_person_values)
                 truth = truths[mask_uri]
                 predicted = resize_mask(batch["mask"][i].astype(bool), truth.shape)
                 scores = score_masks(predicted, truth)
@@ -153,6 +162,8 @@ def score_batch(batch: dict[str, np.ndarray], run_id: str, model_version: str | 
                 "mask_png": png,
                 "model_version": model_version,
                 "device": batch["device"][i],
+                "image_orientation": None if status == ERROR else _present(batch["image_orientation"][i]),
+                "mask_note": _present(batch["mask_note"][i]),
             }
         )
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
@@ -184,8 +195,10 @@ def evaluate(
     run_id: str,
     rows_per_file: int = 5000,
     manifest_per_spec: list[pd.DataFrame] | None = None,
+    mask_person_values: Sequence[int] | None = None,
 ) -> None:
     """Run every model over every manifest row and write the long-format rows as Parquet.
+    `mask_person_values` names the mask values that are the person (`decode_mask_noted`).
 
     `manifest_per_spec`, in the order of `specs`, gives each model its own rows instead
     (the incremental re-evaluation computes only the pairs it lacks). It costs no extra
@@ -202,7 +215,8 @@ def evaluate(
     torch_threads = actor_threads(config, len(specs), gpus)
     branches = []
     for spec, table in zip(specs, tables):
-        decoded = to_dataset(table).map_batches(decode_batch, batch_size=config.decode_batch_size)
+        decoded = to_dataset(table).map_batches(decode_batch, batch_size=config.decode_batch_size,
+                                                fn_kwargs={"mask_person_values": mask_person_values})
         resources = {"num_gpus": config.gpus_per_actor} if gpus else {"num_cpus": config.cpus_per_actor}
         branch = decoded.map_batches(
             PredictStage,
@@ -211,7 +225,8 @@ def evaluate(
             compute=ActorPoolStrategy(size=config.actors),
             **resources,
         )
-        branches.append(branch.map_batches(score_batch, fn_kwargs={"run_id": run_id, "model_version": version_of(spec)}))
+        branches.append(branch.map_batches(score_batch, fn_kwargs={"run_id": run_id, "model_version": version_of(spec),
+                                                                   "mask_person_values": mask_person_values}))
     rows = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
     fs, path = storage.resolve(predictions_uri)
     rows.write_parquet(path, filesystem=fs, min_rows_per_file=rows_per_file)

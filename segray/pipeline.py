@@ -31,6 +31,8 @@ from segray.schema import ERROR
 
 log = logging.getLogger(__name__)
 
+AMBIGUOUS_SHOWN = 5  # image ids the console's mask warning names
+
 
 def train_models(config: BenchmarkConfig, manifest: Manifest, uri: str) -> dict[str, dict[str, Any]]:
     """Train every trainable model in `config.models`; a model that fails is recorded with
@@ -46,8 +48,8 @@ def train_models(config: BenchmarkConfig, manifest: Manifest, uri: str) -> dict[
         except Exception as error:
             log.error("cannot train %s: %s", model, error)
             results[model] = {"model": model, "error": f"{type(error).__name__}: {error}"}
-    datasets = (training_datasets(manifest.table, config.train.image_size, config.train.num_workers, config.train.seed)
-                if to_train else {})
+    datasets = (training_datasets(manifest.table, config.train.image_size, config.train.num_workers, config.train.seed,
+                                  config.mask_person_values) if to_train else {})
     for model in to_train:
         log.info("training %s", model)
         try:
@@ -89,7 +91,8 @@ def evaluate_and_summarize(config: BenchmarkConfig, manifest: Manifest, specs: l
     predictions = storage.join(uri, "predictions")
     if specs:
         try:
-            evaluate(manifest.table, specs, config.eval, predictions, config.run_id)
+            evaluate(manifest.table, specs, config.eval, predictions, config.run_id,
+                     mask_person_values=config.mask_person_values)
         except OSError as error:  # the output went away mid-run
             # A Ray task's error is also of its cause's type; its own message is the remote traceback.
             cause = getattr(error, "cause", None) or error
@@ -119,6 +122,8 @@ def write_summary(config: BenchmarkConfig, manifest: Manifest, expected_rows: in
     counts = rows.loc[rows["status"] == ERROR, "model"].astype(str).value_counts().sort_index()
     errors_by_model = {model: int(n) for model, n in counts.items()}
     failed_training = [m for m, r in training.items() if "error" in r]
+    # Masks whose person may be wrong (segray.data.decode.decode_mask_noted): named, not fatal.
+    ambiguous = sorted(set(rows.loc[rows["mask_note"].notna(), "image_id"].astype(str)))
     table = manifest.table
     complete = expected_rows > 0 and len(rows) == expected_rows and not errors_by_model and not failed_training
     summary = {
@@ -135,6 +140,7 @@ def write_summary(config: BenchmarkConfig, manifest: Manifest, expected_rows: in
             "val": int((table["split"] == "val").sum()),
             "pairing_problems": manifest.problems.as_dict(),
         },
+        "masks": {"ambiguous": {"count": len(ambiguous), "files": ambiguous}},
         "rows": {"expected": expected_rows, "written": len(rows), "errors": sum(errors_by_model.values()),
                  "errors_by_model": errors_by_model},
         "split": split,
@@ -181,6 +187,11 @@ def print_summary(summary: dict[str, Any]) -> None:
         print("(no model here was trained on this dataset, so every image is unseen and counts)")
     for model, reason in summary["unavailable"].items():
         print(f"{model}: UNAVAILABLE: {reason}")
+    ambiguous = summary["masks"]["ambiguous"]
+    if ambiguous["count"]:
+        shown = ", ".join(ambiguous["files"][:AMBIGUOUS_SHOWN]) + (", ..." if ambiguous["count"] > AMBIGUOUS_SHOWN else "")
+        print(f"warning: {ambiguous['count']} of the masks may not mark the person ({shown}): their rows' mask_note says "
+              "what was found (summary.json: masks.ambiguous); name the person value(s) with --mask-person-values")
     rows = summary["rows"]
     print(f"rows written {rows['written']} of {rows['expected']}, {rows['errors']} with status error "
           f"(their error column says what and where); status: {summary['status']}")

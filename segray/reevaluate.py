@@ -123,11 +123,13 @@ def reevaluate(
     run_id: str,
     dataset: dict[str, Any],
     ray_address: str | None = None,
+    mask_person_values: list[int] | None = None,
 ) -> Outcome:
     """Evaluate the (image, model version) pairs of `manifest` x `specs` that RESULTS lacks,
     into RESULTS/run=<run_id>/, and commit the partition when every row arrived. Ray is
     joined or started only when there is something to compute. The caller holds the lock
-    (`acquire_lock`). Every spec needs a version (`version_of`)."""
+    (`acquire_lock`). Every spec needs a version (`version_of`). `mask_person_values`:
+    as `segray.evaluate.evaluate`'s."""
     from segray.evaluate import evaluate
 
     if any(version_of(spec) is None for spec in specs):
@@ -149,7 +151,7 @@ def reevaluate(
     outcome.rows_expected = sum(len(table) * len(variants_of(spec)) for spec, table in todo)
     start_ray(ray_address)
     evaluate(manifest, [spec for spec, _ in todo], config, outcome.partition, run_id,
-             manifest_per_spec=[table for _, table in todo])
+             manifest_per_spec=[table for _, table in todo], mask_person_values=mask_person_values)
 
     written = read_rows(outcome.partition, ["model_version"])
     outcome.rows_written = len(written)
@@ -187,7 +189,8 @@ def run_reevaluation(config: BenchmarkConfig, results: str, store: str | None, s
     dataset = manifest.description(config.dataset)
     acquire_lock(results, run_id, stale_after_h)
     try:
-        outcome = reevaluate(manifest.table, specs, results, config.eval, run_id, dataset, ray_address)
+        outcome = reevaluate(manifest.table, specs, results, config.eval, run_id, dataset, ray_address,
+                             config.mask_person_values)
         if outcome.committed:
             try:
                 print(f"report: {write_trend_report(results)['trend.html']}")

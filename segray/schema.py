@@ -41,6 +41,9 @@ ROW_SCHEMA = pa.schema(
         ("mask_png", pa.binary()),  # the predicted mask, 0/255, at the ground truth's resolution
         ("model_version", pa.string()),  # the exact weights: segray.models.catalogue.version_of
         ("device", pa.string()),  # what the model ran on, as its actor saw it: segray.models.base.describe_device
+        # How the pair was decoded (segray.data.decode.decode_pair), both null on an error row:
+        ("image_orientation", pa.string()),  # "stored" pixels or turned by the "exif" orientation
+        ("mask_note", pa.string()),  # why the mask's person may be wrong (a label map, ...); null when clear
     ]
 )
 
@@ -49,9 +52,9 @@ METRIC_COLUMNS = ["iou", "dice", "precision", "recall", "boundary_iou", "pred_ar
                   "intersection", "union", "empty"]
 # The manifest columns each row carries from its image.
 IMAGE_COLUMNS = ["image_id", "split", "category"]
-# What scoring, the summary, the report and the trend read: everything but the mask bytes.
+# What scoring, the summary, the report and the trend read (the summary names the masks with a note).
 SCORE_COLUMNS = ["run_id", *IMAGE_COLUMNS, "model", "model_version", "device", "status", "latency_ms",
-                 "iou", "dice", "precision", "recall", "boundary_iou", "intersection", "union"]
+                 "iou", "dice", "precision", "recall", "boundary_iou", "intersection", "union", "mask_note"]
 # What says a (image, model version) pair is done, in the incremental re-evaluation.
 PAIR_COLUMNS = ["image_id", "model_version"]
 # Low-cardinality string columns, read as pandas categoricals.

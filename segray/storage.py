@@ -81,9 +81,10 @@ def delete_dir(uri: str) -> None:
         fs.delete_dir(path)
 
 
-def list_files(uri: str) -> list[str]:
-    """Base names of the files (not directories) directly under `uri`, sorted."""
-    return sorted(file_sizes(uri))
+def list_files(uri: str, recursive: bool = False) -> list[str]:
+    """The files (not directories) under `uri`, sorted: base names of those directly under
+    it, or with `recursive` the "/"-separated paths relative to `uri` of every file in its tree."""
+    return sorted(file_sizes(uri, recursive))
 
 
 def list_dirs(uri: str) -> list[str]:
@@ -109,11 +110,34 @@ def local_copy(uri: str) -> str:
     return local
 
 
-def file_sizes(uri: str) -> dict[str, int]:
-    """Size in bytes of each file directly under `uri`, by base name (one listing, also on S3)."""
+def file_sizes(uri: str, recursive: bool = False) -> dict[str, int]:
+    """Size in bytes of each file directly under `uri`, by base name, or with `recursive` of
+    every file in its tree, by its "/"-separated path relative to `uri`. One listing per
+    tree on S3; locally one per folder (`_local_tree`)."""
     fs, path = resolve(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return {posixpath.basename(i.path): i.size for i in infos if i.type == pafs.FileType.File}
+    if recursive and is_local(uri):
+        infos = _local_tree(fs, path)
+    else:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=recursive))
+    return {posixpath.relpath(i.path, path): i.size for i in infos if i.type == pafs.FileType.File}
+
+
+def _local_tree(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    """Every entry of a local tree, each real folder listed once. pyarrow's own recursive
+    listing follows links to folders without a guard: here a link to an ancestor repeated
+    the tree 40 levels deep, and two such links would never end."""
+    infos, todo, seen = [], [path], set()
+    while todo:
+        folder = todo.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            continue
+        seen.add(real)
+        for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+            infos.append(info)
+            if info.type == pafs.FileType.Directory:
+                todo.append(info.path)
+    return infos
 
 
 def copy_file(source: str, destination: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from segray import storage
 from segray.config import TrainConfig
-from segray.data.decode import check_same_size, decode_image, decode_mask, resize_pair
+from segray.data.decode import decode_pair, resize_pair
 from segray.data.manifest import to_dataset
 
 log = logging.getLogger(__name__)
@@ -51,20 +52,22 @@ class TrainResult:
     epochs_redone: int
 
 
-def load_resized(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """Decode and resize image/mask pairs once. Pairs that fail to load, or whose mask's
-    size is not the image's, are left out of training (evaluation reports them per image),
-    with a warning naming them."""
+def load_resized(batch: dict[str, np.ndarray], size: int,
+                 mask_person_values: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """Decode (`decode_pair`, as evaluation does) and resize image/mask pairs once. Pairs
+    that fail to load, or whose mask's size is not the image's in either orientation, are
+    left out of training (evaluation reports them per image), with a warning naming them;
+    a mask with a note is used, with a warning."""
     images, masks = [], []
     for image_uri, mask_uri in zip(batch["image_uri"], batch["mask_uri"]):
         try:
-            image = decode_image(storage.read_bytes(image_uri))
-            mask = decode_mask(storage.read_bytes(mask_uri)).astype(np.uint8)
-            check_same_size(image, mask)
+            pair = decode_pair(storage.read_bytes(image_uri), storage.read_bytes(mask_uri), mask_person_values)
         except Exception as error:
             log.warning("training skips %s: %s", image_uri, error)
             continue
-        image, mask = resize_pair(image, mask, size)
+        if pair.mask_note:
+            log.warning("training uses %s with mask %s: %s", image_uri, mask_uri, pair.mask_note)
+        image, mask = resize_pair(pair.image, pair.mask.astype(np.uint8), size)
         images.append(image)
         masks.append(mask)
     return {
@@ -73,7 +76,8 @@ def load_resized(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
     }
 
 
-def training_datasets(manifest: pd.DataFrame, image_size: int, num_workers: int = 1, seed: int = 0) -> dict[str, Any]:
+def training_datasets(manifest: pd.DataFrame, image_size: int, num_workers: int = 1, seed: int = 0,
+                      mask_person_values: Sequence[int] | None = None) -> dict[str, Any]:
     """The train and val sets (images with a mask) as one shard per training worker
     (`train_<rank>`, `val_<rank>`), decoded and resized once and cached in the object
     store; augmentation happens per epoch in the workers (`Augment`).
@@ -90,7 +94,8 @@ def training_datasets(manifest: pd.DataFrame, image_size: int, num_workers: int 
         if len(rows) < num_workers:
             raise ValueError(f"{len(rows)} {split} images with masks to train on, fewer than the {num_workers} workers")
         for rank, shard in enumerate(np.array_split(np.arange(len(rows)), num_workers)):
-            dataset = to_dataset(rows.iloc[shard]).map_batches(load_resized, fn_kwargs={"size": image_size})
+            dataset = to_dataset(rows.iloc[shard]).map_batches(
+                load_resized, fn_kwargs={"size": image_size, "mask_person_values": mask_person_values})
             dataset.context.execution_options.preserve_order = True  # blocks in manifest order, every run
             datasets[f"{split}_{rank}"] = dataset.materialize()
     return datasets

@@ -8,6 +8,7 @@ table promises, and any error row must make the run partial (exit status 1).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -51,6 +52,22 @@ def palette_png(indices: np.ndarray, colours: list[tuple[int, int, int]]) -> byt
     image = Image.fromarray(indices.astype(np.uint8), "P")
     image.putpalette([value for colour in colours for value in colour] + [0] * 3 * (256 - len(colours)))
     return pil_png(image)
+
+
+def encoded(ext: str, array: np.ndarray) -> bytes:
+    """`array` (OpenCV channel order) written by OpenCV in the format of `ext`."""
+    ok, data = cv2.imencode(ext, np.ascontiguousarray(array))
+    assert ok
+    return data.tobytes()
+
+
+def exif_jpeg(rgb: np.ndarray, orientation: int) -> bytes:
+    """A JPEG of `rgb` as stored, with an EXIF orientation tag (6: shown turned 90 degrees clockwise)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
 
 
 def noise(height: int = HEIGHT, width: int = WIDTH, seed: int = 0) -> np.ndarray:
@@ -126,6 +143,8 @@ def mask_encodings() -> dict[str, bytes]:
         "RGB white": png(np.dstack([as_255] * 3)),
         "RGB red": png(red),
         "RGBA": png(alpha_inverted),
+        "0/2": png(truth.astype(np.uint8) * 2),  # exported label maps: two values, the larger is the person
+        "0/38": png(truth.astype(np.uint8) * 38),
         "16-bit 0/65535": png(truth.astype(np.uint16) * 65535),
         "16-bit 0/1": png(truth.astype(np.uint16)),
         "palette": palette_png(truth, [(0, 0, 0), (255, 255, 255)]),
@@ -175,10 +194,12 @@ def test_training_skips_a_pair_of_different_sizes_with_the_message(tmp_path, cap
 
 @functools.cache
 def corpus_cases() -> dict[str, dict]:
-    """image file name -> its bytes, its mask's bytes (None: no mask file) and what the
-    row must say: status, a piece of the error, and the ground truth's area in pixels."""
-    good, box = png(noise()[..., ::-1]), person()
-    mask = png(box.astype(np.uint8) * 255)
+    """image id (its path under images/) -> its bytes, its mask's bytes (None: no mask
+    file; `mask_ext`: the mask's format, .png unless given) and what the row must say:
+    status, a piece of the error, the ground truth's area in pixels, and where they are
+    not the default, its `orientation` ("stored") and a piece of its `note` (None)."""
+    good, box = png(noise()[..., ::-1]), person().astype(np.uint8)
+    mask = png(box * 255)
     ok = {"status": "ok", "error": None, "true_area": int(box.sum())}
     cases = {
         "truncated.png": {"image": good[: len(good) // 3], "mask": mask, "status": "error",
@@ -208,6 +229,19 @@ def corpus_cases() -> dict[str, dict]:
                              "error": None, "true_area": HEIGHT * WIDTH},
         # Of two images with one stem, the first by name pairs; the other is a pairing problem.
         "dup.jpg": {"image": cv2.imencode(".jpg", noise())[1].tobytes(), "mask": mask, **ok},
+        # Subfolders pair by their path (issue #16), as do OpenCV's other formats, any case.
+        "day1/nested.png": {"image": good, "mask": mask, **ok},
+        "webp.webp": {"image": encoded(".webp", noise()), "mask": encoded(".webp", box * 255), "mask_ext": ".webp", **ok},
+        "bmp.bmp": {"image": encoded(".bmp", noise()), "mask": encoded(".bmp", box * 255), "mask_ext": ".bmp", **ok},
+        "tif.tif": {"image": encoded(".tif", noise()), "mask": encoded(".tif", box * 255), "mask_ext": ".tif", **ok},
+        "TIFF upper.TIFF": {"image": encoded(".tiff", noise()), "mask": encoded(".tiff", box * 255),
+                            "mask_ext": ".TIFF", **ok},
+        # A label map of several classes: no person by > 127, and the row says so.
+        "label map.png": {"image": good, "mask": png(np.where(box, 5, np.arange(WIDTH) % 3).astype(np.uint8)),
+                          "status": "ok", "error": None, "true_area": 0, "note": "label map with values [0, 1, 2, 5]"},
+        # EXIF orientation 6: the mask fits the stored pixels, or the image as shown.
+        "exif stored.jpg": {"image": exif_jpeg(noise(), 6), "mask": mask, **ok},
+        "exif shown.jpg": {"image": exif_jpeg(np.rot90(noise(), 1), 6), "mask": mask, **ok, "orientation": "exif"},
     }
     for encoding, data in mask_encodings().items():
         cases[f"mask {encoding.replace('/', '-')}.png"] = {"image": good, "mask": data, **ok}
@@ -220,6 +254,8 @@ def corpus_cases() -> dict[str, dict]:
 
 # Files that are in the corpus but must not become rows, and where summary.json names them.
 UNPAIRED = {"masks_without_image": ["orphan.png", "upper.png"], "same_stem_as_another": ["dup.png"]}
+# What operating systems leave, in images/ and masks/: no rows, and named nowhere.
+LEFT_BY_THE_SYSTEM = [".DS_Store", "Thumbs.db", "desktop.ini", "._with space.png", ".ipynb_checkpoints/case-checkpoint.png"]
 
 
 @pytest.fixture(scope="module")
@@ -229,24 +265,32 @@ def corpus_run(ray_session, tmp_path_factory):
     (root / "images").mkdir()
     (root / "masks").mkdir()
     cases = corpus_cases()
+    files = {}
     for name, case in cases.items():
-        (root / "images" / name).write_bytes(case["image"])
+        files[f"images/{name}"] = case["image"]
         if case["mask"] is not None:
-            (root / "masks" / (name.rsplit(".", 1)[0] + ".png")).write_bytes(case["mask"])
-    (root / "images" / "dup.png").write_bytes(cases["with space.png"]["image"])
-    (root / "masks" / "orphan.png").write_bytes(cases["with space.png"]["mask"])
-    (root / "masks" / "upper.png").write_bytes(cases["with space.png"]["mask"])
+            files[f"masks/{name.rsplit('.', 1)[0]}{case.get('mask_ext', '.png')}"] = case["mask"]
+    files["images/dup.png"] = cases["with space.png"]["image"]
+    files["masks/orphan.png"] = files["masks/upper.png"] = cases["with space.png"]["mask"]
+    for name in LEFT_BY_THE_SYSTEM:
+        files[f"images/{name}"] = files[f"masks/{name}"] = cases["with space.png"]["image"]
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
 
     checkpoint = tmp_path_factory.mktemp("checkpoint") / "unet"
     params = {"base_width": 4}
     save_checkpoint(str(checkpoint), build_network("unet", params), {"model": "unet", "params": params,
                                                                      "image_size": 64})
     out = tmp_path_factory.mktemp("runs")
-    status = job("evaluate")(["--preset", "demo", "--dataset", str(root), "--output", str(out), "--run-id", "corpus",
-                              "--models", "unet", "--checkpoint", f"unet={checkpoint}"])
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        status = job("evaluate")(["--preset", "demo", "--dataset", str(root), "--output", str(out), "--run-id",
+                                  "corpus", "--models", "unet", "--checkpoint", f"unet={checkpoint}"])
     summary = json.loads((out / "corpus" / "summary.json").read_text())
     rows = pq.read_table(out / "corpus" / "predictions").to_pandas()
-    return {"status": status, "summary": summary, "rows": rows, "cases": cases, "root": root}
+    return {"status": status, "summary": summary, "rows": rows, "cases": cases, "root": root,
+            "console": console.getvalue()}
 
 
 def test_every_image_yields_exactly_one_row(corpus_run):
@@ -263,9 +307,11 @@ def test_each_case_has_its_documented_outcome(corpus_run):
         if case["status"] == "error":
             assert case["error"] in row["error"], name
             assert f"/{name}" in row["error"] or "missing mask" in row["error"], name  # says where
-            assert row[["iou", "dice", "true_area"]].isna().all(), name
+            assert row[["iou", "dice", "true_area", "image_orientation", "mask_note"]].isna().all(), name
         else:
             assert pd.isna(row["error"]), name
+            assert row["image_orientation"] == case.get("orientation", "stored"), name
+            assert (pd.isna(row["mask_note"]) if case.get("note") is None else case["note"] in row["mask_note"]), name
             assert row["true_area"] == case["true_area"], name  # the mask was decoded right
             assert 0 <= row["iou"] <= 1 and 0 <= row["boundary_iou"] <= 1, name
             size = (BIG, BIG) if name == "big.png" else (HEIGHT, WIDTH)
@@ -289,6 +335,21 @@ def test_files_that_cannot_pair_are_named_in_the_summary(corpus_run):
     assert not (masks / "no_mask.png").exists()
 
 
+def test_files_left_by_the_system_are_ignored_and_named_nowhere(corpus_run):
+    problems = corpus_run["summary"]["manifest"]["pairing_problems"]
+    named = [file for problem in problems.values() for file in problem["files"]]
+    assert not [file for file in named for junk in LEFT_BY_THE_SYSTEM if file.endswith(junk)]
+    assert problems["non_image_files"]["count"] == 0
+
+
+def test_a_mask_without_a_person_by_the_rules_is_named_and_warned_about(corpus_run):
+    noted = sorted(name for name, case in corpus_run["cases"].items() if case.get("note"))
+    assert corpus_run["summary"]["masks"] == {"ambiguous": {"count": len(noted), "files": noted}}
+    warnings = [line for line in corpus_run["console"].splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: 1 of the masks may not mark the person (label map.png): their rows' mask_note says what "
+                        "was found (summary.json: masks.ambiguous); name the person value(s) with --mask-person-values"]
+
+
 def test_any_error_row_makes_the_run_partial_and_the_job_exit_1(corpus_run):
     summary, rows = corpus_run["summary"], corpus_run["rows"]
     errors = int((rows["status"] == "error").sum())
@@ -306,5 +367,5 @@ def test_the_reliability_table_names_real_tests_and_every_corpus_case():
     assert len(references) > 20
     for file, name in references:
         assert f"def {name}(" in (REPO / "tests" / file).read_text(), f"{file}::{name}"
-    for name in [*corpus_cases(), *(n for names in UNPAIRED.values() for n in names)]:
+    for name in [*corpus_cases(), *(n for names in UNPAIRED.values() for n in names), *LEFT_BY_THE_SYSTEM]:
         assert f"`{name}`" in doc, name

@@ -2,6 +2,7 @@ import os
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from segray.config import EvalConfig
 from segray.data.decode import decode_mask
@@ -88,3 +89,39 @@ def test_actor_threads_share_the_cores_among_the_model_actors_on_cpu(monkeypatch
     assert actor_threads(EvalConfig(cpus_per_actor=0.5, actors=3), models=3, gpus=False) == 1  # never 0
     assert actor_threads(EvalConfig(cpus_per_actor=4, actors=3), models=3, gpus=False) == 4  # asked for more
     assert actor_threads(EvalConfig(cpus_per_actor=0.5), models=1, gpus=True) == 1  # the GPU does the work
+
+
+def test_mask_person_values_reach_decode_and_score_and_lift_the_note(tmp_path):
+    """`--mask-person-values` -> BenchmarkConfig -> decode_batch and score_batch (no Ray):
+    a label map the default rules cannot read gets a note; naming its person value
+    scores it right, without one."""
+    import cv2
+
+    from segray.cli import config_from_args, parser
+    from segray.evaluate import decode_batch, score_batch
+
+    labels = np.zeros((24, 32), np.uint8)
+    labels[4:20, 8:16], labels[4:20, 20:28] = 5, 2  # the person is 5; 2 is something else
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((24, 32, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "x-mask.png"), labels)
+    manifest = {"image_id": np.array(["x.png"]), "image_uri": np.array([str(tmp_path / "x.png")]),
+                "mask_uri": np.array([str(tmp_path / "x-mask.png")]), "split": np.array(["val"]),
+                "category": np.array(["c"])}
+    config = config_from_args(parser("t").parse_args(["--mask-person-values", "5"]))
+    assert config.mask_person_values == [5] and config.to_dict()["mask_person_values"] == [5]
+    with pytest.raises(SystemExit):
+        parser("t").parse_args(["--mask-person-values", "five"])
+
+    def scored(person_values):
+        decoded = decode_batch(manifest, person_values)
+        predicted = {**{k: v for k, v in decoded.items() if k != "image"}, "model": np.array(["m"]),
+                     "status": np.array(["ok"]), "latency_ms": np.array([1.0]), "box_score": np.array([None]),
+                     "mask_score": np.array([None]), "num_detections": np.array([None]),
+                     "mask": [(labels == 5).astype(np.uint8)]}
+        return score_batch(predicted, "r", mask_person_values=person_values).to_pylist()[0]
+
+    default = scored(None)
+    assert default["true_area"] == 0 and default["iou"] == 0.0 and default["image_orientation"] == "stored"
+    assert default["mask_note"].startswith("label map with values [0, 2, 5]")
+    named = scored(config.mask_person_values)
+    assert named["true_area"] == int((labels == 5).sum()) and named["iou"] == 1.0 and named["mask_note"] is None

@@ -149,6 +149,7 @@ def test_score_batch_fills_every_metric_column(tmp_path):
         "latency_ms": np.array([1.0, 1.0, np.nan]), "box_score": np.array([np.nan] * 3),
         "mask_score": np.array([np.nan] * 3), "num_detections": np.array([None] * 3),
         "mask": [pred, np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.uint8)],
+        "image_orientation": np.array(["stored", "exif", None]), "mask_note": np.array([None] * 3),
     }
     table = score_batch(batch, run_id="r")
     assert table.schema == ROW_SCHEMA
@@ -158,3 +159,4 @@ def test_score_batch_fills_every_metric_column(tmp_path):
     assert missed["iou"] == 0.0 and missed["recall"] == 0.0 and missed["precision"] == 1.0
     assert missed["pred_area"] == 0 and missed["mask_png"] is None
     assert all(failed[c] is None for c in METRIC_COLUMNS) and failed["error"] == "boom"
+    assert [ok["image_orientation"], missed["image_orientation"], failed["image_orientation"]] == ["stored", "exif", None]

@@ -284,3 +284,50 @@ def test_report_of_a_run_on_s3(tmp_path, s3_endpoint):
     md = storage.read_bytes(written["report.md"]).decode()
     repro = json.loads(re.search(r"```json\n(.*?)\n```", md, re.S).group(1))
     assert len(repro["checkpoints"]["unet"]) == 64
+
+
+def test_the_gallery_finds_subfolders_and_decodes_pairs_as_the_run_did(tmp_path):
+    """Images in subfolders, one stored turned with an EXIF tag (its mask drawn on the
+    image as shown), label-map masks whose person is 3: the gallery reads them all as the
+    run did (`decode_pair` with the run's --mask-person-values)."""
+    import io
+
+    from PIL import Image
+
+    from segray.report.figures import gallery_items
+    from segray.results.read import read_rows
+
+    dataset = tmp_path / "dataset"
+    truth = np.zeros((48, 64), bool)
+    truth[8:40, 4:28] = True
+    labels = np.where(truth, 3, 0).astype(np.uint8)
+    labels[:4] = 9  # another class: not the person
+    shown = np.zeros((48, 64, 3), np.uint8)
+    shown[truth] = (200, 150, 120)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored turned: viewers turn it 90 degrees counter-clockwise
+    files = {"day1/Jazz_a.jpg": None, "day2/deep/Kata_b.png": cv2.imencode(".png", shown[..., ::-1])[1].tobytes()}
+    buffer = io.BytesIO()
+    Image.fromarray(np.rot90(shown, -1).copy()).save(buffer, "JPEG", exif=exif, quality=95)
+    files["day1/Jazz_a.jpg"] = buffer.getvalue()
+    rows = []
+    for image_id, data in files.items():
+        mask_path = dataset / "masks" / (image_id.rsplit(".", 1)[0] + ".png")
+        for path, content in ((dataset / "images" / image_id, data), (mask_path, cv2.imencode(".png", labels)[1].tobytes())):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        rows.append({"run_id": "r", "image_id": image_id, "split": "val", "category": "c", "model": "unet",
+                     **score_masks(truth, truth), "status": "ok", "mask_png": encode_mask(truth)})
+    (tmp_path / "predictions").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), tmp_path / "predictions" / "part-0.parquet")
+    read = read_rows(str(tmp_path / "predictions"), positions=True)
+
+    analysis = analyze(read, resamples=10)
+    items = gallery_items(read, analysis, str(dataset), 2, max_side=64, mask_person_values=[3])
+    assert sorted(item["image_id"] for item in items["unet"]) == sorted(files)
+    for item in items["unet"]:
+        np.testing.assert_array_equal(item["truth"], truth)  # the person, not class 9
+        assert item["image"].shape == (48, 64, 3)  # turned as its mask is
+        assert np.abs(item["image"][truth].astype(int) - (200, 150, 120)).mean() < 10
+    # Without the run's person values, {0, 3, 9} has no person.
+    assert not any(item["truth"].any() for item in gallery_items(read, analysis, str(dataset), 2, max_side=64)["unet"])

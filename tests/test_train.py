@@ -79,3 +79,36 @@ def test_shards_are_a_seeded_partition_of_each_split(ray_session, synthetic_root
         assert sum(sizes) == (manifest["split"] == split).sum() and abs(sizes[0] - sizes[1]) <= 1
     with pytest.raises(ValueError, match="2 training shards for 1 workers"):
         train_model("unet", {}, training_datasets(manifest, 16, num_workers=2), TrainConfig(num_workers=1), "x", "x")
+
+
+def test_load_resized_decodes_pairs_as_evaluation_does(tmp_path, caplog):
+    """Training reads a pair by the same rule (`decode_pair`): the orientation its mask
+    agrees with, and the named person values."""
+    import io
+    import logging
+
+    import cv2
+    from PIL import Image
+
+    from segray.train import load_resized
+
+    stored = np.zeros((40, 40 + 24, 3), np.uint8)
+    stored[:, :32] = 255  # the left part is white as stored; after an EXIF turn, the top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned 90 degrees clockwise when shown
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, "JPEG", exif=exif, quality=95)
+    (tmp_path / "turned.jpg").write_bytes(buffer.getvalue())
+    shown_mask = np.zeros((64, 40), np.uint8)  # drawn on the image as viewers show it
+    shown_mask[:32] = 5
+    shown_mask[32:40] = 2
+    cv2.imwrite(str(tmp_path / "turned.png"), shown_mask)
+    batch = {"image_uri": np.array([str(tmp_path / "turned.jpg")]), "mask_uri": np.array([str(tmp_path / "turned.png")])}
+
+    loaded = load_resized(batch, size=16, mask_person_values=[5])
+    assert loaded["image"].shape == (1, 16, 16, 3)
+    np.testing.assert_array_equal(loaded["mask"][0], (np.arange(16) < 8)[:, None].repeat(16, 1))  # the top half
+    assert loaded["image"][0, :6].min() > 200 and loaded["image"][0, 10:].max() < 50  # the image turned with it
+    with caplog.at_level(logging.WARNING, logger="segray.train"):
+        assert not load_resized(batch, size=16)["mask"].any()  # {0, 2, 5}: no person by the default rules
+    assert f"training uses {tmp_path / 'turned.jpg'} with mask {tmp_path / 'turned.png'}: label map" in caplog.text

@@ -5,7 +5,8 @@ folders or guesses names. Sources:
 
 - a folder (any URI) in MADS layout: `images/` and `masks/` with matching file names,
   directly or inside the doubled folder the Kaggle zip extracts to
-  (`segmentation_full_body_mads_dataset_1192_img/segmentation_full_body_mads_dataset_1192_img/`);
+  (`segmentation_full_body_mads_dataset_1192_img/segmentation_full_body_mads_dataset_1192_img/`).
+  Subfolders pair by their path: `images/day1/x.png` with `masks/day1/x.png`;
 - `synthetic:N[:seed]`: the generated MADS-like set, written lazily into a cache folder;
 - `kaggle:owner/slug`: the Kaggle download, cached and extracted safely (`segray.data.kaggle`).
 """
@@ -26,7 +27,11 @@ from segray import storage
 from segray.data.kaggle import download_kaggle
 from segray.errors import DatasetError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# Every format OpenCV decodes here that datasets use (a test decodes each); any case.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# What operating systems leave in folders, besides names starting with "." (`.DS_Store`,
+# macOS's `._x.png`, `.ipynb_checkpoints/`): ignored, not counted as pairing problems.
+SYSTEM_FILES = ("thumbs.db", "desktop.ini")
 MADS_FOLDER = "segmentation_full_body_mads_dataset_1192_img"
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "segray")
 # The seeds' split: sklearn's train_test_split over the sorted names, 20 % validation, seed 42.
@@ -43,7 +48,8 @@ class PairingProblems:
     masks_without_image: list[str] = field(default_factory=list)
     non_image_files: list[str] = field(default_factory=list)
     listed_but_missing: list[str] = field(default_factory=list)
-    # Pairing is by stem, so of `x.png` and `x.jpg` in one folder only the first (sorted) pairs.
+    # Pairing is by path without extension, so of `x.png` and `x.jpg` in one folder only
+    # the first (sorted) pairs.
     same_stem_as_another: list[str] = field(default_factory=list)
     # Links that resolve outside the dataset folder: never read.
     links_outside_root: list[str] = field(default_factory=list)
@@ -116,47 +122,61 @@ def find_pair_root(root: str) -> str:
 
 
 def read_folder(root: str) -> Manifest:
-    """Pair `images/X` with `masks/X` (same file name stem) and split them."""
+    """Pair `images/X` with `masks/X` (same path without extension) and split them."""
     pair_root = find_pair_root(root)
     image_dir, mask_dir = storage.join(pair_root, "images"), storage.join(pair_root, "masks")
-    problems = PairingProblems()
-
-    images, masks = {}, {}
-    for folder, found in ((image_dir, images), (mask_dir, masks)):
-        for name in storage.list_files(folder):
-            if name.startswith("."):
-                continue
-            stem, ext = posixpath.splitext(name)
-            if _outside(root, storage.join(folder, name)):
-                problems.links_outside_root.append(storage.join(folder, name))
-            elif ext.lower() not in IMAGE_EXTENSIONS:
-                problems.non_image_files.append(storage.join(folder, name))
-            elif stem in found:
-                problems.same_stem_as_another.append(storage.join(folder, name))
-            else:
-                found[stem] = name
-
-    problems.images_without_mask = sorted(images[s] for s in images.keys() - masks.keys())
-    problems.masks_without_image = sorted(masks[s] for s in masks.keys() - images.keys())
+    images, masks, problems = list_pairs(root, pair_root)
     problems.listed_but_missing = _listed_but_missing(root, pair_root, images, masks, problems.links_outside_root)
     if not images:
-        raise DatasetError(f"{image_dir}: no images (.png, .jpg, .jpeg) found")
+        raise DatasetError(f"{image_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
 
-    names = sorted(images.values())
-    val = set(split_validation(names))
+    ids = sorted(images.values())
+    val = set(split_validation(ids))
     rows = []
-    for name in names:
-        stem = posixpath.splitext(name)[0]
+    for image_id in ids:
+        key = posixpath.splitext(image_id)[0]
         rows.append(
             {
-                "image_id": name,
-                "image_uri": storage.join(image_dir, name),
-                "mask_uri": storage.join(mask_dir, masks[stem]) if stem in masks else None,
-                "split": "val" if name in val else "train",
-                "category": category_of(name),
+                "image_id": image_id,
+                "image_uri": storage.join(image_dir, image_id),
+                "mask_uri": storage.join(mask_dir, masks[key]) if key in masks else None,
+                "split": "val" if image_id in val else "train",
+                "category": category_of(posixpath.basename(image_id)),
             }
         )
     return Manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), problems, pair_root)
+
+
+def list_pairs(root: str, pair_root: str) -> tuple[dict[str, str], dict[str, str], PairingProblems]:
+    """The images and the masks under `pair_root` (one listing of each tree), each as
+    {pairing key: path}, and the files that cannot pair. A path is POSIX and relative to
+    `images/` or `masks/` (`day1/x.png`: an image's id); its key is the path without
+    extension. Links must stay inside the dataset folder `root`."""
+    problems = PairingProblems()
+    images, masks = {}, {}
+    for folder, found in ((storage.join(pair_root, "images"), images), (storage.join(pair_root, "masks"), masks)):
+        for path in storage.list_files(folder, recursive=True):
+            if _left_by_the_system(path):
+                continue
+            key, ext = posixpath.splitext(path)
+            uri = storage.join(folder, path)
+            if _outside(root, uri):
+                problems.links_outside_root.append(uri)
+            elif ext.lower() not in IMAGE_EXTENSIONS:
+                problems.non_image_files.append(uri)
+            elif key in found:
+                problems.same_stem_as_another.append(uri)
+            else:
+                found[key] = path
+    problems.images_without_mask = sorted(images[k] for k in images.keys() - masks.keys())
+    problems.masks_without_image = sorted(masks[k] for k in masks.keys() - images.keys())
+    return images, masks, problems
+
+
+def _left_by_the_system(path: str) -> bool:
+    """A hidden file or folder (any part of the path starts with "."), or one of `SYSTEM_FILES`."""
+    parts = path.split("/")
+    return any(part.startswith(".") for part in parts) or parts[-1].lower() in SYSTEM_FILES
 
 
 def _outside(root: str, uri: str) -> bool:
@@ -169,7 +189,7 @@ def _outside(root: str, uri: str) -> bool:
 
 
 def split_validation(names: list[str]) -> list[str]:
-    """The validation names: the seeds' `train_test_split(sorted names, test_size=0.2, random_state=42)`."""
+    """The validation image ids: the seeds' `train_test_split(sorted ids, test_size=0.2, random_state=42)`."""
     from sklearn.model_selection import train_test_split  # imported here: 5 s, driver only
 
     if len(names) < 2:
@@ -179,15 +199,16 @@ def split_validation(names: list[str]) -> list[str]:
 
 
 def category_of(name: str) -> str:
-    """MADS names start with their category: `HipHop_HipHop1_C0_00180.png` -> `HipHop`."""
+    """MADS file names start with their category: `HipHop_HipHop1_C0_00180.png` -> `HipHop`
+    (`name` is a base name: callers drop the subfolders)."""
     head, sep, _ = name.partition("_")
     return head if sep else "unknown"
 
 
 def _listed_but_missing(root: str, pair_root: str, images: dict, masks: dict, outside: list[str]) -> list[str]:
     """Entries of the Kaggle `df.csv` (if present) whose image or mask file is not there.
-    Entries are compared by stem and never opened; a `df.csv` that is a link out of the
-    dataset folder is not read, but added to `outside`."""
+    Entries are compared by the stem of their base name and never opened; a `df.csv` that
+    is a link out of the dataset folder is not read, but added to `outside`."""
     for folder in dict.fromkeys([pair_root, storage.join(root, MADS_FOLDER), root]):
         uri = storage.join(folder, "df.csv")
         if storage.exists(uri) and _outside(root, uri):
@@ -199,8 +220,9 @@ def _listed_but_missing(root: str, pair_root: str, images: dict, masks: dict, ou
         return []
     missing = []
     for column, found in (("images", images), ("masks", masks)):
+        stems = {posixpath.basename(key) for key in found}
         for entry in listed.get(column, pd.Series(dtype=str)).dropna():
-            if posixpath.splitext(posixpath.basename(entry))[0] not in found:
+            if posixpath.splitext(posixpath.basename(entry))[0] not in stems:
                 missing.append(entry)
     return sorted(missing)
 
@@ -208,7 +230,8 @@ def _listed_but_missing(root: str, pair_root: str, images: dict, masks: dict, ou
 def manifest_fingerprint(table: pd.DataFrame) -> str:
     """sha256 over the sorted (image_id, image size, mask size or "-" without mask) of a
     manifest: it changes when a pair is added or removed, a mask appears or goes, or a
-    file is rewritten with another size. Sizes come from one listing per folder."""
+    file is rewritten with another size. Sizes come from one listing per folder (each
+    subfolder of a nested set is one folder)."""
     folders = {posixpath.dirname(uri) for uri in table["image_uri"]}
     folders |= {posixpath.dirname(uri) for uri in table["mask_uri"].dropna()}
     sizes = {}

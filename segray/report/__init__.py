@@ -104,7 +104,9 @@ def write_report(
     if curves is not None:
         pngs["training"] = curves
     lap("figures")
-    for model, items in gallery_items(rows, analysis, summary.get("dataset_root"), worst_n).items():
+    person_values = (summary.get("config") or {}).get("mask_person_values")  # the masks as the run read them
+    for model, items in gallery_items(rows, analysis, summary.get("dataset_root"), worst_n,
+                                      mask_person_values=person_values).items():
         if items:
             pngs[f"worst_{figure_name(model)}"] = figure_gallery(model, items)
     lap("galleries")

@@ -199,12 +199,14 @@ def _style(j: int) -> str:
 
 
 def gallery_items(rows: pd.DataFrame, analysis: Analysis, dataset_root: str | None, n: int,
-                  max_side: int = 256) -> dict[str, list[dict[str, Any]]]:
+                  max_side: int = 256, mask_person_values: list[int] | None = None) -> dict[str, list[dict[str, Any]]]:
     """The worst-n images of each model with image, ground truth and predicted masks,
-    resized so that their longer side is `max_side`."""
+    resized so that their longer side is `max_side`. Images and masks are found and
+    decoded as the run did: paired by `segray.data.manifest.list_pairs` (subfolders
+    too), decoded by `segray.data.decode.decode_pair` with the run's `mask_person_values`."""
     import cv2
 
-    from segray.data.decode import decode_image, decode_mask
+    from segray.data.manifest import list_pairs
 
     if not dataset_root or n <= 0:
         return {}
@@ -218,26 +220,23 @@ def gallery_items(rows: pd.DataFrame, analysis: Analysis, dataset_root: str | No
     masks = read_masks(rows, selected)
     by_key = {(str(m), str(i)): (mask, str(s)) for m, i, s, mask in
               zip(selected["model"], selected["image_id"], selected["status"], masks)}
-    mask_names = _mask_names(dataset_root)
-    cache: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    try:
+        _, mask_paths, _ = list_pairs(dataset_root, dataset_root)
+    except OSError as error:
+        log.warning("gallery: cannot list the masks of %s: %s", dataset_root, error)
+        mask_paths = {}
+    cache: dict[str, tuple[np.ndarray, np.ndarray | None] | None] = {}
     out: dict[str, list[dict[str, Any]]] = {}
     for model, items in worst.items():
         out[model] = []
         for image_id, value in items:
             if image_id not in cache:
-                try:
-                    image = decode_image(storage.read_bytes(storage.join(dataset_root, "images", image_id)))
-                except (OSError, ValueError) as error:
-                    log.warning("gallery: skipping %s: %s", image_id, error)
-                    continue
-                truth = None
-                name = mask_names.get(image_id) or mask_names.get(os.path.splitext(image_id)[0])
-                try:
-                    if name:
-                        truth = decode_mask(storage.read_bytes(storage.join(dataset_root, "masks", name)))
-                except (OSError, ValueError) as error:
-                    log.warning("gallery: no ground truth for %s: %s", image_id, error)
-                cache[image_id] = (image, truth)
+                mask_path = mask_paths.get(os.path.splitext(image_id)[0])
+                mask_uri = storage.join(dataset_root, "masks", mask_path) if mask_path else None
+                cache[image_id] = _gallery_pair(storage.join(dataset_root, "images", image_id), mask_uri,
+                                                mask_person_values)
+            if cache[image_id] is None:
+                continue
             image, truth = cache[image_id]
             pred, status = by_key.get((model, image_id), (None, "no_detection"))
             scale = max_side / max(image.shape[:2])  # every tile the same readable size
@@ -249,25 +248,37 @@ def gallery_items(rows: pd.DataFrame, analysis: Analysis, dataset_root: str | No
     return out
 
 
+def _gallery_pair(image_uri: str, mask_uri: str | None,
+                  person_values: list[int] | None) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The image (in the orientation its mask agrees with) and its mask; the image alone,
+    with a warning, when the mask is gone or unusable (the dataset changed since the run);
+    None, with a warning, when the image cannot be read."""
+    from segray.data.decode import PairError, decode_image, decode_pair
+
+    try:
+        image_data = storage.read_bytes(image_uri)
+    except OSError as error:
+        log.warning("gallery: skipping %s: %s", image_uri, error)
+        return None
+    try:
+        if mask_uri is None:
+            raise PairError("mask", "no mask pairs with it")
+        pair = decode_pair(image_data, storage.read_bytes(mask_uri), person_values)
+        return pair.image, pair.mask
+    except (OSError, PairError) as error:  # an OSError here is the mask's read
+        if getattr(error, "part", "mask") == "image":
+            log.warning("gallery: skipping %s: %s", image_uri, error)
+            return None
+        log.warning("gallery: no ground truth for %s: %s", image_uri, error)
+    return decode_image(image_data), None
+
+
 def _resize(mask: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
     import cv2
 
     if mask is None or (mask.shape[1], mask.shape[0]) == size:
         return mask
     return cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-
-
-def _mask_names(dataset_root: str) -> dict[str, str]:
-    """Mask file names by full name and by stem (a mask may have another extension)."""
-    try:
-        names = storage.list_files(storage.join(dataset_root, "masks"))
-    except OSError:
-        return {}
-    table = {}
-    for name in names:
-        table.setdefault(os.path.splitext(name)[0], name)
-        table[name] = name
-    return table
 
 
 def figure_name(model: str) -> str:
