@@ -150,6 +150,7 @@ def test_score_batch_fills_every_metric_column(tmp_path):
         "mask_score": np.array([np.nan] * 3), "num_detections": np.array([None] * 3),
         "mask": [pred, np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.uint8)],
         "image_orientation": np.array(["stored", "exif", None]), "mask_note": np.array([None] * 3),
+        "device": np.array(["CPU: test (1 threads)"] * 3),
     }
     table = score_batch(batch, run_id="r")
     assert table.schema == ROW_SCHEMA
@@ -160,3 +161,4 @@ def test_score_batch_fills_every_metric_column(tmp_path):
     assert missed["pred_area"] == 0 and missed["mask_png"] is None
     assert all(failed[c] is None for c in METRIC_COLUMNS) and failed["error"] == "boom"
     assert [ok["image_orientation"], missed["image_orientation"], failed["image_orientation"]] == ["stored", "exif", None]
+    assert {row["device"] for row in (ok, missed, failed)} == {"CPU: test (1 threads)"}
