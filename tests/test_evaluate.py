@@ -117,7 +117,7 @@ def test_mask_person_values_reach_decode_and_score_and_lift_the_note(tmp_path):
         predicted = {**{k: v for k, v in decoded.items() if k != "image"}, "model": np.array(["m"]),
                      "status": np.array(["ok"]), "latency_ms": np.array([1.0]), "box_score": np.array([None]),
                      "mask_score": np.array([None]), "num_detections": np.array([None]),
-                     "mask": [(labels == 5).astype(np.uint8)]}
+                     "mask": [(labels == 5).astype(np.uint8)], "device": np.array(["CPU: test (1 threads)"])}
         return score_batch(predicted, "r", mask_person_values=person_values).to_pylist()[0]
 
     default = scored(None)
