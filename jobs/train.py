@@ -15,8 +15,9 @@ import sys
 
 from segray.cli import config_from_args, parser
 from segray.errors import DatasetError, RunError
-from segray.pipeline import record_trained, train_models
+from segray.pipeline import record_trained
 from segray.run import open_run, run_uri
+from segray.trainings import train_models
 
 
 def main(argv: list[str] | None = None) -> int:

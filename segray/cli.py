@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+from typing import Any
 
 from segray import storage
 from segray.config import PRESETS, BenchmarkConfig, preset
@@ -85,12 +86,36 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="transformers (default) or the lang_sam package if installed")
 
     g = p.add_argument_group("evaluation (Ray Data)")
-    g.add_argument("--eval-actors", type=int, help="actors per model pool [default: 1]")
+    g.add_argument("--eval-actors", action="append", metavar="[MODEL=]MIN[-MAX]",
+                   help="size of a model's actor pool (of every model's without MODEL=), repeatable: N actors, or "
+                   "autoscaling between MIN and MAX [default: from 1 to as many as the cluster holds: one per GPU "
+                   "share (--gpus-per-actor), or one per node without GPUs]")
     g.add_argument("--eval-batch-size", action="append", metavar="MODEL=N",
                    help="inference batch size of a model, repeatable [default: unet=16 resnet34_unet=16 langsam=4]")
     g.add_argument("--cpus-per-actor", type=float, help="CPUs per model actor without GPUs [default: 0.5]")
-    g.add_argument("--gpus-per-actor", type=float, help="GPUs per model actor when the cluster has GPUs [default: 1]")
+    g.add_argument("--gpus-per-actor", action="append", metavar="[MODEL=]F",
+                   help="GPU share of one model actor when the cluster has GPUs, repeatable "
+                   "[default: unet=0.25 resnet34_unet=0.25 langsam=0.5]")
     return p
+
+
+def per_model(item: str, models: list[str], parse, flag: str, form: str) -> list[tuple[str, Any]]:
+    """`MODEL=VALUE` -> [(MODEL, value)]; a bare `VALUE` applies to every model in `models`."""
+    model, _, text = item.rpartition("=")
+    try:
+        value = parse(text)
+    except ValueError:
+        raise SystemExit(f"{flag} expects {form}, got {item!r}") from None
+    return [(model, value)] if model else [(m, value) for m in models]
+
+
+def pool_range(text: str) -> tuple[int, int]:
+    """`N` or `MIN-MAX` actors, 1 <= MIN <= MAX."""
+    low, _, high = text.partition("-")
+    low, high = int(low), int(high or low)
+    if not 1 <= low <= high:
+        raise ValueError(text)
+    return low, high
 
 
 def person_values(text: str) -> list[int]:
@@ -181,9 +206,14 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
             params.setdefault("langsam", {})[key] = getattr(args, flag)
 
     evaluation = config.eval
-    for flag, field in (("eval_actors", "actors"), ("cpus_per_actor", "cpus_per_actor"), ("gpus_per_actor", "gpus_per_actor")):
-        if getattr(args, flag) is not None:
-            setattr(evaluation, field, getattr(args, flag))
+    if args.cpus_per_actor is not None:
+        evaluation.cpus_per_actor = args.cpus_per_actor
+    for item in args.eval_actors or []:
+        for model, (low, high) in per_model(item, config.models, pool_range, "--eval-actors", "[MODEL=]MIN[-MAX]"):
+            evaluation.min_actors[model], evaluation.max_actors[model] = low, high
+    for item in args.gpus_per_actor or []:
+        for model, share in per_model(item, config.models, float, "--gpus-per-actor", "[MODEL=]F"):
+            evaluation.gpus_per_actor[model] = share
     for item in args.eval_batch_size or []:
         model, _, size = item.partition("=")
         if not size.isdigit():

@@ -29,11 +29,21 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: dict[str, int] = field(default_factory=lambda: {"unet": 16, "resnet34_unet": 16, "langsam": 4})
-    actors: int = 1  # actors per model pool
+    """How the evaluation stream runs (`segray.evaluate`). Per-model settings are keyed by
+    model name; a model without an entry gets the default named in its comment."""
+
+    batch_size: dict[str, int] = field(default_factory=lambda: {"unet": 16, "resnet34_unet": 16, "langsam": 4})  # else 8
+    # Each model's actor pool autoscales between min and max actors; no max: as many as
+    # the cluster holds (`segray.evaluate.pools.pool_size`).
+    min_actors: dict[str, int] = field(default_factory=dict)  # else 1
+    max_actors: dict[str, int] = field(default_factory=dict)
     cpus_per_actor: float = 0.5  # fractional so model actors never starve the decode tasks
-    gpus_per_actor: float = 1.0  # used when the cluster has GPUs
+    # The GPU share of one actor, on a cluster with GPUs: several actors share a GPU.
+    gpus_per_actor: dict[str, float] = field(default_factory=lambda: {"unet": 0.25, "resnet34_unet": 0.25,
+                                                                      "langsam": 0.5})  # else 1
+    cpus_per_task: float = 0.5  # of each decode and score task
     decode_batch_size: int = 16
+    rows_per_block: int = 1024  # manifest rows per Ray block: fewer, larger blocks cost less per image
 
 
 @dataclass

@@ -10,59 +10,32 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segray import storage
 from segray.config import BenchmarkConfig
 from segray.data.manifest import Manifest
 from segray.errors import CheckpointStoreError
+from segray.evaluate.awaited import AwaitedModel, start_gate
 from segray.models.base import ModelSpec
 from segray.models.catalogue import TRAINABLE, variants_of
-from segray.models.checkpoint import version_key
-from segray.models.networks import check_weights
 from segray.models.selection import TrainedModels, models_to_evaluate
 from segray.models.store import record_training
 from segray.results.read import read_rows
 from segray.results.scoring import ALL_SPLITS, format_table, model_summary
 from segray.run import open_run, run_failed, run_uri
 from segray.schema import ERROR
+from segray.timeline import Progress, start_timeline, summarize
+from segray.trainings import Trainings, plan, trainable_models
+
+if TYPE_CHECKING:
+    from segray.evaluate import StreamModel
 
 log = logging.getLogger(__name__)
 
 AMBIGUOUS_SHOWN = 5  # image ids the console's mask warning names
-
-
-def train_models(config: BenchmarkConfig, manifest: Manifest, uri: str) -> dict[str, dict[str, Any]]:
-    """Train every trainable model in `config.models`; a model that fails is recorded with
-    its error. Each result names its version: `<model>@<run id>`."""
-    from segray.train import train_model, training_datasets
-
-    results: dict[str, dict[str, Any]] = {}
-    to_train = []
-    for model in (m for m in config.models if m in TRAINABLE):
-        try:
-            check_weights(model, config.model_params.get(model, {}))
-            to_train.append(model)
-        except Exception as error:
-            log.error("cannot train %s: %s", model, error)
-            results[model] = {"model": model, "error": f"{type(error).__name__}: {error}"}
-    datasets = (training_datasets(manifest.table, config.train.image_size, config.train.num_workers, config.train.seed,
-                                  config.mask_person_values) if to_train else {})
-    for model in to_train:
-        log.info("training %s", model)
-        try:
-            result = train_model(model, config.model_params.get(model, {}), datasets, config.train,
-                                 storage_path=storage.join(uri, "train"), run_name=model, run_id=config.run_id,
-                                 dataset_fingerprint=manifest.fingerprint)
-            results[model] = {**asdict(result), "version": version_key(model, config.run_id),
-                              "dataset_fingerprint": manifest.fingerprint}
-        except Exception as error:
-            log.exception("training %s failed", model)
-            results[model] = {"model": model, "error": f"{type(error).__name__}: {error}"}
-    storage.write_bytes(storage.join(uri, "training.json"), json.dumps(results, indent=2).encode())
-    return results
 
 
 def record_trained(store: str, config: BenchmarkConfig, manifest: Manifest,
@@ -81,24 +54,38 @@ def record_trained(store: str, config: BenchmarkConfig, manifest: Manifest,
     return True
 
 
-def evaluate_and_summarize(config: BenchmarkConfig, manifest: Manifest, specs: list[ModelSpec],
-                           unavailable: dict[str, str], training: dict[str, dict[str, Any]],
-                           started: float) -> dict[str, Any]:
-    """Evaluate `specs` into the run's predictions/, then write summary.json (last) and return it."""
-    from segray.evaluate import evaluate
+def evaluate_and_summarize(config: BenchmarkConfig, manifest: Manifest, models: list[StreamModel],
+                           unavailable: dict[str, str], training: dict[str, dict[str, Any]] | Trainings,
+                           started: float, reserve: dict[str, float] | None = None) -> dict[str, Any]:
+    """Evaluate `models` into the run's predictions/, then write summary.json (last) and
+    return it. `training` may be the `Trainings` running beside the stream (whose models
+    are among `models`, awaited): they are joined once the stream ends."""
+    from segray.evaluate import evaluate, stage_labels
 
     uri = run_uri(config)
     predictions = storage.join(uri, "predictions")
-    if specs:
+    epochs = config.train.epochs
+    with Progress(config.run_id, len(manifest.table), stage_labels(models), epochs):
         try:
-            evaluate(manifest.table, specs, config.eval, predictions, config.run_id,
-                     mask_person_values=config.mask_person_values)
+            if models:
+                evaluate(manifest.table, models, config.eval, predictions, config.run_id,
+                         mask_person_values=config.mask_person_values, reserve=reserve)
         except OSError as error:  # the output went away mid-run
             # A Ray task's error is also of its cause's type; its own message is the remote traceback.
             cause = getattr(error, "cause", None) or error
             raise run_failed(uri, f"{predictions}: cannot write the rows there: {storage.describe(cause)}") from error
+        finally:
+            if isinstance(training, Trainings):
+                trainings, training = training, training.join()
+                unavailable = {**unavailable, **trainings.unavailable}
+    specs = [spec for spec in (m.wait() if isinstance(m, AwaitedModel) else m for m in models) if spec is not None]
     expected = len(manifest.table) * sum(len(variants_of(spec)) for spec in specs)
-    return write_summary(config, manifest, expected, unavailable, training, started, scoring_split(specs, manifest))
+    import ray
+
+    origin = time.time() - (time.perf_counter() - started)  # the run's start, on the wall clock the stages use
+    timeline = summarize(ray.get(start_timeline(config.run_id).snapshot.remote()), origin)
+    return write_summary(config, manifest, expected, unavailable, training, started, scoring_split(specs, manifest),
+                         timeline)
 
 
 def scoring_split(specs: list[ModelSpec], manifest: Manifest) -> str:
@@ -109,9 +96,10 @@ def scoring_split(specs: list[ModelSpec], manifest: Manifest) -> str:
 
 
 def write_summary(config: BenchmarkConfig, manifest: Manifest, expected_rows: int, unavailable: dict[str, str],
-                  training: dict[str, dict[str, Any]], started: float, split: str = "val") -> dict[str, Any]:
+                  training: dict[str, dict[str, Any]], started: float, split: str = "val",
+                  timeline: dict[str, Any] | None = None) -> dict[str, Any]:
     """summary.json from the run's rows, as they are (written last: the run is finished),
-    scored on `split` (`scoring_split`)."""
+    scored on `split` (`scoring_split`), with the run's `timeline` (`segray.timeline.summarize`)."""
     uri = run_uri(config)
     predictions = storage.join(uri, "predictions")
     try:
@@ -147,6 +135,7 @@ def write_summary(config: BenchmarkConfig, manifest: Manifest, expected_rows: in
         "models": model_summary(rows, split),
         "unavailable": unavailable,
         "training": training,
+        "timeline": timeline or {"stages": {}},
         "config": config.to_dict(),
     }
     storage.write_bytes(storage.join(uri, "summary.json"), json.dumps(summary, indent=2, default=str).encode())
@@ -154,17 +143,33 @@ def write_summary(config: BenchmarkConfig, manifest: Manifest, expected_rows: in
 
 
 def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None, store: str | None = None) -> dict[str, Any]:
-    """data -> train -> evaluate -> summary -> report. Returns the summary (also in summary.json).
-    With `store`, each trained model's best checkpoint is recorded there after training,
-    under the version its rows carry."""
+    """data -> (train | evaluate) -> summary -> report. Returns the summary (also in summary.json).
+
+    The models that need no training are evaluated while the others train: each trained
+    model's pool joins the stream when its training ends (`segray.trainings.plan` says
+    whether the cluster holds both; if not, training goes first). With `store`, each
+    trained model's best checkpoint is recorded there, under the version its rows carry."""
+    import ray
+
     started = time.perf_counter()
     manifest = open_run(config, ray_address)
     uri = run_uri(config)
-    training = train_models(config, manifest, uri)
+    to_train, failed = trainable_models(config)
+    ready, unavailable = models_to_evaluate(replace(config, models=[m for m in config.models if m not in TRAINABLE]),
+                                            TrainedModels())
+    unavailable.update({model: result["error"] for model, result in failed.items()})
+    gate = start_gate()
+    awaited = [AwaitedModel(model, variants_of(ModelSpec(model)), gate) for model in to_train]
+    schedule = plan(config, len(to_train), [m.name for m in [*ready, *awaited]], ray.cluster_resources())
+    log.info("trainings at once: %d; evaluation %s", schedule.at_once,
+             "beside them" if schedule.overlap else "after them (the cluster cannot hold both)")
+    trainings = Trainings(config, manifest, uri, to_train, schedule.at_once, gate, failed).start()
+    if not schedule.overlap:
+        trainings.join()
+    summary = evaluate_and_summarize(config, manifest, [*ready, *awaited], unavailable, trainings, started,
+                                     reserve=schedule.reserve)
     if store:
-        record_trained(store, config, manifest, training)
-    specs, unavailable = models_to_evaluate(config, TrainedModels(training=training))
-    summary = evaluate_and_summarize(config, manifest, specs, unavailable, training, started)
+        record_trained(store, config, manifest, summary["training"])
     write_report_logged(uri)
     return summary
 

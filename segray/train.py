@@ -136,6 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from segray.metrics import iou
     from segray.models.checkpoint import load_network, load_optimizer_state, save_checkpoint
     from segray.models.networks import build_network
+    from segray.timeline import node_id, timeline_of
 
     torch.manual_seed(config["seed"])  # the same initial weights on every worker
     # Bit-for-bit repeatable on CPU; on GPU, ops without a deterministic kernel only warn.
@@ -174,14 +175,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             dist.all_reduce(tensor)
         return tensor.tolist()
 
+    # Rank 0 reports each epoch to the run's timeline: the driver's console prints it.
+    timeline = timeline_of(config["run_id"]) if rank == 0 and config["run_id"] else None
     for epoch in range(start_epoch, config["epochs"]):
-        started = time.perf_counter()
+        started, wall_started = time.perf_counter(), time.time()
         # Every random draw of an epoch (shuffle, flips, dropout) is seeded by (seed, rank,
         # epoch): a run resumed from a checkpoint redraws exactly what it would have.
         epoch_seed = seed_of(config["seed"], rank, epoch)
         torch.manual_seed(epoch_seed)
         model.train()
-        loss_sum, batches = 0.0, 0
+        loss_sum, batches, seen = 0.0, 0, 0
         for batch in train_shard.iter_torch_batches(
             batch_size=config["batch_size"],
             local_shuffle_buffer_size=4 * config["batch_size"],
@@ -196,6 +199,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             scaler.update()
             loss_sum += loss.item()
             batches += 1
+            seen += len(batch["image"])
 
         model.eval()
         iou_sum, images = 0.0, 0
@@ -208,7 +212,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     logits = model(batch["image"])
                 iou_sum += iou(logits > 0, batch["mask"] > 0.5).sum().item()
                 images += len(logits)
-        loss_sum, batches, iou_sum, images = all_sum([loss_sum, batches, iou_sum, images])
+        loss_sum, batches, iou_sum, images, seen = all_sum([loss_sum, batches, iou_sum, images, seen])
         metrics = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(batches, 1),
@@ -233,6 +237,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 save_checkpoint(directory, network, meta, optimizer)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint)
+        if timeline is not None:
+            timeline.record.remote(f"train:{config['model']}", node_id(), int(seen), int(images), wall_started, time.time())
+            timeline.epoch.remote(config["model"], metrics)
 
 
 def train_model(

@@ -6,6 +6,7 @@ import pytest
 from sklearn.metrics import f1_score, jaccard_score, precision_score, recall_score
 
 from segray.metrics import boundary_iou, boundary_width, iou, mask_boundary, pooled_iou, score_masks
+from segray.models.base import Prediction
 from segray.schema import METRIC_COLUMNS
 
 
@@ -129,36 +130,54 @@ def test_pooled_iou_and_score_masks():
     assert list(scores) == METRIC_COLUMNS  # the row schema's metric columns, in order
 
 
-def test_score_batch_fills_every_metric_column(tmp_path):
-    """score_batch (no Ray): ok rows get every metric, a no-detection is scored as an empty
-    prediction, an error row has null metrics."""
-    from segray.data.decode import encode_mask
-    from segray.evaluate import score_batch
+class HalfResolution:
+    """A stand-in model: image a gets a half-resolution mask, b no detection, c fails."""
+
+    variants = ["unet"]
+    device = "cpu"
+
+    def __init__(self, spec):
+        pass
+
+    def predict(self, images):
+        if len(images) > 1:
+            raise RuntimeError("one at a time")  # PredictStage then retries image by image
+        if images[0].shape[1] == 41:
+            raise RuntimeError("boom")
+        if images[0].shape[1] == 39:
+            return [{"unet": Prediction(mask=None, status="no_detection")}]
+        pred = np.zeros((15, 20), bool)  # half resolution: resized (nearest) to the truth's
+        pred[2:12, 5:15] = True
+        return [{"unet": Prediction(mask=pred)}]
+
+
+def test_score_batch_fills_every_metric_column(monkeypatch):
+    """PredictStage -> score_batch (no Ray): ok rows get every metric, a no-detection is
+    scored as an empty prediction, an error row has null metrics."""
+    from segray.evaluate.stages import PredictStage, score_batch
+    from segray.models.base import ModelSpec
     from segray.schema import ROW_SCHEMA
 
-    truth = np.zeros((30, 40), bool)
-    truth[4:24, 10:30] = True
-    (tmp_path / "m.png").write_bytes(encode_mask(truth))
-    pred = np.zeros((15, 20), np.uint8)  # half resolution: resized (nearest) to the truth's
-    pred[2:12, 5:15] = 1
-    uri = str(tmp_path / "m.png")
+    truth = np.zeros((30, 40), np.uint8)
+    truth[4:24, 10:30] = 1
+    monkeypatch.setattr("segray.evaluate.stages.build_segmenter", HalfResolution)
+    stage = PredictStage(0, ModelSpec("unet", version="unet@r"), ["unet"], "unet", cpus_per_actor=1, models_per_node=1)
+    images = [np.zeros((30, width, 3), np.uint8) for width in (40, 39, 41)]
     batch = {
-        "image_id": np.array(["a", "b", "c"]), "mask_uri": np.array([uri, uri, uri]),
-        "split": np.array(["val"] * 3), "category": np.array(["Kata"] * 3), "model": np.array(["unet"] * 3),
-        "status": np.array(["ok", "no_detection", "error"]), "error": np.array([None, None, "boom"]),
-        "latency_ms": np.array([1.0, 1.0, np.nan]), "box_score": np.array([np.nan] * 3),
-        "mask_score": np.array([np.nan] * 3), "num_detections": np.array([None] * 3),
-        "mask": [pred, np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.uint8)],
-        "image_orientation": np.array(["stored", "exif", None]), "mask_note": np.array([None] * 3),
-        "device": np.array(["CPU: test (1 threads)"] * 3),
+        "image_id": np.array(["a", "b", "c"]), "image_uri": np.array(["ia", "ib", "ic"]),
+        "mask_uri": np.array(["ma", "mb", "mc"]), "split": np.array(["val"] * 3),
+        "category": np.array(["Kata"] * 3), "image": images,
+        "truth": [truth, truth[:, :39], np.zeros((30, 41), np.uint8)], "error": np.array([None] * 3),
+        "image_orientation": np.array(["stored", "exif", "stored"]), "mask_note": np.array([None] * 3),
     }
-    table = score_batch(batch, run_id="r")
+    table = score_batch(stage(batch), run_id="r", models=[(0, ["unet"])])
     assert table.schema == ROW_SCHEMA
     ok, missed, failed = table.to_pylist()
     assert ok["iou"] == 1.0 and ok["boundary_iou"] == 1.0 and ok["pred_area"] == ok["true_area"] == 400
     assert ok["union"] == ok["intersection"] == 400 and ok["empty"] is False
     assert missed["iou"] == 0.0 and missed["recall"] == 0.0 and missed["precision"] == 1.0
-    assert missed["pred_area"] == 0 and missed["mask_png"] is None
-    assert all(failed[c] is None for c in METRIC_COLUMNS) and failed["error"] == "boom"
+    assert missed["pred_area"] == 0 and missed["mask_png"] is None and missed["status"] == "no_detection"
+    assert all(failed[c] is None for c in METRIC_COLUMNS) and failed["error"] == "RuntimeError: boom"
     assert [ok["image_orientation"], missed["image_orientation"], failed["image_orientation"]] == ["stored", "exif", None]
-    assert {row["device"] for row in (ok, missed, failed)} == {"CPU: test (1 threads)"}
+    assert ok["device"] == missed["device"] and ok["device"].startswith("CPU")
+    assert {row["model_version"] for row in (ok, missed, failed)} == {"unet@r"}

@@ -70,7 +70,7 @@ def record_model(
 
 def record_training(store: str, training: dict[str, dict[str, Any]], run_id: str, config: dict[str, Any],
                     dataset: dict[str, Any]) -> list[dict[str, Any]]:
-    """Record the best checkpoint of every model that trained (`segray.pipeline.train_models`'
+    """Record the best checkpoint of every model that trained (`segray.trainings.train_models`'
     result) as version `run_id`; models that failed to train are skipped. `dataset` is the
     run's {uri, fingerprint, images}."""
     records = []

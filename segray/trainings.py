@@ -1,0 +1,150 @@
+"""The benchmark's trainings, run beside its evaluation stream.
+
+`plan` decides from the cluster's resources how many trainings run at once and whether
+the evaluation stream can run beside them: it can when every model pool's minimum, a
+decode task and the trainings fit the cluster together (a pool waiting for its model
+must never hold what that model's training needs). `Trainings` runs them in threads,
+each a Ray Train `TorchTrainer`, and opens each trained model's gate when it ends, so
+that its pool in the stream starts (`segray.evaluate.awaited`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from segray import storage
+from segray.config import BenchmarkConfig
+from segray.data.manifest import Manifest
+from segray.evaluate.pools import pools_fit
+from segray.models.base import ModelSpec
+from segray.models.catalogue import TRAINABLE
+from segray.models.checkpoint import version_key
+from segray.models.networks import check_weights
+from segray.models.selection import TrainedModels, models_to_evaluate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Schedule:
+    at_once: int  # trainings that run at the same time
+    overlap: bool  # whether evaluation runs beside them
+    reserve: dict[str, float] = field(default_factory=dict)  # what the stream leaves to the trainings
+
+
+def training_resources(config: BenchmarkConfig, cluster: dict[str, float]) -> dict[str, float]:
+    """What one training holds: its workers' CPUs and GPUs (`train.train_model`'s ScalingConfig)."""
+    train = config.train
+    use_gpu = train.use_gpu if train.use_gpu is not None else cluster.get("GPU", 0) > 0
+    return {"CPU": train.num_workers * train.cpus_per_worker, "GPU": float(train.num_workers) if use_gpu else 0.0}
+
+
+def plan(config: BenchmarkConfig, trainings: int, stream_models: list[str], cluster: dict[str, float]) -> Schedule:
+    """As many trainings at once as fit beside the stream's pools; if not even one does,
+    the trainings first (as many at once as fit alone) and the stream after them."""
+    if not trainings:
+        return Schedule(at_once=1, overlap=True)
+    one = training_resources(config, cluster)
+    for at_once in range(trainings, 0, -1):
+        reserve = {name: amount * at_once for name, amount in one.items()}
+        if pools_fit(config.eval, stream_models, cluster, reserve):
+            return Schedule(at_once, overlap=True, reserve=reserve)
+    fits_alone = [k for k in range(trainings, 0, -1)
+                  if all(one[name] * k <= cluster.get(name, 0.0) + 1e-9 for name in one)]
+    return Schedule(at_once=fits_alone[0] if fits_alone else 1, overlap=False)
+
+
+def trainable_models(config: BenchmarkConfig) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The trainable models of `config.models` that can train, and an error result for
+    each that cannot (e.g. its encoder's weights are unreachable)."""
+    to_train, failed = [], {}
+    for model in (m for m in config.models if m in TRAINABLE):
+        try:
+            check_weights(model, config.model_params.get(model, {}))
+            to_train.append(model)
+        except Exception as error:
+            log.error("cannot train %s: %s", model, error)
+            failed[model] = {"model": model, "error": f"{type(error).__name__}: {error}"}
+    return to_train, failed
+
+
+class Trainings:
+    """Trains `models` in threads, `at_once` at a time, into `<uri>/train/<model>`. With a
+    `gate`, each model's gate opens with its trained spec (None when it failed) as soon as
+    its training ends, whatever happens. `join` writes training.json and returns it."""
+
+    def __init__(self, config: BenchmarkConfig, manifest: Manifest, uri: str, models: list[str], at_once: int = 1,
+                 gate=None, failed: dict[str, dict[str, Any]] | None = None):
+        self.config, self.manifest, self.uri, self.models, self.gate = config, manifest, uri, models, gate
+        self.results: dict[str, dict[str, Any]] = dict(failed or {})
+        self.unavailable: dict[str, str] = {}
+        self.specs: dict[str, ModelSpec] = {}
+        self.executor = ThreadPoolExecutor(max_workers=max(1, at_once), thread_name_prefix="segray-train")
+        self.futures: list = []
+
+    def start(self) -> Trainings:
+        if self.models:
+            datasets = self.executor.submit(self._datasets)
+            self.futures = [self.executor.submit(self._train, model, datasets) for model in self.models]
+        return self
+
+    def join(self) -> dict[str, dict[str, Any]]:
+        for future in self.futures:
+            future.result()
+        self.executor.shutdown()
+        storage.write_bytes(storage.join(self.uri, "training.json"), json.dumps(self.results, indent=2).encode())
+        return self.results
+
+    def _datasets(self) -> dict[str, Any]:
+        from segray.train import training_datasets
+
+        train = self.config.train
+        return training_datasets(self.manifest.table, train.image_size, train.num_workers, train.seed,
+                                 self.config.mask_person_values)
+
+    def _train(self, model: str, datasets) -> None:
+        from segray.train import train_model
+
+        config = self.config
+        try:
+            log.info("training %s", model)
+            result = train_model(model, config.model_params.get(model, {}), datasets.result(), config.train,
+                                 storage_path=storage.join(self.uri, "train"), run_name=model, run_id=config.run_id,
+                                 dataset_fingerprint=self.manifest.fingerprint)
+            self.results[model] = {**asdict(result), "version": version_key(model, config.run_id),
+                                   "dataset_fingerprint": self.manifest.fingerprint}
+        except Exception as error:
+            log.exception("training %s failed", model)
+            self.results[model] = {"model": model, "error": f"{type(error).__name__}: {error}"}
+        finally:
+            spec = self._spec(model)
+            if self.gate is not None:
+                self.gate.open.remote(model, spec)
+
+    def _spec(self, model: str) -> ModelSpec | None:
+        """The trained model as evaluation runs it (`models_to_evaluate`), or None, with the
+        reason in `unavailable`."""
+        try:
+            specs, unavailable = models_to_evaluate(replace(self.config, models=[model]),
+                                                    TrainedModels(training={model: self.results.get(model, {})}))
+        except Exception as error:
+            specs, unavailable = [], {model: f"{type(error).__name__}: {error}"}
+        self.unavailable.update(unavailable)
+        if specs:
+            self.specs[model] = specs[0]
+        return specs[0] if specs else None
+
+
+def train_models(config: BenchmarkConfig, manifest: Manifest, uri: str) -> dict[str, dict[str, Any]]:
+    """Train every trainable model in `config.models` (as many at once as the cluster
+    holds); a model that fails is recorded with its error. Each result names its version:
+    `<model>@<run id>`. Writes training.json."""
+    import ray
+
+    to_train, failed = trainable_models(config)
+    at_once = plan(config, len(to_train), [], ray.cluster_resources()).at_once
+    return Trainings(config, manifest, uri, to_train, at_once, failed=failed).start().join()
