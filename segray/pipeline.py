@@ -27,7 +27,7 @@ from segray.results.read import read_rows
 from segray.results.scoring import ALL_SPLITS, format_table, model_summary
 from segray.run import open_run, run_failed, run_uri
 from segray.schema import ERROR
-from segray.timeline import Progress, start_timeline, summarize
+from segray.timeline import Progress, start_timeline, stop_timeline, summarize
 from segray.trainings import Trainings, plan, trainable_models
 
 if TYPE_CHECKING:
@@ -56,20 +56,23 @@ def record_trained(store: str, config: BenchmarkConfig, manifest: Manifest,
 
 def evaluate_and_summarize(config: BenchmarkConfig, manifest: Manifest, models: list[StreamModel],
                            unavailable: dict[str, str], training: dict[str, dict[str, Any]] | Trainings,
-                           started: float, reserve: dict[str, float] | None = None) -> dict[str, Any]:
+                           started: float, reserve: dict[str, float] | None = None, timeline=None) -> dict[str, Any]:
     """Evaluate `models` into the run's predictions/, then write summary.json (last) and
     return it. `training` may be the `Trainings` running beside the stream (whose models
-    are among `models`, awaited): they are joined once the stream ends."""
+    are among `models`, awaited): they are joined once the stream ends. `timeline`: the
+    run's, when it started before (to see the trainings); it is stopped here."""
+    import ray
+
     from segray.evaluate import evaluate, stage_labels
 
     uri = run_uri(config)
     predictions = storage.join(uri, "predictions")
-    epochs = config.train.epochs
-    with Progress(config.run_id, len(manifest.table), stage_labels(models), epochs):
+    timeline = timeline or start_timeline(config.run_id)
+    with Progress(timeline, len(manifest.table), stage_labels(models), config.train.epochs):
         try:
             if models:
                 evaluate(manifest.table, models, config.eval, predictions, config.run_id,
-                         mask_person_values=config.mask_person_values, reserve=reserve)
+                         mask_person_values=config.mask_person_values, reserve=reserve, timeline=timeline)
         except OSError as error:  # the output went away mid-run
             # A Ray task's error is also of its cause's type; its own message is the remote traceback.
             cause = getattr(error, "cause", None) or error
@@ -80,12 +83,11 @@ def evaluate_and_summarize(config: BenchmarkConfig, manifest: Manifest, models: 
                 unavailable = {**unavailable, **trainings.unavailable}
     specs = [spec for spec in (m.wait() if isinstance(m, AwaitedModel) else m for m in models) if spec is not None]
     expected = len(manifest.table) * sum(len(variants_of(spec)) for spec in specs)
-    import ray
-
     origin = time.time() - (time.perf_counter() - started)  # the run's start, on the wall clock the stages use
-    timeline = summarize(ray.get(start_timeline(config.run_id).snapshot.remote()), origin)
+    stages = summarize(ray.get(timeline.snapshot.remote()), origin)
+    stop_timeline(timeline)
     return write_summary(config, manifest, expected, unavailable, training, started, scoring_split(specs, manifest),
-                         timeline)
+                         stages)
 
 
 def scoring_split(specs: list[ModelSpec], manifest: Manifest) -> str:
@@ -154,6 +156,7 @@ def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None, store
     started = time.perf_counter()
     manifest = open_run(config, ray_address)
     uri = run_uri(config)
+    timeline = start_timeline(config.run_id)  # before the trainings, which report their epochs to it
     to_train, failed = trainable_models(config)
     ready, unavailable = models_to_evaluate(replace(config, models=[m for m in config.models if m not in TRAINABLE]),
                                             TrainedModels())
@@ -167,7 +170,7 @@ def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None, store
     if not schedule.overlap:
         trainings.join()
     summary = evaluate_and_summarize(config, manifest, [*ready, *awaited], unavailable, trainings, started,
-                                     reserve=schedule.reserve)
+                                     reserve=schedule.reserve, timeline=timeline)
     if store:
         record_trained(store, config, manifest, summary["training"])
     write_report_logged(uri)

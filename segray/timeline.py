@@ -47,12 +47,19 @@ class Timeline:
 
 
 def start_timeline(run_id: str):
-    """The run's timeline actor, created once (a second call, e.g. a stage started by the
-    same driver, gets the same one). Lives as long as the driver."""
+    """The run's timeline actor (a second call gets the same one). Like every actor it
+    lives while a handle to it does: the driver keeps one for the whole run, then calls
+    `stop_timeline`."""
     import ray
 
     return ray.remote(num_cpus=0)(Timeline).options(name=TIMELINE_PREFIX + run_id, namespace=NAMESPACE,
                                                    get_if_exists=True).remote()
+
+
+def stop_timeline(timeline) -> None:
+    import ray
+
+    ray.kill(timeline)
 
 
 def timeline_of(run_id: str):
@@ -99,12 +106,11 @@ class Progress:
     of images decoded and images/s per model. Used as a context manager around the work;
     on exit, one line per stage."""
 
-    def __init__(self, run_id: str, images: int, models: list[str], epochs: dict[str, int] | None = None,
+    def __init__(self, timeline, images: int, models: list[str], epochs: dict[str, int] | None = None,
                  every_s: float = 10.0):
         import threading
 
-        self.run_id, self.images, self.models, self.epochs, self.every_s = run_id, images, models, epochs or {}, every_s
-        self.timeline = start_timeline(run_id)
+        self.timeline, self.images, self.models, self.epochs, self.every_s = timeline, images, models, epochs or {}, every_s
         self.started = time.time()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="segray-progress", daemon=True)

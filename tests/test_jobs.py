@@ -51,6 +51,28 @@ def test_demo_benchmark_writes_every_row_and_the_summary(demo_run):
     assert langsam["num_detections"].ge(1).all() and langsam["box_score"].notna().all()
 
 
+def test_the_timeline_shows_one_decode_for_three_models_and_langsam_beside_the_training(demo_run):
+    """From the run's own summary.json: one decode stage that read each image once, three
+    model pools fed from it, every row scored and written once, and LangSAM's pool at
+    work before the last training ended (it needs no training, so it does not wait)."""
+    status, out, _ = demo_run
+    summary = json.loads((out / "tiny" / "summary.json").read_text())
+    stages = summary["timeline"]["stages"]
+    assert [name for name in stages if "decode" in name] == ["decode"]
+    assert stages["decode"]["rows_in"] == stages["decode"]["rows_out"] == 16
+    for model in ("langsam", "unet", "resnet34_unet"):
+        assert stages[f"model:{model}"]["rows_in"] == 16
+    rows = summary["rows"]["written"]
+    assert stages["score"]["rows_in"] == 16 and stages["score"]["rows_out"] == rows
+    assert stages["write"]["rows_in"] == rows
+    trainings = [stages[f"train:{model}"] for model in ("unet", "resnet34_unet")]
+    assert all(training["batches"] == 1 for training in trainings)  # one epoch each
+    assert stages["model:langsam"]["start"] < max(training["end"] for training in trainings)
+    # The trained models' pools waited for their training, and started after it.
+    for model in ("unet", "resnet34_unet"):
+        assert stages[f"model:{model}"]["start"] >= stages[f"train:{model}"]["end"]
+
+
 def test_a_run_id_is_not_written_twice(demo_run):
     status, out, argv = demo_run
     assert job("benchmark")(argv) == 2

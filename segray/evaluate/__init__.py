@@ -28,7 +28,7 @@ from segray.evaluate.pools import actor_resources, data_limits, pool_size
 from segray.evaluate.stages import PredictStage, decode_batch, score_batch, todo_column
 from segray.models.base import ModelSpec
 from segray.models.catalogue import variants_of, version_of
-from segray.timeline import start_timeline
+from segray.timeline import start_timeline, stop_timeline
 
 StreamModel = ModelSpec | AwaitedModel
 
@@ -43,6 +43,7 @@ def evaluate(
     manifest_per_spec: Sequence[pd.DataFrame] | None = None,
     mask_person_values: Sequence[int] | None = None,
     reserve: dict[str, float] | None = None,
+    timeline=None,
 ) -> None:
     """Run every model over every manifest row and write the long-format rows as Parquet.
     `mask_person_values` names the mask values that are the person (`decode_mask_noted`).
@@ -50,17 +51,30 @@ def evaluate(
     `manifest_per_spec`, in the order of `models`, gives each model its own rows instead
     (the incremental re-evaluation computes only the pairs it lacks): the stream carries
     every image any model needs, decoded once, and a model predicts only its own.
-    `reserve` (e.g. {"CPU": 2}) is left to work beside the stream: trainings."""
+    `reserve` (e.g. {"CPU": 2}) is left to work beside the stream: trainings. `timeline`:
+    the run's (`segray.timeline.start_timeline`), which the caller keeps; without it,
+    evaluate keeps one of its own while it runs."""
+    if not models:
+        raise ValueError("no models to evaluate")
+    own_timeline = timeline is None
+    timeline = start_timeline(run_id) if own_timeline else timeline
+    try:
+        _run_stream(manifest, models, config, predictions_uri, run_id, rows_per_file, manifest_per_spec,
+                    mask_person_values, reserve, timeline)
+    finally:
+        if own_timeline:
+            stop_timeline(timeline)
+
+
+def _run_stream(manifest, models, config, predictions_uri, run_id, rows_per_file, manifest_per_spec,
+                mask_person_values, reserve, timeline) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
     from segray.evaluate.write import RowsDatasink
 
-    if not models:
-        raise ValueError("no models to evaluate")
     cluster = ray.cluster_resources()
     nodes = sum(1 for node in ray.nodes() if node["Alive"])
-    timeline = start_timeline(run_id)
     work = work_table(manifest, manifest_per_spec, len(models))
     stream = manifest_blocks(work, config.rows_per_block, cluster.get("CPU", 1.0)).map_batches(
         decode_batch, batch_size=config.decode_batch_size, num_cpus=config.cpus_per_task,
