@@ -5,7 +5,7 @@ decode each image, predict, score against its mask (metrics + PNG of the predict
 and write the rows as Parquet.
 
   plain  a torch DataLoader (num_workers=0) over the manifest rows, batches decoded by
-         `segray.evaluate.decode_batch`, then `PredictStage` and `score_batch` in this
+         `segray.evaluate.stages.decode_batch`, then `PredictStage` and `score_batch` in this
          process, and one `pyarrow.parquet.write_table`;
   ray    `segray.evaluate.evaluate` on a local Ray started by this script
          (`ray.init(num_cpus=4)`, as the tests do), Parquet write included.
@@ -39,7 +39,8 @@ import torch
 from segray.config import EvalConfig
 from segray.data.manifest import read_folder
 from segray.data.synthetic import write_synthetic
-from segray.evaluate import PredictStage, actor_threads, decode_batch, evaluate, score_batch
+from segray.evaluate import evaluate
+from segray.evaluate.stages import PredictStage, actor_threads, decode_batch, score_batch
 from segray.models.base import ModelSpec
 from segray.report.provenance import hardware
 
@@ -63,8 +64,8 @@ def plain_loop(manifest: pd.DataFrame, spec: ModelSpec, batch_size: int, threads
         num_workers=0,
         collate_fn=lambda rows: decode_batch({k: [r[k] for r in rows] for k in manifest.columns}),
     )
-    stage = PredictStage(spec, torch_threads=threads)
-    tables = [score_batch(stage(batch), "bench") for batch in loader]
+    stage = PredictStage(0, spec, [spec.name], spec.name, cpus_per_actor=threads, models_per_node=1)
+    tables = [score_batch(stage(batch), "bench", [(0, [spec.name])]) for batch in loader]
     pq.write_table(pa.concat_tables(tables), out)
 
 
@@ -120,7 +121,7 @@ def main() -> None:
           f"ray {ray.__version__}")
     print(f"work:     {n} rows ({args.images} generated 512x384 images, cycled); {args.model} "
           f"{MODEL_PARAMS[args.model]} at {args.image_size} px, untrained; batch {args.batch_size}")
-    threads = actor_threads(config, 1, gpus=torch.cuda.is_available())
+    threads = actor_threads(config.cpus_per_actor, 1, gpu=torch.cuda.is_available())
     print(f"setup:    plain torch threads {args.threads}; ray num_cpus={args.num_cpus}, 1 actor with "
           f"{args.cpus_per_actor} CPU ({threads} torch threads); best of {args.repeats}")
     print(f"ray.init: {ray_start_s:8.1f} s (not in the figures below)")

@@ -1,6 +1,6 @@
 """Where evaluation spends its time: each stage of the Ray pipeline timed alone, in one process.
 
-Runs the pipeline's own stage functions (`segray.evaluate`: decode_batch -> PredictStage ->
+Runs the pipeline's own stage functions (`segray.evaluate.stages`: decode_batch -> PredictStage ->
 score_batch -> Parquet write) over a generated set, batch by batch, without Ray, and prints
 the milliseconds per image of each stage and its share, so the next bottleneck is visible.
 The score stage is also split into its parts (ground-truth decode, resize, metrics, PNG
@@ -21,11 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from segray import storage
-from segray.data.decode import decode_mask, encode_mask, resize_mask
+from segray.data.decode import encode_mask, resize_mask
 from segray.data.manifest import read_folder
 from segray.data.synthetic import write_synthetic
-from segray.evaluate import PredictStage, decode_batch, score_batch
+from segray.evaluate.stages import PredictStage, decode_batch, score_batch
 from segray.metrics import score_masks
 from segray.models.base import ModelSpec
 from segray.report.provenance import hardware
@@ -64,30 +63,28 @@ def main() -> None:
         table = read_folder(str(root)).table
         params = {**MODEL_PARAMS[args.model], "image_size": args.image_size}
         spec = ModelSpec(args.model, params=params, device=args.device)
-        stage = PredictStage(spec, torch_threads=args.threads)
+        stage = PredictStage(0, spec, [spec.name], spec.name, cpus_per_actor=args.threads, models_per_node=1)
         inputs = batches_of(table, args.batch_size)
 
         decoded = [decode_batch(b) for b in inputs]
         predicted = [stage(b) for b in decoded]
-        scored = [score_batch(b, "bench") for b in predicted]
+        scored = [score_batch(b, "bench", [(0, [spec.name])]) for b in predicted]
         rows = pa.concat_tables(scored)
         out = Path(tmp) / "rows.parquet"
         n = len(table)
         stages = {
             "decode": best_ms(lambda: [decode_batch(b) for b in inputs], args.repeats),
             "model": best_ms(lambda: [stage(b) for b in decoded], args.repeats),
-            "score": best_ms(lambda: [score_batch(b, "bench") for b in predicted], args.repeats),
+            "score": best_ms(lambda: [score_batch(b, "bench", [(0, [spec.name])]) for b in predicted], args.repeats),
             "write": best_ms(lambda: pq.write_table(rows, out), args.repeats),
         }
 
         # The score stage's parts, on the same predictions.
-        masks = [m for b in predicted for m in b["mask"]]
-        uris = [u for b in predicted for u in b["mask_uri"]]
-        truths = [decode_mask(storage.read_bytes(u)) for u in uris]
+        masks = [m for b in predicted for m in b[f"m0:{spec.name}|mask"]]
+        truths = [t.astype(bool) for b in predicted for t in b["truth"]]  # decode_batch decoded them
         resized = [resize_mask(m.astype(bool), t.shape) for m, t in zip(masks, truths)]
         row_dicts = rows.to_pylist()
         parts = {
-            "read+decode truth": best_ms(lambda: [decode_mask(storage.read_bytes(u)) for u in uris], args.repeats),
             "resize": best_ms(lambda: [resize_mask(m.astype(bool), t.shape) for m, t in zip(masks, truths)],
                               args.repeats),
             "metrics": best_ms(lambda: [score_masks(p, t) for p, t in zip(resized, truths)], args.repeats),
