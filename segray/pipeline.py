@@ -28,7 +28,7 @@ from segray.results.scoring import ALL_SPLITS, format_table, model_summary
 from segray.run import open_run, run_failed, run_uri
 from segray.schema import ERROR
 from segray.timeline import Progress, start_timeline, stop_timeline, summarize
-from segray.trainings import Trainings, plan, trainable_models
+from segray.trainings import Trainings, plan, trainable_models, write_training
 
 if TYPE_CHECKING:
     from segray.evaluate import StreamModel
@@ -74,13 +74,18 @@ def evaluate_and_summarize(config: BenchmarkConfig, manifest: Manifest, models: 
                 evaluate(manifest.table, models, config.eval, predictions, config.run_id,
                          mask_person_values=config.mask_person_values, reserve=reserve, timeline=timeline)
         except OSError as error:  # the output went away mid-run
-            # A Ray task's error is also of its cause's type; its own message is the remote traceback.
-            cause = getattr(error, "cause", None) or error
-            raise run_failed(uri, f"{predictions}: cannot write the rows there: {storage.describe(cause)}") from error
+            raise run_failed(uri, f"{predictions}: cannot write the rows there: {describe_cause(error)}") from error
         finally:
-            if isinstance(training, Trainings):
+            trained_here = isinstance(training, Trainings)
+            if trained_here:
                 trainings, training = training, training.join()
                 unavailable = {**unavailable, **trainings.unavailable}
+    if trained_here:  # written after the stream, which a failed write must not hide
+        try:
+            write_training(uri, training)
+        except OSError as error:
+            raise run_failed(uri, f"{storage.join(uri, 'training.json')}: cannot write it: "
+                                  f"{describe_cause(error)}") from error
     specs = [spec for spec in (m.wait() if isinstance(m, AwaitedModel) else m for m in models) if spec is not None]
     expected = len(manifest.table) * sum(len(variants_of(spec)) for spec in specs)
     origin = time.time() - (time.perf_counter() - started)  # the run's start, on the wall clock the stages use
@@ -88,6 +93,12 @@ def evaluate_and_summarize(config: BenchmarkConfig, manifest: Manifest, models: 
     stop_timeline(timeline)
     return write_summary(config, manifest, expected, unavailable, training, started, scoring_split(specs, manifest),
                          stages)
+
+
+def describe_cause(error: OSError) -> str:
+    """What went wrong, in one line: a Ray task's error is also of its cause's type, and
+    its own message is the remote traceback."""
+    return storage.describe(getattr(error, "cause", None) or error)
 
 
 def scoring_split(specs: list[ModelSpec], manifest: Manifest) -> str:

@@ -75,7 +75,7 @@ def trainable_models(config: BenchmarkConfig) -> tuple[list[str], dict[str, dict
 class Trainings:
     """Trains `models` in threads, `at_once` at a time, into `<uri>/train/<model>`. With a
     `gate`, each model's gate opens with its trained spec (None when it failed) as soon as
-    its training ends, whatever happens. `join` writes training.json and returns it."""
+    its training ends, whatever happens. `join` waits for them and returns their results."""
 
     def __init__(self, config: BenchmarkConfig, manifest: Manifest, uri: str, models: list[str], at_once: int = 1,
                  gate=None, failed: dict[str, dict[str, Any]] | None = None):
@@ -93,10 +93,10 @@ class Trainings:
         return self
 
     def join(self) -> dict[str, dict[str, Any]]:
+        """Wait for every training; their results (write them with `write_training`)."""
         for future in self.futures:
             future.result()
         self.executor.shutdown()
-        storage.write_bytes(storage.join(self.uri, "training.json"), json.dumps(self.results, indent=2).encode())
         return self.results
 
     def _datasets(self) -> dict[str, Any]:
@@ -147,4 +147,11 @@ def train_models(config: BenchmarkConfig, manifest: Manifest, uri: str) -> dict[
 
     to_train, failed = trainable_models(config)
     at_once = plan(config, len(to_train), [], ray.cluster_resources()).at_once
-    return Trainings(config, manifest, uri, to_train, at_once, failed=failed).start().join()
+    results = Trainings(config, manifest, uri, to_train, at_once, failed=failed).start().join()
+    write_training(uri, results)
+    return results
+
+
+def write_training(uri: str, results: dict[str, dict[str, Any]]) -> None:
+    """The run's training.json: each trained model's best checkpoint, version and history."""
+    storage.write_bytes(storage.join(uri, "training.json"), json.dumps(results, indent=2).encode())

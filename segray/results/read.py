@@ -53,7 +53,8 @@ def committed_files(results: str) -> list[str]:
 def read_rows(source: str | list[str], columns: list[str] = SCORE_COLUMNS, positions: bool = False) -> pd.DataFrame:
     """`columns` of the rows in `source`: a folder of Parquet files (a run's predictions/;
     a missing folder has no rows) or a list of Parquet file URIs. Masks are never read
-    unless asked for. Low-cardinality strings come back as categoricals; a column that
+    unless asked for. Low-cardinality strings come back as categoricals (categories
+    sorted, so sorting by one sorts by name); a column that
     a run from before it existed lacks comes back as NaN.
 
     With `positions`, each row also gets `_file`/`_row` (its file, as an index into
@@ -102,8 +103,11 @@ def _with_columns(rows: pd.DataFrame, columns: list[str], positions: bool) -> pd
     for column in columns:
         if column not in rows:
             rows[column] = np.nan
-        if column in CATEGORICAL_COLUMNS and rows[column].dtype != "category":
-            rows[column] = rows[column].astype("category")
+        if column in CATEGORICAL_COLUMNS:
+            # Categories in sorted order, whatever order the files met them in: sorting rows
+            # by a categorical column sorts by its categories' order.
+            values = rows[column].astype("category")
+            rows[column] = values.cat.reorder_categories(sorted(values.cat.categories))
     if positions:
         for column in ("_file", "_row"):
             if column not in rows:
