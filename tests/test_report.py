@@ -178,7 +178,12 @@ def fake_run(root: Path, n_images=12) -> Path:
                "manifest": {"images": n_images},
                "finished_at": "2026-11-23T00:00:00+00:00", "training": training,
                "unavailable": {"langsam": "LangSAM GroundingDINO weights unavailable: offline\nFix one of: ..."},
-               "config": {"dataset": str(dataset), "models": MODELS}}
+               "config": {"dataset": str(dataset), "models": MODELS},
+               "timeline": {"stages": {
+                   "train:unet": {"rows_in": 4, "rows_out": 4, "batches": 4, "start": 1.0, "end": 13.5, "busy_s": 12.0,
+                                  "nodes": ["n1"]},
+                   "decode": {"rows_in": n_images, "rows_out": n_images, "batches": 2, "start": 2.0, "end": 3.0,
+                              "busy_s": 0.8, "nodes": ["n1", "n2"]}}}}
     (run / "summary.json").write_text(json.dumps(summary))
     return run
 
@@ -203,7 +208,7 @@ def test_end_to_end_report(tmp_path):
     run = fake_run(tmp_path)
     written = write_report(str(run), worst_n=3)
     report = run / "report"
-    figures = ["histograms", "ecdf", "categories", "training"] + [f"worst_{figure_name(m)}" for m in MODELS]
+    figures = ["histograms", "ecdf", "categories", "training", "timeline"] + [f"worst_{figure_name(m)}" for m in MODELS]
     for name in figures:
         assert (report / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert written[name] == str(report / f"{name}.png")
@@ -215,8 +220,8 @@ def test_end_to_end_report(tmp_path):
     alts = [i["alt"] for i in page.images]
     assert sorted(alts) == sorted(figures)
     assert all(i["src"].startswith("data:image/png;base64,") for i in page.images)  # offline: nothing linked
-    assert page.tables == 5
-    assert "Reproducibility" in page.headings
+    assert page.tables == 6
+    assert "Reproducibility" in page.headings and "Run timeline" in page.headings
 
     md = (report / "report.md").read_text()
     for name in figures:
@@ -224,6 +229,7 @@ def test_end_to_end_report(tmp_path):
     for model in MODELS:
         assert f"| {model} |" in md
     assert "HipHop" in md and "Taichi" in md
+    assert "| decode | 12 | 12 | 2.0 | 3.0 | 0.8 | 2 |" in md  # the run's own timeline, a row per stage
     assert "**langsam was not evaluated**: LangSAM GroundingDINO weights unavailable: offline" in md
     assert "langsam was not evaluated" in (report / "report.html").read_text()
     # image 5 is an error for unet: 9 common val images
@@ -331,3 +337,20 @@ def test_the_gallery_finds_subfolders_and_decodes_pairs_as_the_run_did(tmp_path)
         assert np.abs(item["image"][truth].astype(int) - (200, 150, 120)).mean() < 10
     # Without the run's person values, {0, 3, 9} has no person.
     assert not any(item["truth"].any() for item in gallery_items(read, analysis, str(dataset), 2, max_side=64)["unet"])
+
+
+def test_rows_sort_by_name_whatever_order_their_files_met_the_models_in(tmp_path):
+    """Two runs that wrote the same rows in another order sort to equal frames: the rows'
+    categorical columns list their categories by name, not by first appearance (a
+    benchmark on S3 and its local re-evaluation once compared unequal for that alone)."""
+    from segray.results.read import read_rows
+
+    rows = [{"run_id": "r", "image_id": image, "split": "val", "category": "c", "model": model, "status": "ok",
+             "iou": 0.5} for image in ("a.png", "b.png") for model in ("unet", "langsam/box_score")]
+    read = []
+    for name, order in (("first", rows), ("second", rows[::-1])):
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.Table.from_pylist(order, schema=ROW_SCHEMA), tmp_path / name / "part-0.parquet")
+        read.append(read_rows(str(tmp_path / name)).sort_values(["image_id", "model"]).reset_index(drop=True))
+    assert list(read[0]["model"]) == ["langsam/box_score", "unet"] * 2
+    assert read[0][["image_id", "model", "iou"]].equals(read[1][["image_id", "model", "iou"]])

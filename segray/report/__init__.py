@@ -48,6 +48,7 @@ from segray.report.figures import (
     figure_gallery,
     figure_histograms,
     figure_name,
+    figure_timeline,
     figure_training,
     gallery_items,
 )
@@ -90,6 +91,7 @@ def write_report(
     split = split or summary.get("split") or "val"
     analysis = analyze(rows, split, training, gpu_hour_usd, resamples, seed, cpu_hour_usd)
     analysis.unavailable = summary.get("unavailable") or {}
+    analysis.timeline = (summary.get("timeline") or {}).get("stages") or {}
     lap("statistics")
     repro = reproducibility(summary, training, {m: p["model_version"] for m, p in analysis.per_model.items()})
     lap("reproducibility")
@@ -103,6 +105,9 @@ def write_report(
     curves = figure_training(analysis)
     if curves is not None:
         pngs["training"] = curves
+    timeline = figure_timeline(analysis)
+    if timeline is not None:
+        pngs["timeline"] = timeline
     lap("figures")
     person_values = (summary.get("config") or {}).get("mask_person_values")  # the masks as the run read them
     for model, items in gallery_items(rows, analysis, summary.get("dataset_root"), worst_n,

@@ -70,6 +70,7 @@ class Analysis:
     excluded_images: int
     settings: dict[str, Any] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)  # model -> why it did not run
+    timeline: dict[str, dict[str, Any]] = field(default_factory=dict)  # summary.json's timeline stages
 
 
 def analyze(

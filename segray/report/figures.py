@@ -144,6 +144,32 @@ def figure_training(analysis: Analysis) -> bytes | None:
     return png(fig)
 
 
+def figure_timeline(analysis: Analysis) -> bytes | None:
+    """The run's stages as bars from their first start to their last end, trainings,
+    model pools and the data stages each in their own colour: what overlapped what."""
+    stages = analysis.timeline
+    if not stages:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 0.4 * len(stages) + 1.2))
+    kinds = ["train", "wait", "model"]
+    names = list(stages)
+    for y, name in enumerate(names):
+        entry = stages[name]
+        kind = name.split(":", 1)[0]
+        color = _color(kinds.index(kind)) if kind in kinds else _color(len(kinds))
+        ax.barh(y, max(entry["end"] - entry["start"], 0.1), left=entry["start"], color=color, alpha=0.8)
+        ax.text(entry["end"], y, f" {entry['rows_in']} in", va="center", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(left=0)
+    ax.set_xlabel("seconds from the run's start")
+    ax.set_title("run timeline: each stage from its first start to its last end")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return png(fig)
+
+
 def overlay(image: np.ndarray, mask: np.ndarray | None):
     """The seeds' show_masks style: magenta fill (alpha 0.6) over the image."""
     out = image.astype(np.float32) / 255.0

@@ -70,6 +70,11 @@ def tables(analysis: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
           (f"{t['train_time_s'] / 60:.1f} min" if t.get("train_time_s") is not None else "–"),
           t["error"] or t["checkpoint"] or "–"] for m, t in analysis.training.items()],
     )
+    out["timeline"] = (
+        ["stage", "rows in", "rows out", "start (s)", "end (s)", "busy (s)", "nodes"],
+        [[name, _f(t["rows_in"]), _f(t["rows_out"]), f"{t['start']:.1f}", f"{t['end']:.1f}", f"{t['busy_s']:.1f}",
+          _f(len(t["nodes"]))] for name, t in analysis.timeline.items()],
+    )
     return out
 
 
@@ -95,6 +100,12 @@ NOTES = {
         "price of one CPU actor-hour for a CPU (`--cpu-hour-usd`; unpriced without it). LangSAM variants "
         "share one inference, so they share its latency."
     ),
+    "timeline": (
+        "What each stage of the run did, from its own timeline (summary.json): rows in and out, first start "
+        "and last end in seconds from the run's start, busy time summed over its batches (parallel work can "
+        "exceed the span), and the Ray nodes it ran on. `decode` reads each image once for every model; "
+        "`wait:MODEL` is a pool waiting for its model's training; `train:MODEL` counts epochs as batches."
+    ),
 }
 
 
@@ -105,6 +116,7 @@ SECTIONS = [
     ("Pairwise comparisons", "pairs", []),
     ("Speed and cost", "cost", []),
     ("Training", "training", ["training"]),
+    ("Run timeline", "timeline", ["timeline"]),
 ]
 
 
