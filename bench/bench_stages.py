@@ -3,7 +3,7 @@
 Runs the pipeline's own stage functions (`segray.evaluate.stages`: decode_batch -> PredictStage ->
 score_batch -> Parquet write) over a generated set, batch by batch, without Ray, and prints
 the milliseconds per image of each stage and its share, so the next bottleneck is visible.
-The score stage is also split into its parts (ground-truth decode, resize, metrics, PNG
+The score stage is also split into its parts (resize, metrics, PNG
 encode, building the Arrow table). Best of `--repeats` passes per stage.
 
     python bench/bench_stages.py                                  # unet width 16 at 128 px, 64 images
