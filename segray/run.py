@@ -61,20 +61,42 @@ def run_failed(uri: str, message: str) -> RunError:
 def start_ray(address: str | None = None) -> None:
     """Join the cluster (`--ray-address`, or RAY_ADDRESS as set by `ray job submit`), or start
     a local Ray with more logical CPUs than cores: on small machines, model actors holding
-    every CPU starve the decode tasks forever."""
+    every CPU starve the decode tasks forever.
+
+    Unless the job logs at INFO (`-v`), Ray's own output stays out of the console: its
+    progress bars, Ray Data's per-dataset lines and the workers' logs (Ray Train's
+    controller warns every few seconds of a fit). All of it stays in Ray's session logs."""
     import ray
 
     if ray.is_initialized():
         return
+    verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    if not verbose:
+        quiet_ray_data()
     # Workers read and write S3 too: they need the same endpoint override. cuBLAS needs a
     # fixed workspace to be deterministic (--seed), set before CUDA starts in a worker.
     env_vars = {v: os.environ[v] for v in storage.ENDPOINT_VARIABLES if os.environ.get(v)}
     env_vars["CUBLAS_WORKSPACE_CONFIG"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     runtime_env = {"env_vars": env_vars}
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, runtime_env=runtime_env)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose)
     else:
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env)
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env,
+                 log_to_driver=verbose)
+    if not verbose:
+        print("Ray's own logs are in its session folder on the head node (by default /tmp/ray/session_latest/logs); "
+              "-v shows them here", flush=True)
+
+
+def quiet_ray_data() -> None:
+    """No progress bars (the datasets made after this carry the setting to the workers, Ray
+    Train's included) and only Ray Data's warnings on the console; its log file keeps the rest."""
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):  # the console's; the session file's is not one
+            handler.setLevel(logging.WARNING)
 
 
 def load_manifest(config: BenchmarkConfig) -> Manifest:
