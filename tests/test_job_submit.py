@@ -1,6 +1,7 @@
-"""`ray job submit` for real: a Ray head on loopback (`ray start --head`), the demo benchmark
-submitted through the Jobs API with `--working-dir` and a runtime env, exactly as the README
-tells users to run it on a cluster.
+"""`ray job submit` for real: a Ray head on loopback (`ray start --head`) and a second node
+beside it (`ray start --address`, its own logical CPUs), the demo benchmark submitted through
+the Jobs API with `--working-dir` and a runtime env, exactly as the README tells users to run
+it on a cluster; the run's own timeline shows that its work ran on both nodes.
 
 The head is its own cluster, beside the session's: the job's driver joins it by the
 RAY_ADDRESS the job supervisor sets, so nothing here touches the shared test cluster. The
@@ -46,41 +47,42 @@ def processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+def node_ports() -> list[str]:
+    """Free ports for every port of a Ray node, as `ray start` flags."""
+    flags = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+             "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"]
+    return [part for flag in flags for part in (flag, str(free_port()))]
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A Ray head on loopback with the Jobs API on a free port; yields its HTTP address."""
+    """A Ray head on loopback with the Jobs API on a free port, and a second node joined to
+    it; yields the head's HTTP address."""
     temp_dir = tmp_path_factory.mktemp("ray-head")
-    dashboard = free_port()
+    dashboard, gcs = free_port(), free_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    ports = {
-        "--port": free_port(),
-        "--dashboard-port": dashboard,
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--metrics-export-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-        "--ray-client-server-port": free_port(),
-    }
-    command = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-               "--dashboard-host", "127.0.0.1", "--include-dashboard", "true", "--num-cpus", "4",
-               "--temp-dir", str(temp_dir), "--disable-usage-stats"]
-    for flag, port in ports.items():
-        command += [flag, str(port)]
-    head = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    common = ["--block", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir), "--disable-usage-stats"]
+    head_command = [str(BIN / "ray"), "start", "--head", *common, "--port", str(gcs), "--dashboard-port", str(dashboard),
+                    "--dashboard-host", "127.0.0.1", "--include-dashboard", "true", "--num-cpus", "4",
+                    "--ray-client-server-port", str(free_port()), *node_ports()]
+    node_command = [str(BIN / "ray"), "start", "--address", f"127.0.0.1:{gcs}", *common, "--num-cpus", "2",
+                    "--resources", json.dumps({"second_node": 1}), *node_ports()]
+    nodes = [subprocess.Popen(head_command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        wait_for_jobs_api(address, head)
+        wait_for_jobs_api(address, nodes[0])
+        nodes.append(subprocess.Popen(node_command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+        wait_for_nodes(address, 2, nodes[1])
         yield address, env
     finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            head.kill()
-        for pid in processes_mentioning(str(temp_dir)):  # anything the head left behind
+        for node in reversed(nodes):
+            node.send_signal(signal.SIGTERM)
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                node.kill()
+        for pid in processes_mentioning(str(temp_dir)):  # anything the nodes left behind
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -98,6 +100,23 @@ def wait_for_jobs_api(address: str, head: subprocess.Popen, timeout: float = 120
         except OSError:
             time.sleep(1)
     raise TimeoutError(f"the Jobs API at {address} did not answer within {timeout} s")
+
+
+def wait_for_nodes(address: str, count: int, node: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the cluster has `count` alive nodes (the dashboard's node summary)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.poll() is not None:
+            raise RuntimeError(f"ray start --address exited with {node.returncode}")
+        try:
+            with urllib.request.urlopen(f"{address}/nodes?view=summary", timeout=2) as answer:
+                summary = json.loads(answer.read())["data"]["summary"]
+            if sum(n.get("raylet", {}).get("state") == "ALIVE" for n in summary) >= count:
+                return
+        except (OSError, KeyError, ValueError):
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"the cluster at {address} did not have {count} nodes within {timeout} s")
 
 
 def submit(address: str, env: dict, job_args: list[str]) -> subprocess.CompletedProcess:
@@ -125,6 +144,10 @@ def test_submitted_demo_benchmark_writes_its_run(ray_head, tmp_path):
     assert summary["training"]["unet"]["history"][0]["epoch"] == 1
     rows = pq.read_table(run / "predictions").to_pandas()
     assert sorted(rows["image_id"]) == sorted(os.listdir(tmp_path / "cache" / "synthetic-16-0" / "images"))
+    assert rows.groupby(["image_id", "model"]).size().eq(1).all()
+    # Both nodes worked: Ray Data spreads the decode and score tasks over the cluster.
+    stages = summary["timeline"]["stages"]
+    assert len({node for stage in stages.values() for node in stage["nodes"]}) == 2, stages
     assert (run / "report" / "report.html").exists()
 
 
