@@ -72,6 +72,7 @@ def start_ray(address: str | None = None) -> None:
         return
     verbose = logging.getLogger().isEnabledFor(logging.INFO)
     if not verbose:
+        logging.getLogger("ray").setLevel(logging.WARNING)  # Ray's start-up and packaging lines
         quiet_ray_data()
     # Workers read and write S3 too: they need the same endpoint override. cuBLAS needs a
     # fixed workspace to be deterministic (--seed), set before CUDA starts in a worker.
@@ -90,13 +91,14 @@ def start_ray(address: str | None = None) -> None:
 
 def quiet_ray_data() -> None:
     """No progress bars (the datasets made after this carry the setting to the workers, Ray
-    Train's included) and only Ray Data's warnings on the console; its log file keeps the rest."""
+    Train's included) and only Ray Data's errors on the console (its warnings include one
+    that the progress bars are off); its log file in Ray's session folder keeps the rest."""
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler):  # the console's; the session file's is not one
-            handler.setLevel(logging.WARNING)
+            handler.setLevel(logging.ERROR)
 
 
 def load_manifest(config: BenchmarkConfig) -> Manifest:

@@ -135,7 +135,12 @@ def test_submitted_demo_benchmark_writes_its_run(ray_head, tmp_path):
         "--image-size", "64", "--unet-epochs", "1",
     ])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "succeeded" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "succeeded" in output
+    # The console a person reads: a line per epoch and per stage, none of Ray's own chatter.
+    assert "unet epoch 1/1: train loss" in output and "decode: 16 in, 16 out" in output
+    noise = ["Starting execution of Dataset", "PlacementGroupCleaner", "Connecting to existing Ray cluster", "Progress bars"]
+    assert [line for line in noise if line in output] == []
 
     run = tmp_path / "runs" / "submitted"
     summary = json.loads((run / "summary.json").read_text())
