@@ -65,7 +65,9 @@ def parser(description: str) -> argparse.ArgumentParser:
                    "when > 1 [default: 1]")
     g.add_argument("--cpus-per-worker", type=float, help="CPUs per training worker, also its torch threads on CPU")
     g.add_argument("--gpu", dest="use_gpu", action=argparse.BooleanOptionalAction, default=None,
-                   help="train on GPUs (one per worker) [default: when the cluster has GPUs]")
+                   help="train and evaluate on GPUs: one per training worker, a GPU share per model actor "
+                   "(--gpus-per-actor) [default: when the cluster has GPUs when the job starts; pass --gpu on an "
+                   "autoscaling cluster whose GPU nodes start at zero]")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (torch.autocast + GradScaler) when training on GPU [default: on]")
     g.add_argument("--unet-base-width", type=int, help="unet's first-layer width; the seeds' is 64 (64..1024)")
@@ -111,8 +113,9 @@ def per_model(item: str, models: list[str], parse, flag: str, form: str) -> list
 
 def pool_range(text: str) -> tuple[int, int]:
     """`N` or `MIN-MAX` actors, 1 <= MIN <= MAX."""
-    low, _, high = text.partition("-")
-    low, high = int(low), int(high or low)
+    low, dash, high = text.partition("-")
+    low = int(low)
+    high = int(high) if dash else low  # "2-" is no range
     if not 1 <= low <= high:
         raise ValueError(text)
     return low, high
@@ -206,6 +209,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
             params.setdefault("langsam", {})[key] = getattr(args, flag)
 
     evaluation = config.eval
+    evaluation.use_gpu = train.use_gpu
     if args.cpus_per_actor is not None:
         evaluation.cpus_per_actor = args.cpus_per_actor
     for item in args.eval_actors or []:

@@ -22,7 +22,7 @@ class TrainConfig:
     epochs: dict[str, int] = field(default_factory=lambda: {"unet": 25, "resnet34_unet": 20})
     num_workers: int = 1  # Ray Train workers; DDP when > 1
     cpus_per_worker: float = 1.0  # also the torch threads of a CPU worker
-    use_gpu: bool | None = None  # None: use GPUs when the cluster has any
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has any (`use_gpus`)
     amp: bool = True  # torch.autocast + GradScaler, on GPU only
     seed: int = 0  # the run's seed: training's weights, data order and flips, and the report's bootstrap
 
@@ -44,6 +44,7 @@ class EvalConfig:
     cpus_per_task: float = 0.5  # of each decode and score task
     decode_batch_size: int = 16
     rows_per_block: int = 1024  # manifest rows per Ray block: fewer, larger blocks cost less per image
+    use_gpu: bool | None = None  # model actors on GPU shares; None: when the cluster has GPUs (`use_gpus`)
 
 
 @dataclass
@@ -92,6 +93,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"batch_size": {"unet": 16, "resnet34_unet": 16, "langsam": 4}},
     },
 }
+
+
+def use_gpus(choice: bool | None, cluster: dict[str, float]) -> bool:
+    """Whether to ask Ray for GPUs: as `--gpu`/`--no-gpu` said, else when the cluster has GPUs
+    now. An autoscaling cluster whose GPU nodes start at zero needs `--gpu`: its GPUs come
+    only once something asks for them."""
+    return choice if choice is not None else cluster.get("GPU", 0) > 0
 
 
 def preset(name: str) -> BenchmarkConfig:

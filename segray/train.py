@@ -27,7 +27,7 @@ import pandas as pd
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from segray import storage
-from segray.config import TrainConfig
+from segray.config import TrainConfig, use_gpus
 from segray.data.decode import decode_pair, resize_pair
 from segray.data.manifest import to_dataset
 
@@ -269,7 +269,7 @@ def train_model(
     if len(shards) != config.num_workers:
         raise ValueError(f"the datasets hold {len(shards)} training shards for {config.num_workers} workers: "
                          "cut them with training_datasets(..., num_workers)")
-    use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    use_gpu = use_gpus(config.use_gpu, ray.cluster_resources())
     loop_config = {
         "model": model,
         "params": params,

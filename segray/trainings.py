@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from segray import storage
-from segray.config import BenchmarkConfig
+from segray.config import BenchmarkConfig, use_gpus
 from segray.data.manifest import Manifest
 from segray.evaluate.pools import pools_fit
 from segray.models.base import ModelSpec
@@ -39,7 +39,7 @@ class Schedule:
 def training_resources(config: BenchmarkConfig, cluster: dict[str, float]) -> dict[str, float]:
     """What one training holds: its workers' CPUs and GPUs (`train.train_model`'s ScalingConfig)."""
     train = config.train
-    use_gpu = train.use_gpu if train.use_gpu is not None else cluster.get("GPU", 0) > 0
+    use_gpu = use_gpus(train.use_gpu, cluster)
     return {"CPU": train.num_workers * train.cpus_per_worker, "GPU": float(train.num_workers) if use_gpu else 0.0}
 
 

@@ -2,15 +2,18 @@
 
 Defaults fill the cluster: a pool autoscales from `min_actors` (1) up to one actor per
 GPU share (`gpus_per_actor`) of the cluster's GPUs, or one per node without GPUs (on a
-CPU node one actor per model already gets the node's cores as torch threads). While
-trainings run beside the stream, Ray Data's limits leave their resources to them.
+CPU node one actor per model already gets the node's cores as torch threads). The
+cluster is read when the stream starts: on an autoscaling cluster whose GPU nodes are not
+up yet, `--gpu` puts the actors on GPUs and `--eval-actors MIN-MAX` says how far the
+pools may grow. While trainings run beside the stream, Ray Data's limits leave their
+resources to them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from segray.config import EvalConfig
+from segray.config import EvalConfig, use_gpus
 
 
 def pool_size(config: EvalConfig, model: str, cluster: dict[str, float], nodes: int) -> tuple[int, int]:
@@ -29,7 +32,7 @@ def gpu_share(config: EvalConfig, model: str) -> float:
 
 def actor_resources(config: EvalConfig, model: str, cluster: dict[str, float]) -> dict[str, float]:
     """The Ray resources of one actor: its GPU share on a GPU cluster, else fractional CPUs."""
-    if cluster.get("GPU", 0) > 0:
+    if use_gpus(config.use_gpu, cluster):
         return {"num_gpus": gpu_share(config, model)}
     return {"num_cpus": config.cpus_per_actor}
 
