@@ -45,6 +45,7 @@ from segray.evaluate.stages import PredictStage, actor_threads, decode_batch, sc
 from segray.models.base import ModelSpec
 from segray.models.catalogue import variants_of
 from segray.report.provenance import hardware
+from segray.timeline import stage_lines, start_timeline, stop_timeline, summarize
 
 MODEL_PARAMS = {"unet": {"base_width": 16}, "resnet34_unet": {"encoder_weights": "none"}, "langsam": {}}
 
@@ -77,11 +78,19 @@ def plain_loop(manifest: pd.DataFrame, specs: list[ModelSpec], batch_size: int, 
     pq.write_table(pa.concat_tables(tables), out)
 
 
-def ray_pipeline(manifest: pd.DataFrame, specs: list[ModelSpec], config: EvalConfig, out: Path) -> None:
-    evaluate(manifest, specs, config, str(out), "bench")
+def ray_pipeline(manifest: pd.DataFrame, specs: list[ModelSpec], config: EvalConfig, out: Path) -> list[str]:
+    """The stream; returns its timeline's line per stage (busy time per model: where the time went)."""
+    import ray
+
+    timeline = start_timeline(f"bench-{out.name}")
+    started = time.time()
+    evaluate(manifest, specs, config, str(out), "bench", timeline=timeline)
+    lines = stage_lines(summarize(ray.get(timeline.snapshot.remote()), started))
+    stop_timeline(timeline)
     written, expected = pq.read_table(out).num_rows, len(manifest) * sum(len(variants_of(s)) for s in specs)
     if written != expected:
         raise SystemExit(f"ray wrote {written} rows, expected {expected}")
+    return lines
 
 
 def main() -> None:
@@ -96,6 +105,7 @@ def main() -> None:
                         help="torch threads of the plain loop (default: torch's, one per core)")
     parser.add_argument("--cpus-per-actor", type=float, default=EvalConfig.cpus_per_actor,
                         help="Ray CPUs of each model actor (default: EvalConfig's)")
+    parser.add_argument("--max-actors", type=int, help="each pool's maximum actors (default: EvalConfig's, as many as fit)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--num-cpus", type=int, default=4, help="ray.init(num_cpus=...) (default 4, as the tests)")
     parser.add_argument("--repeats", type=int, default=2, help="passes per side, alternating, best kept (default 2)")
@@ -107,7 +117,8 @@ def main() -> None:
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     config = EvalConfig(batch_size=dict.fromkeys(names, args.batch_size), cpus_per_actor=args.cpus_per_actor,
-                        decode_batch_size=args.batch_size)
+                        decode_batch_size=args.batch_size,
+                        max_actors=dict.fromkeys(names, args.max_actors) if args.max_actors else {})
     with tempfile.TemporaryDirectory() as tmp:
         detector, sam = save_tiny_langsam(Path(tmp) / "tiny")
         params = {"unet": {**MODEL_PARAMS["unet"], "image_size": args.image_size},
@@ -118,13 +129,13 @@ def main() -> None:
         started = time.perf_counter()
         ray.init(num_cpus=args.num_cpus, include_dashboard=False)
         ray_start_s = time.perf_counter() - started
-        plain_times, ray_times = [], []
+        plain_times, ray_times, stages = [], [], []
         for repeat in range(args.repeats):
             started = time.perf_counter()
             plain_loop(manifest, specs, args.batch_size, args.threads, Path(tmp) / f"plain-{repeat}.parquet")
             plain_times.append(time.perf_counter() - started)
             started = time.perf_counter()
-            ray_pipeline(manifest, specs, config, Path(tmp) / f"ray-{repeat}")
+            stages.append(ray_pipeline(manifest, specs, config, Path(tmp) / f"ray-{repeat}"))
             ray_times.append(time.perf_counter() - started)
         ray.shutdown()
 
@@ -142,6 +153,9 @@ def main() -> None:
     print(f"plain:    {plain_rate:8.1f} images/s   (passes {', '.join(f'{t:.1f}' for t in plain_times)} s)")
     print(f"ray:      {ray_rate:8.1f} images/s   (passes {', '.join(f'{t:.1f}' for t in ray_times)} s)")
     print(f"ratio:    {ray_rate / plain_rate:8.2f} x   (ray / plain; target >= 0.9)")
+    print("stages of the best ray pass (seconds from its start):")
+    for line in stages[ray_times.index(min(ray_times))]:
+        print("  " + line)
 
 
 if __name__ == "__main__":
