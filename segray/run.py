@@ -72,18 +72,18 @@ def start_ray(address: str | None = None) -> None:
         return
     verbose = logging.getLogger().isEnabledFor(logging.INFO)
     if not verbose:
-        logging.getLogger("ray").setLevel(logging.WARNING)  # Ray's start-up and packaging lines
         quiet_ray_data()
     # Workers read and write S3 too: they need the same endpoint override. cuBLAS needs a
     # fixed workspace to be deterministic (--seed), set before CUDA starts in a worker.
     env_vars = {v: os.environ[v] for v in storage.ENDPOINT_VARIABLES if os.environ.get(v)}
     env_vars["CUBLAS_WORKSPACE_CONFIG"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # Ray's own loggers (start-up, packaging the working dir) at its level: INFO only with -v.
+    quiet = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     runtime_env = {"env_vars": env_vars}
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose)
+        ray.init(address=address, runtime_env=runtime_env, **quiet)
     else:
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=verbose)
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env, **quiet)
     if not verbose:
         print("Ray's own logs are in its session folder on the head node (by default /tmp/ray/session_latest/logs); "
               "-v shows them here", flush=True)
