@@ -28,7 +28,7 @@ import pyarrow as pa
 from segray import storage
 from segray.data.decode import DecodedPair, PairError, decode_pair, encode_mask, resize_mask
 from segray.metrics import score_masks
-from segray.models.base import ModelSpec, Prediction, describe_device
+from segray.models.base import ModelSpec, Prediction, describe_device, predict_each
 from segray.models.catalogue import build_segmenter, version_of
 from segray.schema import ERROR, IMAGE_COLUMNS, METRIC_COLUMNS, OK, ROW_SCHEMA
 from segray.timeline import node_id, timed
@@ -149,15 +149,8 @@ class PredictStage:
         results: list[dict[str, Prediction] | None] = [None] * n
         errors: list[str | None] = [None] * n
         latency: list[float | None] = [None] * n
-        if to_predict:
-            try:
-                self._predict(batch, to_predict, results, latency)
-            except Exception:
-                for i in to_predict:
-                    try:
-                        self._predict(batch, [i], results, latency)
-                    except Exception as error:
-                        errors[i] = f"{type(error).__name__}: {error}"
+        for i, answer in zip(to_predict, predict_each(self.model, [batch["image"][i] for i in to_predict])):
+            results[i], errors[i], latency[i] = answer.predictions, answer.error, answer.latency_ms
         key = model_key(self.index)
         # A row is written where the status is set: every image the model was to predict.
         written = [bool(todo[i]) and self.model is not None for i in range(n)]
@@ -175,13 +168,6 @@ class PredictStage:
             out[prefix + "num_detections"] = [p.num_detections if p else None for p in got]
             out[prefix + "mask"] = [EMPTY_MASK if p is None or p.mask is None else p.mask.astype(np.uint8) for p in got]
         return out
-
-    def _predict(self, batch, indices, results, latency) -> None:
-        started = time.perf_counter()
-        predictions = self.model.predict([batch["image"][i] for i in indices])
-        per_image_ms = 1000 * (time.perf_counter() - started) / len(indices)
-        for i, prediction in zip(indices, predictions):
-            results[i], latency[i] = prediction, per_image_ms
 
 
 def score_batch(batch: dict[str, np.ndarray], run_id: str, models: Sequence[tuple[int, Sequence[str]]],

@@ -8,6 +8,7 @@ computed from the same forward pass. Every variant becomes its own result rows.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -50,9 +51,11 @@ class Prediction:
 
 
 class Segmenter(Protocol):
-    """A model behind the shared actor: `variants` names the rows it yields per image."""
+    """A model behind the shared actor: `variants` names the rows it yields per image;
+    `input_size` says what size the network sees (e.g. "96x96"), for the API's /models."""
 
     variants: list[str]
+    input_size: str
 
     def predict(self, images: list[np.ndarray]) -> list[dict[str, Prediction]]:
         """Segment RGB uint8 images of shape (H, W, 3); sizes may differ within a batch.
@@ -60,6 +63,39 @@ class Segmenter(Protocol):
         Returns one dict per image, mapping every name in `variants` to a Prediction.
         """
         ...
+
+
+@dataclass
+class Answer:
+    """A model's answer for one image of a batch: its predictions by variant, or the error
+    that kept it from predicting; `latency_ms` is the image's share of its batch's time."""
+
+    predictions: dict[str, Prediction] | None
+    error: str | None = None
+    latency_ms: float | None = None
+
+
+def predict_each(model: Segmenter, images: list[np.ndarray]) -> list[Answer]:
+    """One answer per image. A batch that fails is retried image by image, so one bad image
+    cannot take its neighbours down: only that image's answer carries the error. Evaluation's
+    pools and the API's replicas both predict through here."""
+    try:
+        return _predict_timed(model, images)
+    except Exception:
+        answers = []
+        for image in images:
+            try:
+                answers += _predict_timed(model, [image])
+            except Exception as error:
+                answers.append(Answer(None, f"{type(error).__name__}: {error}"))
+        return answers
+
+
+def _predict_timed(model: Segmenter, images: list[np.ndarray]) -> list[Answer]:
+    started = time.perf_counter()
+    predictions = model.predict(images)
+    per_image_ms = 1000 * (time.perf_counter() - started) / max(1, len(images))
+    return [Answer(prediction, None, per_image_ms) for prediction in predictions]
 
 
 def cpu_model() -> str:

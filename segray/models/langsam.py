@@ -141,6 +141,7 @@ class LangSAMSegmenter:
         self.variants = list(VARIANTS)
         if self.config.backend == "lang_sam":
             self._lang_sam = _build_lang_sam(self.config, self.device)
+            self.input_size = "lang_sam's own"
             return
         # Both sources are checked before transformers' model classes are imported (10-20 s
         # on a small CPU machine) and before anything loads, so bad paths fail at once.
@@ -156,6 +157,8 @@ class LangSAMSegmenter:
         self.sam_model = load_from(sam, Sam2Model.from_pretrained)
         self.detector.to(self.device).eval()
         self.sam_model.to(self.device).eval()
+        self.input_size = (f"GroundingDINO {dict(self.detector_processor.image_processor.size)}, "
+                           f"SAM2 {dict(self.sam_processor.image_processor.size)}")
 
     @classmethod
     def variants_for(cls, spec: ModelSpec) -> list[str]:

@@ -34,6 +34,7 @@ class TrainedSegmenter:
         self.network.to(memory_format=torch.channels_last).eval()
         self.transform = inference(self.image_size)
         self.variants = [spec.name]
+        self.input_size = f"{self.image_size}x{self.image_size}"
 
     @classmethod
     def version_for(cls, spec: ModelSpec) -> str | None:
