@@ -16,10 +16,51 @@ from segray import storage
 from segray.config import PRESETS, BenchmarkConfig, preset
 from segray.models.selection import TrainedModels
 
+SECTIONS = ("run", "training", "langsam", "evaluation")
 
-def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default when it has one; an option whose default is None or False
+    says in its help what applies instead (`[default: ...]`)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parser(description: str, sections: tuple[str, ...] = SECTIONS) -> argparse.ArgumentParser:
+    """The jobs' options: the models, the cluster and the checkpoint store always; then the
+    `sections` a job uses: run (dataset, output, preset, seed), training, langsam, evaluation."""
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("run")
+    if "run" in sections:
+        add_run_options(g)
+    g.add_argument("--models", help="comma-separated models: unet, resnet34_unet, langsam [default: all three]")
+    g.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (MinIO, Ceph, R2), e.g. http://host:9000; "
+                   "sets AWS_ENDPOINT_URL for this job and its Ray workers [default: AWS_ENDPOINT_URL_S3 or "
+                   "AWS_ENDPOINT_URL if set, else AWS]")
+    g.add_argument("--ray-address", help="Ray cluster to join [default: RAY_ADDRESS if set (ray job submit "
+                   "sets it), else a local Ray]")
+    g.add_argument("--checkpoint-store", "--registry", dest="checkpoint_store", metavar="URI",
+                   help="checkpoint store (local or s3://; --registry is the old spelling): train and benchmark "
+                   "record each trained model's best checkpoint there as version RUN_ID; evaluate, reevaluate "
+                   "and serve load versions from it")
+    g.add_argument("--version", action="append", metavar="MODEL=SELECTOR",
+                   help="with --checkpoint-store, the version of a trained model to use, repeatable: latest, "
+                   "best, all, or a version name (RUN_ID or the rows' MODEL@RUN_ID) [default: evaluate and serve "
+                   "latest, reevaluate all]")
+    g.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    if "training" in sections:
+        add_training_options(p.add_argument_group("training (Ray Train)"))
+    if "langsam" in sections:
+        add_langsam_options(p.add_argument_group("LangSAM (GroundingDINO + SAM2)"))
+    if "evaluation" in sections:
+        add_evaluation_options(p.add_argument_group("evaluation (Ray Data)"))
+    return p
+
+
+def add_run_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--preset", choices=sorted(PRESETS), default="seeds",
                    help="starting settings: 'seeds' is the real benchmark (Kaggle data, the seeds' recipe); "
                    "'demo' is synthetic data, narrow networks, 96px, few epochs, offline on a CPU")
@@ -35,27 +76,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", default=None,
                    help="replace an existing run with the same id (otherwise the run refuses to start)")
     g.add_argument("--cache-dir", help="where generated and downloaded datasets are kept [default: ~/.cache/segray]")
-    g.add_argument("--models", help="comma-separated models to compare: unet, resnet34_unet, langsam "
-                   "[default: all three]")
-    g.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (MinIO, Ceph, R2), e.g. http://host:9000; "
-                   "sets AWS_ENDPOINT_URL for this job and its Ray workers [default: AWS_ENDPOINT_URL_S3 or "
-                   "AWS_ENDPOINT_URL if set, else AWS]")
-    g.add_argument("--ray-address", help="Ray cluster to join [default: RAY_ADDRESS if set (ray job submit "
-                   "sets it), else a local Ray]")
-    g.add_argument("--checkpoint-store", "--registry", dest="checkpoint_store", metavar="URI",
-                   help="checkpoint store (local or s3://; --registry is the old spelling): train and benchmark "
-                   "record each trained model's best checkpoint there as version RUN_ID; evaluate and reevaluate "
-                   "load versions from it")
-    g.add_argument("--version", action="append", metavar="MODEL=SELECTOR",
-                   help="with --checkpoint-store, the version of a trained model to evaluate, repeatable: latest, "
-                   "best, all, or a version name (RUN_ID or the rows' MODEL@RUN_ID) [default: evaluate latest, "
-                   "reevaluate all]")
     g.add_argument("--seed", type=int, help="the run's seed: training's initial weights, data order, shards and "
                    "flips, and the report's bootstrap; the same seed, data and settings repeat a CPU run bit for "
                    "bit [default: 0]")
-    g.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
-    g = p.add_argument_group("training (Ray Train)")
+
+def add_training_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--image-size", type=int, help="square training/inference input size [seeds: 256]")
     g.add_argument("--batch-size", type=int, help="training batch size per worker [seeds: 16]")
     g.add_argument("--lr", type=float, help="Adam learning rate [seeds: 1e-4]")
@@ -74,7 +100,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--resnet-encoder-weights", help="resnet34_unet encoder init: imagenet (downloads "
                    "smp-hub/resnet34.imagenet), none, or a local .pth/.safetensors ResNet34 state dict")
 
-    g = p.add_argument_group("LangSAM (GroundingDINO + SAM2)")
+
+
+def add_langsam_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--langsam-detector", help="GroundingDINO: hub id or save_pretrained folder "
                    "[default: IDEA-Research/grounding-dino-base]")
     g.add_argument("--langsam-sam", help="SAM2: hub id or save_pretrained folder [default: facebook/sam2.1-hiera-small]")
@@ -87,7 +115,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--langsam-backend", choices=["transformers", "lang_sam"],
                    help="transformers (default) or the lang_sam package if installed")
 
-    g = p.add_argument_group("evaluation (Ray Data)")
+
+
+def add_evaluation_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--eval-actors", action="append", metavar="[MODEL=]MIN[-MAX]",
                    help="size of a model's actor pool (of every model's without MODEL=), repeatable: N actors, or "
                    "autoscaling between MIN and MAX [default: from 1 to as many as the cluster holds: one per GPU "
@@ -98,7 +128,6 @@ def parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--gpus-per-actor", action="append", metavar="[MODEL=]F",
                    help="GPU share of one model actor when the cluster has GPUs, repeatable "
                    "[default: unet=0.25 resnet34_unet=0.25 langsam=0.5]")
-    return p
 
 
 def per_model(item: str, models: list[str], parse, flag: str, form: str) -> list[tuple[str, Any]]:
@@ -178,47 +207,49 @@ def trained_models_from_args(p: argparse.ArgumentParser, args: argparse.Namespac
 
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
-    """The preset, with every flag that was given applied on top."""
+    """The preset, with every flag that was given applied on top (a job without an option's
+    section has none of its flags: the preset's value stays)."""
+    given = vars(args).get
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.s3_endpoint_url:
-        os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint_url
-    config = preset(args.preset)
+    if given("s3_endpoint_url"):
+        os.environ["AWS_ENDPOINT_URL"] = given("s3_endpoint_url")
+    config = preset(given("preset", "seeds"))
     for flag in ("dataset", "mask_person_values", "output", "run_id", "overwrite", "cache_dir"):
-        if getattr(args, flag) is not None:
-            setattr(config, flag, getattr(args, flag))
-    if args.models:
-        config.models = [m.strip() for m in args.models.split(",") if m.strip()]
+        if given(flag) is not None:
+            setattr(config, flag, given(flag))
+    if given("models"):
+        config.models = [m.strip() for m in given("models").split(",") if m.strip()]
 
     train = config.train
     for flag in ("image_size", "batch_size", "lr", "num_workers", "cpus_per_worker", "use_gpu", "amp", "seed"):
-        if getattr(args, flag) is not None:
-            setattr(train, flag, getattr(args, flag))
-    if args.unet_epochs is not None:
-        train.epochs["unet"] = args.unet_epochs
-    if args.resnet_epochs is not None:
-        train.epochs["resnet34_unet"] = args.resnet_epochs
+        if given(flag) is not None:
+            setattr(train, flag, given(flag))
+    if given("unet_epochs") is not None:
+        train.epochs["unet"] = given("unet_epochs")
+    if given("resnet_epochs") is not None:
+        train.epochs["resnet34_unet"] = given("resnet_epochs")
 
     params = config.model_params
-    if args.unet_base_width is not None:
-        params.setdefault("unet", {})["base_width"] = args.unet_base_width
-    if args.resnet_encoder_weights is not None:
-        params.setdefault("resnet34_unet", {})["encoder_weights"] = args.resnet_encoder_weights
+    if given("unet_base_width") is not None:
+        params.setdefault("unet", {})["base_width"] = given("unet_base_width")
+    if given("resnet_encoder_weights") is not None:
+        params.setdefault("resnet34_unet", {})["encoder_weights"] = given("resnet_encoder_weights")
     for flag, key in LANGSAM_FLAGS.items():
-        if getattr(args, flag) is not None:
-            params.setdefault("langsam", {})[key] = getattr(args, flag)
+        if given(flag) is not None:
+            params.setdefault("langsam", {})[key] = given(flag)
 
     evaluation = config.eval
     evaluation.use_gpu = train.use_gpu
-    if args.cpus_per_actor is not None:
-        evaluation.cpus_per_actor = args.cpus_per_actor
-    for item in args.eval_actors or []:
+    if given("cpus_per_actor") is not None:
+        evaluation.cpus_per_actor = given("cpus_per_actor")
+    for item in given("eval_actors") or []:
         for model, (low, high) in per_model(item, config.models, pool_range, "--eval-actors", "[MODEL=]MIN[-MAX]"):
             evaluation.min_actors[model], evaluation.max_actors[model] = low, high
-    for item in args.gpus_per_actor or []:
+    for item in given("gpus_per_actor") or []:
         for model, share in per_model(item, config.models, float, "--gpus-per-actor", "[MODEL=]F"):
             evaluation.gpus_per_actor[model] = share
-    for item in args.eval_batch_size or []:
+    for item in given("eval_batch_size") or []:
         model, _, size = item.partition("=")
         if not size.isdigit():
             raise SystemExit(f"--eval-batch-size expects MODEL=N, got {item!r}")

@@ -33,6 +33,15 @@ def test_flags_override_the_preset():
     assert config.model_params["resnet34_unet"]["encoder_weights"] == "none"
 
 
+def test_help_shows_real_defaults_and_never_none():
+    """An option without a default says in its help what applies; argparse's "(default: None)"
+    beside it would contradict that."""
+    text = " ".join(parser("test").format_help().split())
+    assert "default: None" not in text and "default: False" not in text
+    assert "[default: all three]" in text
+    assert "(default: seeds)" in text
+
+
 def test_a_run_dir_is_refused_or_replaced_whole(tmp_path):
     run = tmp_path / "run"
     (run / "predictions").mkdir(parents=True)
