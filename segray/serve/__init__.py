@@ -1,0 +1,56 @@
+"""The benchmark's models as an HTTP API on Ray Serve: one deployment per model (batching
+the requests that wait, autoscaling between a minimum and a maximum of replicas) behind a
+FastAPI ingress. `jobs/serve.py` runs it; `serve deploy jobs/serve_config.yaml` deploys
+it on a cluster through `build_app`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from segray.models.catalogue import variants_of
+from segray.serve.api import Api
+from segray.serve.options import DEFAULT_REPLICAS, ServeSettings, serve_settings_from_config
+from segray.serve.replica import ModelServer
+
+APP_NAME = "segray"
+
+
+def application(settings: ServeSettings) -> Application:
+    """The Serve application of `settings`."""
+    servers = {}
+    for spec in settings.specs:
+        model = spec.name
+        batch = settings.max_batch_size[model]
+        servers[model] = ModelServer.options(
+            name=model,
+            max_ongoing_requests=2 * batch,
+            ray_actor_options={"num_cpus": settings.cpus_per_replica,
+                               "num_gpus": settings.gpus_per_replica[model] if settings.use_gpu else 0},
+            **_replicas(settings.replicas.get(model, DEFAULT_REPLICAS), target=batch),
+        ).bind(spec, settings.default_variants[model], batch, settings.batch_wait_ms / 1000,
+               settings.cpus_per_replica, len(settings.specs))
+    most = max(high for _, high in (settings.replicas.get(s.name, DEFAULT_REPLICAS) for s in settings.specs))
+    return Api.options(
+        name="api",
+        max_ongoing_requests=256,  # the ingress awaits the models: it must pass on enough to fill their batches
+        ray_actor_options={"num_cpus": settings.cpus_per_replica},
+        **_replicas((1, most), target=64),
+    ).bind(servers, {spec.name: variants_of(spec) for spec in settings.specs}, settings.default_variants,
+           settings.unavailable, settings.max_pixels, settings.max_bytes)
+
+
+def _replicas(bounds: tuple[int, int], target: int) -> dict[str, Any]:
+    """A fixed number of replicas, or autoscaling on `target` requests waiting per replica."""
+    low, high = bounds
+    if low == high:
+        return {"num_replicas": low}
+    return {"autoscaling_config": {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target}}
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve's application builder (`import_path: segray.serve:build_app`): `args` are
+    jobs/serve.py's options by their long names, e.g. {"checkpoints_from": "s3://b/runs/x"}."""
+    return application(serve_settings_from_config(args))
