@@ -58,15 +58,19 @@ def node_ports() -> list[str]:
 def ray_head(tmp_path_factory):
     """A Ray head on loopback with the Jobs API on a free port, and a second node joined to
     it; yields the head's HTTP address."""
-    temp_dir = tmp_path_factory.mktemp("ray-head")
+    # Each node has its own temp dir, as on separate hosts: nodes that share one also share
+    # the runtime env's unpacked working_dir, and the second node's agent unpacking it again
+    # pulls the directory out from under the job's driver (its cwd vanishes mid-import).
+    temp_dir, node_temp_dir = tmp_path_factory.mktemp("ray-head"), tmp_path_factory.mktemp("ray-node")
     dashboard, gcs = free_port(), free_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    common = ["--block", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir), "--disable-usage-stats"]
-    head_command = [str(BIN / "ray"), "start", "--head", *common, "--port", str(gcs), "--dashboard-port", str(dashboard),
+    common = ["--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    head_command = [str(BIN / "ray"), "start", "--head", *common, "--temp-dir", str(temp_dir), "--port", str(gcs), "--dashboard-port", str(dashboard),
                     "--dashboard-host", "127.0.0.1", "--include-dashboard", "true", "--num-cpus", "4",
                     "--ray-client-server-port", str(free_port()), *node_ports()]
-    node_command = [str(BIN / "ray"), "start", "--address", f"127.0.0.1:{gcs}", *common, "--num-cpus", "2",
+    node_command = [str(BIN / "ray"), "start", "--address", f"127.0.0.1:{gcs}", *common, "--temp-dir", str(node_temp_dir),
+                    "--num-cpus", "2",
                     "--resources", json.dumps({"second_node": 1}), *node_ports()]
     nodes = [subprocess.Popen(head_command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
     address = f"http://127.0.0.1:{dashboard}"
@@ -82,8 +86,8 @@ def ray_head(tmp_path_factory):
                 node.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 node.kill()
-        for pid in processes_mentioning(str(temp_dir)):  # anything the nodes left behind
-            try:
+        for pid in processes_mentioning(str(temp_dir)) + processes_mentioning(str(node_temp_dir)):
+            try:  # anything the nodes left behind
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
