@@ -66,7 +66,8 @@ def ray_head(tmp_path_factory):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     common = ["--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-    head_command = [str(BIN / "ray"), "start", "--head", *common, "--temp-dir", str(temp_dir), "--port", str(gcs), "--dashboard-port", str(dashboard),
+    head_command = [str(BIN / "ray"), "start", "--head", *common, "--temp-dir", str(temp_dir), "--port", str(gcs),
+                    "--dashboard-port", str(dashboard),
                     "--dashboard-host", "127.0.0.1", "--include-dashboard", "true", "--num-cpus", "4",
                     "--ray-client-server-port", str(free_port()), *node_ports()]
     node_command = [str(BIN / "ray"), "start", "--address", f"127.0.0.1:{gcs}", *common, "--temp-dir", str(node_temp_dir),
