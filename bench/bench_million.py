@@ -107,7 +107,7 @@ def main() -> None:
 
     import ray
 
-    config = EvalConfig(batch_size={"unet": 64}, decode_batch_size=64)
+    config = EvalConfig(batch_size={"unet": 64}, decode_batch_size=64, rows_per_file=args.rows_per_file)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pairs = write_pairs(tmp / "set", args.files)
@@ -120,7 +120,7 @@ def main() -> None:
         built_s = time.perf_counter() - started
         found: dict = {}
         watcher = first_file_watch(tmp / "predictions", started, found)
-        evaluate(table, [SPEC], config, str(tmp / "predictions"), "bench", rows_per_file=args.rows_per_file)
+        evaluate(table, [SPEC], config, str(tmp / "predictions"), "bench")
         wall = time.perf_counter() - started
         found.setdefault("s", None)
         watcher.join()

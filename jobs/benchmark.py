@@ -6,10 +6,11 @@
 Writes OUTPUT/RUN_ID/{train/, training.json, predictions/*.parquet, summary.json, report/} and
 prints mean IoU per model on the validation split. With --checkpoint-store URI, each trained
 model's best checkpoint is recorded there as version RUN_ID, the version its rows carry.
-Exits 1 when a model failed to train, rows are missing or any row has status error (the run
-is "partial"), 2 on bad arguments or an unusable dataset/output. A model that cannot run for
-lack of weights (LangSAM offline) is reported as unavailable in the summary and does not
-fail the run.
+Exits 1 when a model failed to train, rows are missing, any row has status error (the run
+is "partial") or recording in the checkpoint store failed, 2 on bad arguments or an unusable
+dataset/output. A model that cannot run for lack of weights (LangSAM offline) is reported as
+unavailable in the summary and does not fail the run. Ctrl-C or SIGTERM stops the run
+(exit 130 or 143; run.json says "interrupted"); --resume then finishes it.
 """
 
 from __future__ import annotations
@@ -19,19 +20,21 @@ import sys
 from segray.cli import config_from_args, parser
 from segray.errors import DatasetError, RunError
 from segray.pipeline import print_summary, run_benchmark
+from segray.run import stop_on_signals
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.split("\n\n")[0]).parse_args(argv)
     config = config_from_args(args)
     try:
-        summary = run_benchmark(config, args.ray_address, args.checkpoint_store)
+        with stop_on_signals(config):
+            summary = run_benchmark(config, args.ray_address, args.checkpoint_store)
     except (DatasetError, RunError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print_summary(summary)
     print(f"run written to {config.output}/{config.run_id}")
-    return 0 if summary["status"] == "complete" else 1
+    return 0 if summary["status"] == "complete" and summary.get("recorded", True) else 1
 
 
 if __name__ == "__main__":

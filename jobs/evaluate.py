@@ -10,7 +10,8 @@ training run's training.json (--checkpoints-from), in that order of precedence. 
 names its weights in `model_version`. Writes OUTPUT/RUN_ID/predictions/, OUTPUT/RUN_ID/summary.json
 and the report (OUTPUT/RUN_ID/report/) into a new run. Exits 1 when rows are missing, any row
 has status error (the run is "partial") or no model could run, 2 on bad arguments, an unusable
-dataset/output or a --version that names no version.
+dataset/output or a --version that names no version. Ctrl-C or SIGTERM stops it (exit 130
+or 143); --resume then evaluates only the (image, model) pairs that have no rows.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from segray.cli import add_checkpoint_options, config_from_args, parser, trained
 from segray.errors import CheckpointStoreError, DatasetError, RunError
 from segray.models.selection import models_to_evaluate
 from segray.pipeline import evaluate_and_summarize, print_summary, write_report_logged
-from segray.run import open_run, run_uri
+from segray.run import enter_stage, open_run, run_uri, stop_on_signals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,14 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     trained = trained_models_from_args(p, args, default_selector="latest")
     try:
-        specs, unavailable = models_to_evaluate(config, trained)
-        manifest = open_run(config, args.ray_address)
-        summary = evaluate_and_summarize(config, manifest, specs, unavailable, trained.training, started)
+        with stop_on_signals(config):
+            specs, unavailable = models_to_evaluate(config, trained)
+            manifest = open_run(config, args.ray_address)
+            summary = evaluate_and_summarize(config, manifest, specs, unavailable, trained.training, started)
+            print_summary(summary)
+            enter_stage(run_uri(config), "report")
+            write_report_logged(run_uri(config))
     except (DatasetError, RunError, CheckpointStoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print_summary(summary)
-    write_report_logged(run_uri(config))
     return 0 if summary["status"] == "complete" else 1
 
 

@@ -7,6 +7,8 @@ kept) and OUTPUT/RUN_ID/training.json, which jobs/evaluate.py --checkpoints-from
 With --checkpoint-store URI, each trained model's best checkpoint is also recorded in the
 checkpoint store as version RUN_ID (segray/models/store.py); a failure to record exits 1.
 Exits 1 when a model failed to train, 2 on bad arguments or an unusable dataset/output.
+Ctrl-C or SIGTERM stops it (exit 130 or 143); --resume then reuses the trainings that
+finished and resumes the others from their latest checkpoints.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from segray.cli import config_from_args, parser
 from segray.errors import DatasetError, RunError
 from segray.pipeline import record_trained
-from segray.run import open_run, run_uri
+from segray.run import enter_stage, open_run, run_uri, stop_on_signals
 from segray.trainings import train_models
 
 
@@ -24,12 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.split("\n\n")[0]).parse_args(argv)
     config = config_from_args(args)
     try:
-        manifest = open_run(config, args.ray_address)
+        with stop_on_signals(config):
+            manifest = open_run(config, args.ray_address)
+            enter_stage(run_uri(config), "train")
+            results = train_models(config, manifest, run_uri(config))
+            recorded = record_trained(args.checkpoint_store, config, manifest, results) if args.checkpoint_store else True
     except (DatasetError, RunError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    results = train_models(config, manifest, run_uri(config))
-    recorded = record_trained(args.checkpoint_store, config, manifest, results) if args.checkpoint_store else True
     for model, result in results.items():
         if "error" in result:
             print(f"{model}: FAILED: {result['error']}")

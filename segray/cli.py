@@ -75,6 +75,10 @@ def add_run_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--run-id", help="name of this run [default: the UTC time, YYYYmmdd-HHMMSS]")
     g.add_argument("--overwrite", action="store_true", default=None,
                    help="replace an existing run with the same id (otherwise the run refuses to start)")
+    g.add_argument("--resume", action="store_true", default=None,
+                   help="continue the interrupted or crashed run with this --run-id: finished trainings are "
+                   "reused, one in progress resumes from its latest checkpoint, and only the (image, model) "
+                   "pairs without rows are evaluated; refused if its dataset or settings changed")
     g.add_argument("--cache-dir", help="where generated and downloaded datasets are kept [default: ~/.cache/segray]")
     g.add_argument("--seed", type=int, help="the run's seed: training's initial weights, data order, shards and "
                    "flips, and the report's bootstrap; the same seed, data and settings repeat a CPU run bit for "
@@ -125,6 +129,8 @@ def add_evaluation_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--eval-batch-size", action="append", metavar="MODEL=N",
                    help="inference batch size of a model, repeatable [default: unet=16 resnet34_unet=16 langsam=4]")
     g.add_argument("--cpus-per-actor", type=float, help="CPUs per model actor without GPUs [default: 0.5]")
+    g.add_argument("--rows-per-file", type=int, help="rows per Parquet file, at least; an interruption loses the "
+                   "rows not yet in a file, which --resume evaluates again [default: 5000]")
     g.add_argument("--gpus-per-actor", action="append", metavar="[MODEL=]F",
                    help="GPU share of one model actor when the cluster has GPUs, repeatable "
                    "[default: unet=0.25 resnet34_unet=0.25 langsam=0.5]")
@@ -215,9 +221,13 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     if given("s3_endpoint_url"):
         os.environ["AWS_ENDPOINT_URL"] = given("s3_endpoint_url")
     config = preset(given("preset", "seeds"))
-    for flag in ("dataset", "mask_person_values", "output", "run_id", "overwrite", "cache_dir"):
+    for flag in ("dataset", "mask_person_values", "output", "run_id", "overwrite", "resume", "cache_dir"):
         if given(flag) is not None:
             setattr(config, flag, given(flag))
+    if config.resume and config.overwrite:
+        raise SystemExit("--resume and --overwrite exclude each other: continue the run, or replace it")
+    if config.resume and not given("run_id"):
+        raise SystemExit("--resume needs the --run-id of the run to continue")
     if given("models"):
         config.models = [m.strip() for m in given("models").split(",") if m.strip()]
 
@@ -241,8 +251,9 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
 
     evaluation = config.eval
     evaluation.use_gpu = train.use_gpu
-    if given("cpus_per_actor") is not None:
-        evaluation.cpus_per_actor = given("cpus_per_actor")
+    for flag in ("cpus_per_actor", "rows_per_file"):
+        if given(flag) is not None:
+            setattr(evaluation, flag, given(flag))
     for item in given("eval_actors") or []:
         for model, (low, high) in per_model(item, config.models, pool_range, "--eval-actors", "[MODEL=]MIN[-MAX]"):
             evaluation.min_actors[model], evaluation.max_actors[model] = low, high

@@ -44,6 +44,8 @@ class EvalConfig:
     cpus_per_task: float = 0.5  # of each decode and score task
     decode_batch_size: int = 16
     rows_per_block: int = 1024  # manifest rows per Ray block: fewer, larger blocks cost less per image
+    # Rows per Parquet file, at least: an interruption loses the rows not yet in a file.
+    rows_per_file: int = 5000
     use_gpu: bool | None = None  # model actors on GPU shares; None: when the cluster has GPUs (`use_gpus`)
 
 
@@ -57,6 +59,7 @@ class BenchmarkConfig:
     # segray.data.decode.decode_mask_noted (a two-valued mask's larger value, else > 127).
     mask_person_values: list[int] | None = None
     overwrite: bool = False
+    resume: bool = False  # continue the unfinished run of this id (segray.run.prepare_run_dir)
     models: list[str] = field(default_factory=lambda: ["unet", "resnet34_unet", "langsam"])
     model_params: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {

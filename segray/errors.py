@@ -29,3 +29,4 @@ class LockHeld(RuntimeError):
 
 class IncompleteRun(FileNotFoundError):
     """The run directory has no summary.json: the run did not finish."""
+

@@ -14,21 +14,25 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 from segray import storage
 from segray.config import BenchmarkConfig
 from segray.data.manifest import Manifest
 from segray.errors import CheckpointStoreError
 from segray.evaluate.awaited import AwaitedModel, start_gate
 from segray.models.base import ModelSpec
-from segray.models.catalogue import TRAINABLE, variants_of
+from segray.models.catalogue import variants_of, version_of
+from segray.models.checkpoint import version_key
 from segray.models.selection import TrainedModels, models_to_evaluate
 from segray.models.store import record_training
 from segray.results.read import read_rows
+from segray.results.resume import done_images
 from segray.results.scoring import ALL_SPLITS, format_table, model_summary
-from segray.run import open_run, run_failed, run_uri
+from segray.run import enter_stage, open_run, read_record, run_failed, run_uri, update_record
 from segray.schema import ERROR
 from segray.timeline import Progress, start_timeline, stop_timeline, summarize
-from segray.trainings import Trainings, plan, trainable_models, write_training
+from segray.trainings import Trainings, finished_trainings, plan, trainable_models, write_training
 
 if TYPE_CHECKING:
     from segray.evaluate import StreamModel
@@ -56,22 +60,27 @@ def record_trained(store: str, config: BenchmarkConfig, manifest: Manifest,
 
 def evaluate_and_summarize(config: BenchmarkConfig, manifest: Manifest, models: list[StreamModel],
                            unavailable: dict[str, str], training: dict[str, dict[str, Any]] | Trainings,
-                           started: float, reserve: dict[str, float] | None = None, timeline=None) -> dict[str, Any]:
+                           started: float, reserve: dict[str, float] | None = None, timeline=None,
+                           reused: list[str] | None = None) -> dict[str, Any]:
     """Evaluate `models` into the run's predictions/, then write summary.json (last) and
     return it. `training` may be the `Trainings` running beside the stream (whose models
     are among `models`, awaited): they are joined once the stream ends. `timeline`: the
-    run's, when it started before (to see the trainings); it is stopped here."""
+    run's, when it started before (to see the trainings); it is stopped here. A resumed
+    run (`config.resume`) evaluates only the pairs without rows; `reused` names the
+    trainings it took from its earlier attempt, for the summary's `resumed`."""
     import ray
 
-    from segray.evaluate import evaluate, stage_labels
+    from segray.evaluate import evaluate, stage_labels, variants
 
     uri = run_uri(config)
     predictions = storage.join(uri, "predictions")
+    enter_stage(uri, "evaluate" if not isinstance(training, Trainings) or not training.models else "train+evaluate")
+    to_do = pending_per_model(config, manifest, models, predictions) if config.resume else None
     timeline = timeline or start_timeline(config.run_id)
     with Progress(timeline, len(manifest.table), stage_labels(models), config.train.epochs):
         try:
-            if models:
-                evaluate(manifest.table, models, config.eval, predictions, config.run_id,
+            if models and (to_do is None or any(len(table) for table in to_do)):
+                evaluate(manifest.table, models, config.eval, predictions, config.run_id, manifest_per_spec=to_do,
                          mask_person_values=config.mask_person_values, reserve=reserve, timeline=timeline)
         except OSError as error:  # the output went away mid-run
             raise run_failed(uri, f"{predictions}: cannot write the rows there: {describe_cause(error)}") from error
@@ -91,8 +100,31 @@ def evaluate_and_summarize(config: BenchmarkConfig, manifest: Manifest, models: 
     origin = time.time() - (time.perf_counter() - started)  # the run's start, on the wall clock the stages use
     stages = summarize(ray.get(timeline.snapshot.remote()), origin)
     stop_timeline(timeline)
+    enter_stage(uri, "summary")
+    resumed = None
+    if config.resume:
+        rows_reused = sum((len(manifest.table) - len(table)) * len(variants(model)) for table, model in zip(to_do, models))
+        resumed = {"attempts": read_record(uri).get("attempts", 1), "trainings_reused": sorted(reused or []),
+                   "rows_reused": rows_reused}
     return write_summary(config, manifest, expected, unavailable, training, started, scoring_split(specs, manifest),
-                         stages)
+                         stages, resumed)
+
+
+def pending_per_model(config: BenchmarkConfig, manifest: Manifest, models: list[StreamModel],
+                      predictions: str) -> list[pd.DataFrame]:
+    """Per stream model, the manifest rows whose (image, model version) pair has no rows yet
+    in `predictions` (`segray.results.resume.done_images`). A model trained in this run
+    has the version `model@<run id>` before it finishes."""
+    from segray.evaluate import variants
+
+    versions = [version_of(m) if isinstance(m, ModelSpec) else version_key(m.name, config.run_id) for m in models]
+    done = done_images(predictions, {version: variants(m) for version, m in zip(versions, models)})
+    table = manifest.table
+    pending = [table[~table["image_id"].isin(done[version])] for version in versions]
+    for model, version, rows in zip(models, versions, pending):
+        print(f"resume: {model.name} ({version}) has rows for {len(table) - len(rows)} of {len(table)} images; "
+              f"evaluating {len(rows)}")
+    return pending
 
 
 def describe_cause(error: OSError) -> str:
@@ -110,9 +142,11 @@ def scoring_split(specs: list[ModelSpec], manifest: Manifest) -> str:
 
 def write_summary(config: BenchmarkConfig, manifest: Manifest, expected_rows: int, unavailable: dict[str, str],
                   training: dict[str, dict[str, Any]], started: float, split: str = "val",
-                  timeline: dict[str, Any] | None = None) -> dict[str, Any]:
+                  timeline: dict[str, Any] | None = None, resumed: dict[str, Any] | None = None) -> dict[str, Any]:
     """summary.json from the run's rows, as they are (written last: the run is finished),
-    scored on `split` (`scoring_split`), with the run's `timeline` (`segray.timeline.summarize`)."""
+    scored on `split` (`scoring_split`), with the run's `timeline` (`segray.timeline.summarize`)
+    and, for a resumed run, what it reused (`resumed`: attempts, trainings_reused, rows_reused
+    and rows_computed)."""
     uri = run_uri(config)
     predictions = storage.join(uri, "predictions")
     try:
@@ -151,7 +185,10 @@ def write_summary(config: BenchmarkConfig, manifest: Manifest, expected_rows: in
         "timeline": timeline or {"stages": {}},
         "config": config.to_dict(),
     }
+    if resumed is not None:
+        summary["resumed"] = {**resumed, "rows_computed": len(rows) - resumed["rows_reused"]}
     storage.write_bytes(storage.join(uri, "summary.json"), json.dumps(summary, indent=2, default=str).encode())
+    update_record(uri, status=summary["status"], finished_at=summary["finished_at"])
     return summary
 
 
@@ -161,7 +198,9 @@ def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None, store
     The models that need no training are evaluated while the others train: each trained
     model's pool joins the stream when its training ends (`segray.trainings.plan` says
     whether the cluster holds both; if not, training goes first). With `store`, each
-    trained model's best checkpoint is recorded there, under the version its rows carry."""
+    trained model's best checkpoint is recorded there, under the version its rows carry, and
+    the returned summary (not the file, written before) says whether that worked: `recorded`.
+    With `config.resume`, the trainings an earlier attempt finished are reused."""
     import ray
 
     started = time.perf_counter()
@@ -169,21 +208,26 @@ def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None, store
     uri = run_uri(config)
     timeline = start_timeline(config.run_id)  # before the trainings, which report their epochs to it
     to_train, failed = trainable_models(config)
-    ready, unavailable = models_to_evaluate(replace(config, models=[m for m in config.models if m not in TRAINABLE]),
-                                            TrainedModels())
+    reused = {m: r for m, r in finished_trainings(uri).items() if m in to_train} if config.resume else {}
+    to_train = [m for m in to_train if m not in reused]
+    untrained = [m for m in config.models if m not in to_train and m not in failed]  # LangSAM, reused trainings
+    ready, unavailable = models_to_evaluate(replace(config, models=untrained), TrainedModels(training=reused))
     unavailable.update({model: result["error"] for model, result in failed.items()})
     gate = start_gate()
     awaited = [AwaitedModel(model, variants_of(ModelSpec(model)), gate) for model in to_train]
     schedule = plan(config, len(to_train), [m.name for m in [*ready, *awaited]], ray.cluster_resources())
     log.info("trainings at once: %d; evaluation %s", schedule.at_once,
              "beside them" if schedule.overlap else "after them (the cluster cannot hold both)")
-    trainings = Trainings(config, manifest, uri, to_train, schedule.at_once, gate, failed).start()
+    trainings = Trainings(config, manifest, uri, to_train, schedule.at_once, gate, {**failed, **reused}).start()
     if not schedule.overlap:
+        enter_stage(uri, "train")
         trainings.join()
     summary = evaluate_and_summarize(config, manifest, [*ready, *awaited], unavailable, trainings, started,
-                                     reserve=schedule.reserve, timeline=timeline)
+                                     reserve=schedule.reserve, timeline=timeline, reused=list(reused))
     if store:
-        record_trained(store, config, manifest, summary["training"])
+        enter_stage(uri, "checkpoint store")
+        summary["recorded"] = record_trained(store, config, manifest, summary["training"])
+    enter_stage(uri, "report")
     write_report_logged(uri)
     return summary
 

@@ -1,7 +1,9 @@
 """A run's lifecycle: its id, its folder, its manifest and its Ray.
 
 Run layout under `<output>/<run_id>/`:
-  run.json            written first: the run id was claimed and the location is writable
+  run.json            written first: the run id was claimed and the location is writable;
+                      then its status (running, interrupted, failed), stage, attempts and
+                      what a resumed attempt must share with the first (`RESUMED_SETTINGS`)
   train/<model>/      Ray Train's storage (checkpoints, metrics) per trained model
   training.json       the best checkpoint, version and per-epoch history of each trained model
   predictions/        the long-format Parquet rows (`segray.schema.ROW_SCHEMA`)
@@ -14,7 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 from segray import storage
 from segray.config import BenchmarkConfig
@@ -22,6 +30,12 @@ from segray.data.manifest import DEFAULT_CACHE_DIR, Manifest, build_manifest
 from segray.errors import DatasetError, RunError, RunExists
 
 log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+# What the rows of a run depend on: a resumed attempt must have the same as the first.
+# How it runs (output, cache, the evaluation's pools and batches) may change between attempts.
+RESUMED_SETTINGS = ("dataset", "mask_person_values", "models", "model_params", "train")
+SHUTDOWN_WAIT_S = 20  # after an interrupt, how long Ray gets to stop before the process exits
 
 
 def new_run_id() -> str:
@@ -32,29 +46,87 @@ def run_uri(config: BenchmarkConfig) -> str:
     return storage.join(config.output, config.run_id)
 
 
-def prepare_run_dir(uri: str, overwrite: bool) -> None:
-    """A run id is written once: an existing run is refused, or removed whole with overwrite,
-    so rows are never appended twice. Writing `run.json` first proves the location works
-    (endpoint, bucket, credentials) before any work starts."""
+def prepare_run_dir(uri: str, overwrite: bool, resume: bool = False, config: dict[str, Any] | None = None) -> None:
+    """A run id is written once: an existing run is refused, removed whole with overwrite,
+    or, with resume, continued when it did not finish and its `RESUMED_SETTINGS` are
+    `config`'s; so rows are never appended twice. Writing `run.json` first proves the
+    location works (endpoint, bucket, credentials) before any work starts."""
+    now = datetime.now(UTC).isoformat()
+    settings = {key: (config or {}).get(key) for key in RESUMED_SETTINGS}
     try:
-        if storage.exists(uri):
-            if not overwrite:
-                raise RunExists(f"{uri} already exists: choose another --run-id, or pass --overwrite to replace it")
-            storage.delete_dir(uri)
-        started = {"status": "running", "started_at": datetime.now(UTC).isoformat()}
-        storage.write_bytes(storage.join(uri, "run.json"), json.dumps(started).encode())
+        if storage.exists(uri) and resume:
+            record = resumable_record(uri, settings)
+            record.update(status="running", stage="start", attempts=record.get("attempts", 1) + 1, resumed_at=now)
+            record.pop("error", None)
+        else:
+            if storage.exists(uri):
+                if not overwrite:
+                    raise RunExists(f"{uri} already exists: choose another --run-id, pass --resume to continue it "
+                                    "or --overwrite to replace it")
+                storage.delete_dir(uri)
+            record = {"status": "running", "stage": "start", "started_at": now, "attempts": 1, "settings": settings}
+        write_record(uri, record)
     except OSError as error:
         raise RunError(f"{uri}: cannot write the run there: {storage.describe(error)}") from error
+
+
+def read_record(uri: str) -> dict[str, Any]:
+    return json.loads(storage.read_bytes(storage.join(uri, RUN_FILE)))
+
+
+def write_record(uri: str, record: dict[str, Any]) -> None:
+    storage.write_bytes(storage.join(uri, RUN_FILE), json.dumps(record, indent=2, default=str).encode())
+
+
+def resumable_record(uri: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The run.json of a run that `--resume` may continue, or RunExists saying why not."""
+    if storage.exists(storage.join(uri, "summary.json")):
+        raise RunExists(f"{uri} finished (it has a summary.json): nothing to resume; choose another --run-id or "
+                        "pass --overwrite to run it again")
+    try:
+        record = read_record(uri)
+    except FileNotFoundError:
+        record = {}
+    if "settings" not in record:
+        raise RunExists(f"{uri} has no run.json with its settings (written since --resume exists): it cannot be "
+                        "resumed; pass --overwrite to run it again")
+    changed = differences(record["settings"], settings)
+    if changed:
+        raise RunExists(f"{uri} cannot be resumed with other settings than its first attempt's: "
+                        + "; ".join(changed) + " (use those, or --overwrite to run it again)")
+    return record
+
+
+def differences(before: Any, after: Any, path: str = "") -> list[str]:
+    """`key: before -> after` for every leaf that differs between two JSON-like values."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [line for key in sorted(set(before) | set(after), key=str)
+                for line in differences(before.get(key), after.get(key), f"{path}.{key}" if path else str(key))]
+    return [] if json.dumps(before, default=str) == json.dumps(after, default=str) else [f"{path}: {before!r} -> {after!r}"]
+
+
+def enter_stage(uri: str, stage: str) -> None:
+    """Record in run.json the stage the run is in: an interrupted run says where it stopped."""
+    update_record(uri, stage=stage)
+
+
+def update_record(uri: str, **fields: Any) -> None:
+    """Set `fields` in run.json; a location that stopped taking writes is only logged here
+    (the writes that matter fail the run themselves)."""
+    try:
+        write_record(uri, {**read_record(uri), **fields})
+    except (OSError, ValueError) as error:
+        log.warning("cannot record %s in %s/%s: %s", sorted(fields), uri, RUN_FILE, error)
 
 
 def run_failed(uri: str, message: str) -> RunError:
     """The error to raise for a run that cannot go on. Its run.json says "failed" when the
     location still takes writes; either way the run has no summary.json, so it is not complete."""
-    failed = {"status": "failed", "error": message, "failed_at": datetime.now(UTC).isoformat()}
     try:
-        storage.write_bytes(storage.join(uri, "run.json"), json.dumps(failed).encode())
-    except OSError as error:
-        log.warning("cannot mark %s failed: %s", uri, storage.describe(error))
+        record = read_record(uri)
+        write_record(uri, {**record, "status": "failed", "error": message, "failed_at": datetime.now(UTC).isoformat()})
+    except (OSError, ValueError) as error:
+        log.warning("cannot mark %s failed: %s", uri, error)
     return RunError(message)
 
 
@@ -80,10 +152,13 @@ def start_ray(address: str | None = None) -> None:
     # Ray's own loggers (start-up, packaging the working dir) at its level: INFO only with -v.
     quiet = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     runtime_env = {"env_vars": env_vars}
+    job_handler = signal.getsignal(signal.SIGTERM)
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, runtime_env=runtime_env, **quiet)
     else:
         ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env, **quiet)
+    if callable(job_handler):  # ray.init puts its own in (sys.exit(15)); the job's (`stop_on_signals`) goes back
+        signal.signal(signal.SIGTERM, job_handler)
     if not verbose:
         print("Ray's own logs are in its session folder on the head node (by default /tmp/ray/session_latest/logs); "
               "-v shows them here", flush=True)
@@ -110,15 +185,65 @@ def load_manifest(config: BenchmarkConfig) -> Manifest:
 
 
 def open_run(config: BenchmarkConfig, ray_address: str | None = None) -> Manifest:
-    """Everything that can fail before work starts: claim the run id at a writable location,
-    read the dataset into a manifest, join or start Ray. Raises RunError or DatasetError."""
+    """Everything that can fail before work starts: claim the run id at a writable location
+    (or, with `config.resume`, take up the unfinished run), read the dataset into a
+    manifest, join or start Ray. Raises RunError or DatasetError. A resumed run must read
+    the same dataset as before: its fingerprint is in run.json."""
     config.run_id = config.run_id or new_run_id()
     uri = run_uri(config)
-    prepare_run_dir(uri, config.overwrite)
+    prepare_run_dir(uri, config.overwrite, config.resume, config.to_dict())
+    record = read_record(uri)
     try:
         manifest = load_manifest(config)
     except DatasetError:
-        storage.delete_dir(uri)  # nothing was done: give the run id back
+        if record["attempts"] == 1:
+            storage.delete_dir(uri)  # nothing was done: give the run id back
         raise
+    before = record.get("dataset_fingerprint")
+    if before and before != manifest.fingerprint:
+        raise RunExists(f"{uri} cannot be resumed: its dataset changed since its first attempt (fingerprint "
+                        f"{before} -> {manifest.fingerprint}); pass --overwrite to run it again on the new data")
+    write_record(uri, {**record, "dataset_fingerprint": manifest.fingerprint})
     start_ray(ray_address)
     return manifest
+
+
+@contextmanager
+def stop_on_signals(config: BenchmarkConfig) -> Iterator[None]:
+    """While in the block, Ctrl-C (SIGINT) and SIGTERM (what `ray job stop` and Kubernetes
+    send) end the job at once, wherever its main thread waits: `interrupted` runs (for at
+    most SHUTDOWN_WAIT_S), then the process exits 128 + the signal (130, 143) without
+    waiting for its threads, which may be waiting on Ray for hours. `--resume` takes the
+    run up again. The previous handlers come back after the block."""
+    def handler(signum: int, frame: Any) -> None:
+        stopper = threading.Thread(target=interrupted, args=(config, signum), daemon=True)
+        stopper.start()
+        stopper.join(SHUTDOWN_WAIT_S)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+
+
+def interrupted(config: BenchmarkConfig, signum: int) -> None:
+    """run.json says `interrupted`, by which signal and in which stage; then Ray is shut
+    down, and the job's trainers and actor pools with it."""
+    name = signal.Signals(signum).name
+    if config.run_id:  # else the run had not claimed its folder yet
+        uri = run_uri(config)
+        try:
+            stage = read_record(uri).get("stage")
+        except (OSError, ValueError):
+            stage = "unknown"
+        update_record(uri, status="interrupted", interrupted_by=name, interrupted_at=datetime.now(UTC).isoformat())
+        print(f"interrupted by {name} in stage {stage}: {uri} is kept; rerun with --resume to finish it",
+              file=sys.stderr, flush=True)
+    import ray
+
+    ray.shutdown()

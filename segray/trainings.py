@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -72,15 +73,28 @@ def trainable_models(config: BenchmarkConfig) -> tuple[list[str], dict[str, dict
     return to_train, failed
 
 
+def finished_trainings(uri: str) -> dict[str, dict[str, Any]]:
+    """The trainings an earlier attempt of the run finished (its training.json, written as
+    each ended), which a resumed run reuses; a failed one is trained again."""
+    path = storage.join(uri, "training.json")
+    if not storage.exists(path):
+        return {}
+    return {model: result for model, result in json.loads(storage.read_bytes(path)).items() if "error" not in result}
+
+
 class Trainings:
-    """Trains `models` in threads, `at_once` at a time, into `<uri>/train/<model>`. With a
-    `gate`, each model's gate opens with its trained spec (None when it failed) as soon as
-    its training ends, whatever happens. `join` waits for them and returns their results."""
+    """Trains `models` in threads, `at_once` at a time, into `<uri>/train/<model>`; a model
+    whose folder an interrupted attempt left resumes from its latest checkpoint (Ray Train
+    restores it from the storage). With a `gate`, each model's gate opens with its trained
+    spec (None when it failed) as soon as its training ends, whatever happens. training.json
+    is rewritten as each ends. `known`: results known before (models that cannot train,
+    trainings an earlier attempt finished). `join` waits for them and returns every result."""
 
     def __init__(self, config: BenchmarkConfig, manifest: Manifest, uri: str, models: list[str], at_once: int = 1,
-                 gate=None, failed: dict[str, dict[str, Any]] | None = None):
+                 gate=None, known: dict[str, dict[str, Any]] | None = None):
         self.config, self.manifest, self.uri, self.models, self.gate = config, manifest, uri, models, gate
-        self.results: dict[str, dict[str, Any]] = dict(failed or {})
+        self.results: dict[str, dict[str, Any]] = dict(known or {})
+        self.written = threading.Lock()
         self.unavailable: dict[str, str] = {}
         self.specs: dict[str, ModelSpec] = {}
         self.executor = ThreadPoolExecutor(max_workers=max(1, at_once), thread_name_prefix="segray-train")
@@ -121,9 +135,18 @@ class Trainings:
             log.exception("training %s failed", model)
             self.results[model] = {"model": model, "error": f"{type(error).__name__}: {error}"}
         finally:
+            self._write()
             spec = self._spec(model)
             if self.gate is not None:
                 self.gate.open.remote(model, spec)
+
+    def _write(self) -> None:
+        """training.json as it stands, so that a resumed run reuses the trainings that ended."""
+        with self.written:
+            try:
+                write_training(self.uri, self.results)
+            except OSError as error:
+                log.warning("cannot write %s/training.json: %s", self.uri, storage.describe(error))
 
     def _spec(self, model: str) -> ModelSpec | None:
         """The trained model as evaluation runs it (`models_to_evaluate`), or None, with the
@@ -142,12 +165,15 @@ class Trainings:
 def train_models(config: BenchmarkConfig, manifest: Manifest, uri: str) -> dict[str, dict[str, Any]]:
     """Train every trainable model in `config.models` (as many at once as the cluster
     holds); a model that fails is recorded with its error. Each result names its version:
-    `<model>@<run id>`. Writes training.json."""
+    `<model>@<run id>`. Writes training.json. A resumed run (`config.resume`) reuses the
+    trainings its earlier attempt finished."""
     import ray
 
     to_train, failed = trainable_models(config)
+    reused = {m: r for m, r in finished_trainings(uri).items() if m in to_train} if config.resume else {}
+    to_train = [m for m in to_train if m not in reused]
     at_once = plan(config, len(to_train), [], ray.cluster_resources()).at_once
-    results = Trainings(config, manifest, uri, to_train, at_once, failed=failed).start().join()
+    results = Trainings(config, manifest, uri, to_train, at_once, known={**failed, **reused}).start().join()
     write_training(uri, results)
     return results
 

@@ -68,7 +68,7 @@ def test_a_killed_evaluation_actor_is_restarted_and_every_row_is_written_once(ra
     killer = threading.Thread(target=kill_after_first_file, daemon=True)
     killer.start()
     # One row per file, so that files appear while the run goes on.
-    evaluate(manifest, [spec], EvalConfig(batch_size={"unet": 2}), str(predictions), "faults", rows_per_file=1)
+    evaluate(manifest, [spec], EvalConfig(batch_size={"unet": 2}, rows_per_file=1), str(predictions), "faults")
     killer.join()
 
     assert 0 < killed["files_before"] < len(manifest)  # the actor was killed mid-run

@@ -39,7 +39,6 @@ def evaluate(
     config: EvalConfig,
     predictions_uri: str,
     run_id: str,
-    rows_per_file: int = 5000,
     manifest_per_spec: Sequence[pd.DataFrame] | None = None,
     mask_person_values: Sequence[int] | None = None,
     reserve: dict[str, float] | None = None,
@@ -59,14 +58,14 @@ def evaluate(
     own_timeline = timeline is None
     timeline = start_timeline(run_id) if own_timeline else timeline
     try:
-        _run_stream(manifest, models, config, predictions_uri, run_id, rows_per_file, manifest_per_spec,
+        _run_stream(manifest, models, config, predictions_uri, run_id, manifest_per_spec,
                     mask_person_values, reserve, timeline)
     finally:
         if own_timeline:
             stop_timeline(timeline)
 
 
-def _run_stream(manifest, models, config, predictions_uri, run_id, rows_per_file, manifest_per_spec,
+def _run_stream(manifest, models, config, predictions_uri, run_id, manifest_per_spec,
                 mask_person_values, reserve, timeline) -> None:
     import ray
     from ray.data import ActorPoolStrategy
@@ -96,7 +95,7 @@ def _run_stream(manifest, models, config, predictions_uri, run_id, rows_per_file
                                            "models": [(i, variants(m)) for i, m in enumerate(models)]})
     stream.context.execution_options.resource_limits = data_limits(cluster, reserve)
     fs, path = storage.resolve(predictions_uri)
-    stream.write_datasink(RowsDatasink(path, fs, rows_per_file, timeline))
+    stream.write_datasink(RowsDatasink(path, fs, config.rows_per_file, timeline))
 
 
 def variants(model: StreamModel) -> list[str]:

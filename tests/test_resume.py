@@ -1,0 +1,151 @@
+"""Interrupted runs: Ctrl-C and SIGTERM stop a job within 30 s, run.json says where, and
+`--resume` finishes the run, reusing what the first attempt did.
+
+The jobs run as their own processes (signals go to them, not to pytest) and join the
+session's Ray; each signal is sent on a real sign of progress: a checkpoint folder, a
+Parquet file.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from segray.models.checkpoint import save_checkpoint
+from segray.models.networks import build_network
+from segray.results.read import read_rows
+from segray.results.resume import done_images
+from tests.conftest import JOBS, job
+from tests.test_faults import assert_one_row_per_pair, wait_for
+
+STOP_S = 30  # the issue's bound: from the signal to the process's exit
+
+
+def start(script: str, argv: list[str], ray_session, log: Path) -> subprocess.Popen:
+    """The job as its own process on the session's Ray, its output going to `log`."""
+    address = ray_session.get_runtime_context().gcs_address
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, str(JOBS / script), *argv, "--ray-address", address],
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen, signum: int, log: Path) -> tuple[float, str]:
+    """Send `signum`; the seconds until the process exited, and its output."""
+    sent = time.monotonic()
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=STOP_S + 30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return time.monotonic() - sent, log.read_text()
+
+
+def test_ctrl_c_mid_training_stops_the_run_and_resume_finishes_it(ray_session, synthetic_root, tmp_path, capsys):
+    argv = ["--preset", "demo", "--dataset", str(synthetic_root), "--models", "unet", "--image-size", "64",
+            "--unet-epochs", "12", "--output", str(tmp_path), "--run-id", "r"]  # epochs of about a second
+    run = tmp_path / "r"
+    log = tmp_path / "benchmark.log"
+    driver = start("benchmark.py", argv, ray_session, log)
+    # Ray Train writes this once its controller has registered a checkpoint: a resumed run starts from it.
+    snapshot = run / "train" / "unet" / "checkpoint_manager_snapshot.json"
+    wait_for("a registered checkpoint", lambda: driver.poll() is not None or snapshot.exists())
+    assert driver.poll() is None, log.read_text()[-3000:]
+    took, output = stop(driver, signal.SIGINT, log)
+
+    assert driver.returncode == 130, output[-3000:]
+    assert took < STOP_S
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["interrupted_by"] == "SIGINT"
+    assert record["stage"] == "train+evaluate"
+    assert "rerun with --resume" in output
+    assert not (run / "summary.json").exists()
+
+    # Without --resume the run is refused; with other settings, the difference is named.
+    assert job("benchmark")(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert job("benchmark")([*argv[:-4], "--output", str(tmp_path), "--run-id", "r", "--unet-epochs", "13",
+                             "--resume"]) == 2
+    assert "train.epochs.unet: 12 -> 13" in capsys.readouterr().err
+
+    assert job("benchmark")([*argv, "--resume"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    assert summary["resumed"]["attempts"] == 2 and summary["resumed"]["trainings_reused"] == []
+    training = summary["training"]["unet"]
+    assert training["resumed_from"] and training["resumed_from"][0] >= 1  # from a checkpoint, not from scratch
+    assert [entry["epoch"] for entry in training["history"]] == list(range(1, 13))
+    assert_one_row_per_pair(read_rows(str(run / "predictions")), images=48, variants=1)
+    assert json.loads((run / "run.json").read_text())["attempts"] == 2
+
+    assert job("benchmark")([*argv, "--resume"]) == 2  # finished: nothing to resume
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_sigterm_mid_evaluation_then_resume_evaluates_only_the_missing_pairs(ray_session, synthetic_root, tmp_path):
+    params = {"base_width": 32, "image_size": 256}  # untrained, and slow enough on a CPU to be caught mid-run
+    checkpoint = tmp_path / "unet"
+    torch.manual_seed(0)
+    save_checkpoint(str(checkpoint), build_network("unet", params),
+                    {"model": "unet", "params": params, "image_size": 256, "run_id": "elsewhere"})
+    argv = ["--preset", "demo", "--dataset", str(synthetic_root), "--models", "unet", "--checkpoint",
+            f"unet={checkpoint}", "--eval-batch-size", "unet=1", "--rows-per-file", "1",
+            "--output", str(tmp_path / "runs"), "--run-id", "e"]
+    predictions = tmp_path / "runs" / "e" / "predictions"
+    log = tmp_path / "evaluate.log"
+    driver = start("evaluate.py", argv, ray_session, log)
+    wait_for("a Parquet file", lambda: driver.poll() is not None or list(predictions.glob("*.parquet")))
+    assert driver.poll() is None, log.read_text()[-3000:]
+    took, output = stop(driver, signal.SIGTERM, log)
+
+    assert driver.returncode == 143, output[-3000:]
+    assert took < STOP_S
+    record = json.loads((tmp_path / "runs" / "e" / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["stage"] == "evaluate"
+    before = len(read_rows(str(predictions)))
+    assert 0 < before < 48
+
+    assert job("evaluate")([*argv, "--resume"]) == 0
+    summary = json.loads((tmp_path / "runs" / "e" / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    assert summary["resumed"]["rows_reused"] == before
+    assert summary["resumed"]["rows_computed"] == 48 - before
+    assert_one_row_per_pair(read_rows(str(predictions)), images=48, variants=1)
+
+
+def rows(image_ids: list[str], models: list[str], version: str) -> pa.Table:
+    pairs = [(i, m) for i in image_ids for m in models]
+    return pa.table({"image_id": [i for i, _ in pairs], "model": [m for _, m in pairs],
+                     "model_version": [version] * len(pairs)})
+
+
+def test_an_unreadable_file_and_a_pair_missing_variants_are_dropped_before_counting(tmp_path):
+    variants = ["langsam/a", "langsam/b"]
+    pq.write_table(rows(["1.png", "2.png"], variants, "v"), tmp_path / "whole.parquet")
+    # 3.png has only one of its two variants in this file (the other file was never written).
+    pq.write_table(pa.concat_tables([rows(["4.png"], variants, "v"), rows(["3.png"], variants[:1], "v")]),
+                   tmp_path / "cut.parquet")
+    (tmp_path / "short.parquet").write_bytes((tmp_path / "whole.parquet").read_bytes()[:40])
+
+    done = done_images(str(tmp_path), {"v": variants, "other": ["unet"]})
+
+    assert done == {"v": {"1.png", "2.png", "4.png"}, "other": set()}
+    assert not (tmp_path / "short.parquet").exists()
+    kept = pq.read_table(tmp_path / "cut.parquet").to_pylist()
+    assert [(r["image_id"], r["model"]) for r in kept] == [("4.png", "langsam/a"), ("4.png", "langsam/b")]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--resume", "--overwrite", "--run-id", "x"], "exclude each other"),
+    (["--resume"], "needs the --run-id"),
+])
+def test_resume_flags_that_cannot_work_are_refused(flags, message, capsys):
+    with pytest.raises(SystemExit, match=message):
+        job("benchmark")(["--preset", "demo", *flags])
