@@ -5,7 +5,7 @@ Table layout under RESULTS (a local path or `s3://bucket/prefix`):
   run=<run_id>/*.parquet        rows (`segray.schema.ROW_SCHEMA`) of the pairs that run computed
   run=<run_id>/_COMMITTED.json  written last: the run's counts, dataset and model versions;
                                 a partition without it is ignored (`segray.results.read`)
-  _lock.json                    held while a run works (run id, host, started_at)
+  _lock.json                    held while a run works (run id, host, started_at, heartbeat_at)
   report/                       trend.md, trend.html, trend.png, trend.csv
 
 A pair is (image_id, model_version); it is done when a committed partition has rows for
@@ -18,7 +18,10 @@ import html
 import json
 import logging
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +43,7 @@ from segray.schema import PAIR_COLUMNS
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "_lock.json"
+HEARTBEAT_S = 60.0  # how often a live run refreshes its lock's heartbeat_at
 REPORT_DIR = "report"
 
 
@@ -75,10 +79,13 @@ def pending(manifest: pd.DataFrame, specs: list[ModelSpec], done: dict[str, set[
 
 def acquire_lock(results: str, run_id: str, stale_after_h: float) -> dict[str, Any]:
     """Take RESULTS/_lock.json (created exclusively), or raise LockHeld naming the holder.
-    A lock older than `stale_after_h` hours is taken over with a warning (its run is
-    presumed dead; takeover is a delete then an exclusive create, not one atomic step)."""
+    A lock whose last heartbeat (`heartbeat`; its start for a lock without one) is older
+    than `stale_after_h` hours is taken over with a warning: its run is presumed dead, as a
+    live one beats every HEARTBEAT_S (takeover is a delete then an exclusive create, not
+    one atomic step)."""
     uri = storage.join(results, LOCK_FILE)
-    lock = {"run_id": run_id, "host": socket.gethostname(), "started_at": datetime.now(UTC).isoformat()}
+    now = datetime.now(UTC).isoformat()
+    lock = {"run_id": run_id, "host": socket.gethostname(), "started_at": now, "heartbeat_at": now}
     data = json.dumps(lock).encode()
     try:
         storage.write_new(uri, data)
@@ -86,18 +93,49 @@ def acquire_lock(results: str, run_id: str, stale_after_h: float) -> dict[str, A
     except FileExistsError:
         pass
     holder = json.loads(storage.read_bytes(uri))
-    age = datetime.now(UTC) - datetime.fromisoformat(holder["started_at"])
-    if age < timedelta(hours=stale_after_h):
+    silent = datetime.now(UTC) - datetime.fromisoformat(holder.get("heartbeat_at", holder["started_at"]))
+    if silent < timedelta(hours=stale_after_h):
         raise LockHeld(f"{uri} is held by run {holder['run_id']} on {holder['host']} since {holder['started_at']} "
-                       f"({age.total_seconds() / 3600:.1f} h ago; taken over after {stale_after_h:g} h)")
-    log.warning("taking over the stale lock %s of run %s on %s (since %s)", uri, holder["run_id"], holder["host"],
-                holder["started_at"])
+                       f"(last heartbeat {silent.total_seconds() / 3600:.1f} h ago; taken over after "
+                       f"{stale_after_h:g} h without one)")
+    log.warning("taking over the stale lock %s of run %s on %s (since %s, silent for %.1f h)", uri, holder["run_id"],
+                holder["host"], holder["started_at"], silent.total_seconds() / 3600)
     storage.delete_file(uri)
     try:
         storage.write_new(uri, data)
     except FileExistsError:
         raise LockHeld(f"{uri} was taken over by another run at the same time") from None
     return lock
+
+
+@contextmanager
+def heartbeat(results: str, run_id: str, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+    """While in the block, the lock's `heartbeat_at` is refreshed every `every_s` seconds,
+    so that a long, live run is never taken for a dead one. A beat that cannot be written
+    is logged; one that finds the lock held by another run stops."""
+    uri = storage.join(results, LOCK_FILE)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            try:
+                holder = json.loads(storage.read_bytes(uri))
+                if holder.get("run_id") != run_id:
+                    log.warning("%s is now held by run %s: run %s stops its heartbeat", uri, holder.get("run_id"),
+                                run_id)
+                    return
+                holder["heartbeat_at"] = datetime.now(UTC).isoformat()
+                storage.write_bytes(uri, json.dumps(holder).encode())
+            except (OSError, ValueError) as error:
+                log.warning("cannot refresh the heartbeat of %s: %s", uri, error)
+
+    thread = threading.Thread(target=beat, name="segray-lock-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def release_lock(results: str, run_id: str) -> None:
@@ -189,13 +227,14 @@ def run_reevaluation(config: BenchmarkConfig, results: str, store: str | None, s
     dataset = manifest.description(config.dataset)
     acquire_lock(results, run_id, stale_after_h)
     try:
-        outcome = reevaluate(manifest.table, specs, results, config.eval, run_id, dataset, ray_address,
-                             config.mask_person_values)
-        if outcome.committed:
-            try:
-                print(f"report: {write_trend_report(results)['trend.html']}")
-            except Exception:  # the report is derived from the table: the next run redraws it
-                log.exception("writing the trend report of %s failed", results)
+        with heartbeat(results, run_id):
+            outcome = reevaluate(manifest.table, specs, results, config.eval, run_id, dataset, ray_address,
+                                 config.mask_person_values)
+            if outcome.committed:
+                try:
+                    print(f"report: {write_trend_report(results)['trend.html']}")
+                except Exception:  # the report is derived from the table: the next run redraws it
+                    log.exception("writing the trend report of %s failed", results)
     finally:
         release_lock(results, run_id)
     return outcome, unavailable

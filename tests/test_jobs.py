@@ -128,3 +128,15 @@ def test_benchmark_rows_name_the_stored_weights_and_join_a_reevaluation(demo_run
     assert (trained["iou"] - trained["iou_again"]).abs().max() < 1e-6
     summary = json.loads((out / "tiny" / "summary.json").read_text())
     assert pd.Series({m: s["model_version"] for m, s in summary["models"].items()}).notna().all()
+
+
+def test_a_checkpoint_store_that_refuses_the_write_fails_the_benchmark(ray_session, synthetic_root, tmp_path, caplog):
+    """The run itself completes, but its trained model is not where the team looks for it:
+    the job says so and exits 1 (before issue #15 it exited 0)."""
+    store = tmp_path / "store"
+    store.write_text("a file where the store's folder should be")
+    argv = ["--preset", "demo", "--dataset", str(synthetic_root), "--models", "unet", "--image-size", "32",
+            "--unet-epochs", "1", "--output", str(tmp_path), "--run-id", "unrecorded", "--checkpoint-store", str(store)]
+    assert job("benchmark")(argv) == 1
+    assert json.loads((tmp_path / "unrecorded" / "summary.json").read_text())["status"] == "complete"
+    assert f"recording the trained models in {store} failed" in caplog.text

@@ -25,9 +25,10 @@ from segray.models.langsam import LangSAMConfig, model_version
 from segray.models.langsam_rules import VARIANTS
 from segray.models.networks import build_network
 from segray.models.store import record_model, resolve_version
-from segray.reevaluate import LOCK_FILE, acquire_lock, release_lock
+from segray.reevaluate import LOCK_FILE, acquire_lock, heartbeat, release_lock
 from segray.results.read import COMMIT_FILE
 from tests.conftest import job
+from tests.test_faults import wait_for
 
 
 def register(store, tmp_path, version: str, seed: int) -> None:
@@ -170,13 +171,27 @@ def test_the_lock_refuses_a_second_run_and_is_released(results_uri):
 
 def test_a_stale_lock_is_taken_over(results_uri, caplog):
     old = datetime.now(UTC) - timedelta(hours=7)
-    stale = {"run_id": "dead", "host": "elsewhere", "started_at": old.isoformat()}
+    stale = {"run_id": "dead", "host": "elsewhere", "started_at": old.isoformat()}  # a lock from before heartbeats
     storage.write_bytes(storage.join(results_uri, LOCK_FILE), json.dumps(stale).encode())
     with pytest.raises(LockHeld, match="held by run dead"):
         acquire_lock(results_uri, "new", stale_after_h=8)
     acquire_lock(results_uri, "new", stale_after_h=6)
     assert "taking over the stale lock" in caplog.text
     assert json.loads(storage.read_bytes(storage.join(results_uri, LOCK_FILE)))["run_id"] == "new"
+
+
+def test_a_live_run_beats_and_keeps_its_lock_however_long_it_runs(results_uri):
+    uri = storage.join(results_uri, LOCK_FILE)
+    days_ago = (datetime.now(UTC) - timedelta(days=2)).isoformat()
+    acquire_lock(results_uri, "long", stale_after_h=6)
+    # A run started two days ago: only its heartbeat says it is alive.
+    storage.write_bytes(uri, json.dumps({**json.loads(storage.read_bytes(uri)), "started_at": days_ago,
+                                         "heartbeat_at": days_ago}).encode())
+    with heartbeat(results_uri, "long", every_s=0.05):
+        wait_for("a heartbeat", lambda: json.loads(storage.read_bytes(uri))["heartbeat_at"] != days_ago)
+        with pytest.raises(LockHeld, match=r"held by run long .*last heartbeat 0\.0 h ago"):
+            acquire_lock(results_uri, "nightly", stale_after_h=6)
+    assert json.loads(storage.read_bytes(uri))["started_at"] == days_ago
 
 
 def test_the_job_exits_3_while_another_run_holds_the_lock(setup, capsys):
