@@ -94,9 +94,19 @@ def list_dirs(uri: str) -> list[str]:
     return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
 
 
+# How S3 says it does not accept the request's credentials (pyarrow's codes, then S3's own).
+REFUSED_CREDENTIALS = ("SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID", "ACCESS_DENIED", "EXPIRED_TOKEN",
+                       "SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "ExpiredToken")
+
+
 def describe(error: OSError) -> str:
-    """One line for an error from pyarrow's filesystems (its S3 messages span lines)."""
-    return " ".join(str(error).split()) or type(error).__name__
+    """One line for an error from pyarrow's filesystems (its S3 messages span lines); when S3
+    refused the credentials, it says so and which settings supply them (never their values)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if any(code in text for code in REFUSED_CREDENTIALS):
+        text += (" -- the S3 endpoint refused these credentials: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+                 "and AWS_SESSION_TOKEN, or AWS_PROFILE, and the key's permissions on this bucket")
+    return text
 
 
 def local_copy(uri: str) -> str:
