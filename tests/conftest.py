@@ -36,7 +36,9 @@ class S3Proxy:
     """A loopback TCP relay in front of the S3 server, so that a test can make the endpoint
     go away for real (`cut`: open connections dropped, new ones refused) and come back
     (`restore`) without stopping the shared server. `cut_on(marker)` cuts it at the first
-    request whose bytes contain `marker`, e.g. the first write under a given prefix."""
+    request whose bytes contain `marker`, e.g. the first write under a given prefix.
+    `throttle_on(marker, count, status)` answers that request and the `count - 1` after
+    it as a throttled or failing S3 does (503 SlowDown, 500 InternalError), itself."""
 
     def __init__(self, target_port: int):
         import socket
@@ -52,6 +54,8 @@ class S3Proxy:
         self._listener = None
         self._connections: set = set()
         self._marker: bytes | None = None
+        self._throttle: tuple[bytes | None, int, int] = (None, 0, 503)  # marker (None: armed), count, status
+        self.throttled = 0  # requests answered by the proxy itself
         self.restore()
 
     def restore(self) -> None:
@@ -60,6 +64,7 @@ class S3Proxy:
 
         with self._lock:
             self._marker = None
+            self._throttle = (None, 0, 503)
             if self._listener is not None:
                 return
             self._listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: same port again
@@ -82,6 +87,25 @@ class S3Proxy:
 
     def cut_on(self, marker: bytes) -> None:
         self._marker = marker
+
+    def throttle_on(self, marker: bytes, count: int, status: int = 503) -> None:
+        self._throttle = (marker, count, status)
+
+    def _throttled(self, data: bytes) -> bytes | None:
+        """The answer to give a request that starts in `data` instead of forwarding it, if any."""
+        if data.split(b" ", 1)[0] not in (b"GET", b"PUT", b"POST", b"HEAD", b"DELETE"):
+            return None  # not the start of a request: the rest of one's body
+        with self._lock:
+            marker, count, status = self._throttle
+            if count == 0 or (marker is not None and marker not in data):
+                return None
+            self._throttle = (None, count - 1, status)
+            self.throttled += 1
+        code, reason = ("SlowDown", "Slow Down") if status == 503 else ("InternalError", "Internal Server Error")
+        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{reason}</Message>'
+                "</Error>").encode()
+        return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n").encode() + body
 
     def _accept(self, listener) -> None:
         import socket
@@ -108,6 +132,10 @@ class S3Proxy:
                 marker = self._marker
                 if from_client and marker is not None and marker in data:
                     self.cut()
+                    return
+                answer = self._throttled(data) if from_client else None
+                if answer is not None:
+                    source.sendall(answer)
                     return
                 destination.sendall(data)
         except OSError:

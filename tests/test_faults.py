@@ -14,6 +14,7 @@ import threading
 import time
 
 import boto3
+import pytest
 
 from segray import storage
 from segray.config import EvalConfig, TrainConfig
@@ -171,3 +172,42 @@ def test_s3_going_away_mid_write_fails_clearly_and_a_rerun_writes_once(ray_sessi
     assert job("benchmark")([*argv, "--overwrite"]) == 0
     assert json.loads(storage.read_bytes(f"{run}/summary.json"))["status"] == "complete"
     assert_one_row_per_pair(read_rows(f"{run}/predictions"), images=12, variants=len(VARIANTS))
+
+
+@pytest.mark.parametrize("status", [503, 500])
+def test_a_burst_of_s3_throttling_or_errors_mid_run_is_retried_and_every_row_written_once(
+        ray_session, s3_proxy, dataset_copy, tiny_weights, monkeypatch, status):
+    from ray.data import DataContext
+
+    from segray.models.langsam_rules import VARIANTS
+
+    bucket = f"segray-throttled-{status}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    argv = langsam_argv(tiny_weights, dataset_copy, f"s3://{bucket}/runs", "burst")
+    monkeypatch.setattr(DataContext.get_current(), "retried_io_errors", [])  # the S3 client's own retries alone
+    burst = storage.S3_ATTEMPTS - 1  # the first request that writes rows and the ones after it
+    before = s3_proxy.throttled
+    s3_proxy.throttle_on(b".parquet", count=burst, status=status)
+
+    assert job("benchmark")(argv) == 0
+    assert s3_proxy.throttled - before == burst
+    assert json.loads(storage.read_bytes(f"s3://{bucket}/runs/burst/summary.json"))["status"] == "complete"
+    assert_one_row_per_pair(read_rows(f"s3://{bucket}/runs/burst/predictions"), images=12, variants=len(VARIANTS))
+
+
+def test_throttling_longer_than_the_retry_budget_fails_clearly(ray_session, s3_proxy, dataset_copy, tiny_weights,
+                                                               monkeypatch, capsys):
+    from ray.data import DataContext
+
+    boto3.client("s3").create_bucket(Bucket="segray-throttled-long")
+    run = "s3://segray-throttled-long/runs/long"
+    argv = langsam_argv(tiny_weights, dataset_copy, "s3://segray-throttled-long/runs", "long")
+    monkeypatch.setattr(DataContext.get_current(), "retried_io_errors", [])
+    s3_proxy.throttle_on(b".parquet", count=10 * storage.S3_ATTEMPTS)
+
+    assert job("benchmark")(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: {run}/predictions: cannot write the rows there:")
+    assert "SLOW_DOWN" in error, error
+    s3_proxy.restore()
+    assert not storage.exists(f"{run}/summary.json")

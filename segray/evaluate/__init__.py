@@ -21,7 +21,6 @@ from collections.abc import Sequence
 import pandas as pd
 import pyarrow as pa
 
-from segray import storage
 from segray.config import EvalConfig
 from segray.evaluate.awaited import AwaitedModel
 from segray.evaluate.pools import actor_resources, data_limits, pool_size
@@ -94,8 +93,7 @@ def _run_stream(manifest, models, config, predictions_uri, run_id, manifest_per_
                                 fn_kwargs={"run_id": run_id, "timeline": timeline,
                                            "models": [(i, variants(m)) for i, m in enumerate(models)]})
     stream.context.execution_options.resource_limits = data_limits(cluster, reserve)
-    fs, path = storage.resolve(predictions_uri)
-    stream.write_datasink(RowsDatasink(path, fs, config.rows_per_file, timeline))
+    stream.write_datasink(RowsDatasink(predictions_uri, config.rows_per_file, timeline))
 
 
 def variants(model: StreamModel) -> list[str]:

@@ -5,19 +5,29 @@ from __future__ import annotations
 import time
 
 import pyarrow.parquet as pq
+from ray.data._internal.util import RetryingPyFileSystem
 from ray.data.block import BlockAccessor
 from ray.data.datasource import BlockBasedFileDatasink
 
+from segray import storage
 from segray.timeline import node_id
 
 
 class RowsDatasink(BlockBasedFileDatasink):
-    """Ray Data's block-per-file Parquet writer, each file reported to the timeline as a
-    batch of the `write` stage (Ray's own `write_parquet` has no hook for that)."""
+    """Ray Data's block-per-file Parquet writer into the folder `uri`, each file reported to
+    the timeline as a batch of the `write` stage (Ray's own `write_parquet` has no hook for
+    that). The write tasks open files on the filesystem `storage.resolve` makes in their
+    own process: a pickled pyarrow S3FileSystem (pyarrow 26) loses its retry strategy, so
+    the driver's would arrive trying each request 3 times, not `storage.S3_ATTEMPTS`."""
 
-    def __init__(self, path: str, filesystem, min_rows_per_file: int, timeline=None):
-        super().__init__(path, filesystem=filesystem, min_rows_per_file=min_rows_per_file, file_format="parquet")
-        self.timeline = timeline
+    def __init__(self, uri: str, min_rows_per_file: int, timeline=None):
+        fs, path = storage.resolve(uri)
+        super().__init__(path, filesystem=fs, min_rows_per_file=min_rows_per_file, file_format="parquet")
+        self.uri, self.timeline = uri, timeline
+
+    def open_output_stream(self, path: str):
+        fs = RetryingPyFileSystem.wrap(storage.resolve(self.uri)[0], retryable_errors=self._data_context.retried_io_errors)
+        return fs.open_output_stream(path, **self.open_stream_args)
 
     def write_block_to_file(self, block: BlockAccessor, file) -> None:
         start = time.time()
