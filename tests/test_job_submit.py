@@ -3,125 +3,35 @@ beside it (`ray start --address`, its own logical CPUs), the demo benchmark subm
 the Jobs API with `--working-dir` and a runtime env, exactly as the README tells users to run
 it on a cluster; the run's own timeline shows that its work ran on both nodes.
 
-The head is its own cluster, beside the session's: the job's driver joins it by the
-RAY_ADDRESS the job supervisor sets, so nothing here touches the shared test cluster. The
-head runs under its own temp dir and ports, and is stopped by signalling its processes
-(`ray stop` would stop every Ray on the host, the shared test cluster included).
+The cluster (`tests.cluster.LocalCluster`) is its own, beside the session's: the job's
+driver joins it by the RAY_ADDRESS the job supervisor sets.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from tests.cluster import BIN, LocalCluster
+
 ROOT = Path(__file__).parents[1]
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """PIDs of this host's processes whose command line contains `text`."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
-def node_ports() -> list[str]:
-    """Free ports for every port of a Ray node, as `ray start` flags."""
-    flags = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
-             "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"]
-    return [part for flag in flags for part in (flag, str(free_port()))]
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """A Ray head on loopback with the Jobs API on a free port, and a second node joined to
-    it; yields the head's HTTP address."""
-    # Each node has its own temp dir, as on separate hosts: nodes that share one also share
-    # the runtime env's unpacked working_dir, and the second node's agent unpacking it again
-    # pulls the directory out from under the job's driver (its cwd vanishes mid-import).
-    temp_dir, node_temp_dir = tmp_path_factory.mktemp("ray-head"), tmp_path_factory.mktemp("ray-node")
-    dashboard, gcs = free_port(), free_port()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    common = ["--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-    head_command = [str(BIN / "ray"), "start", "--head", *common, "--temp-dir", str(temp_dir), "--port", str(gcs),
-                    "--dashboard-port", str(dashboard),
-                    "--dashboard-host", "127.0.0.1", "--include-dashboard", "true", "--num-cpus", "4",
-                    "--ray-client-server-port", str(free_port()), *node_ports()]
-    node_command = [str(BIN / "ray"), "start", "--address", f"127.0.0.1:{gcs}", *common, "--temp-dir", str(node_temp_dir),
-                    "--num-cpus", "2",
-                    "--resources", json.dumps({"second_node": 1}), *node_ports()]
-    nodes = [subprocess.Popen(head_command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
-    address = f"http://127.0.0.1:{dashboard}"
+def ray_head():
+    """A Ray head on loopback with the Jobs API, and a second node joined to it; yields the
+    head's HTTP address and the environment to submit with."""
+    cluster = LocalCluster(cpus=4)
     try:
-        wait_for_jobs_api(address, nodes[0])
-        nodes.append(subprocess.Popen(node_command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
-        wait_for_nodes(address, 2, nodes[1])
-        yield address, env
+        cluster.add_node("second", cpus=2)
+        yield cluster.http, cluster.env
     finally:
-        for node in reversed(nodes):
-            node.send_signal(signal.SIGTERM)
-            try:
-                node.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                node.kill()
-        for pid in processes_mentioning(str(temp_dir)) + processes_mentioning(str(node_temp_dir)):
-            try:  # anything the nodes left behind
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def wait_for_jobs_api(address: str, head: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if head.poll() is not None:
-            raise RuntimeError(f"ray start exited with {head.returncode}")
-        try:
-            with urllib.request.urlopen(f"{address}/api/version", timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"the Jobs API at {address} did not answer within {timeout} s")
-
-
-def wait_for_nodes(address: str, count: int, node: subprocess.Popen, timeout: float = 120) -> None:
-    """Until the cluster has `count` alive nodes (the dashboard's node summary)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if node.poll() is not None:
-            raise RuntimeError(f"ray start --address exited with {node.returncode}")
-        try:
-            with urllib.request.urlopen(f"{address}/nodes?view=summary", timeout=2) as answer:
-                summary = json.loads(answer.read())["data"]["summary"]
-            if sum(n.get("raylet", {}).get("state") == "ALIVE" for n in summary) >= count:
-                return
-        except (OSError, KeyError, ValueError):
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"the cluster at {address} did not have {count} nodes within {timeout} s")
+        cluster.stop()
 
 
 def submit(address: str, env: dict, job_args: list[str]) -> subprocess.CompletedProcess:
