@@ -37,7 +37,7 @@ from segray.models.catalogue import variants_of, version_of
 from segray.models.selection import TrainedModels, models_to_evaluate
 from segray.results.read import COMMIT_FILE, committed_files, partition_uri, partitions, read_rows
 from segray.results.scoring import SERIES, common_rows
-from segray.run import load_manifest, new_run_id, start_ray
+from segray.run import check_nodes_see, load_manifest, new_run_id, start_ray
 from segray.schema import PAIR_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,8 @@ def reevaluate(
 ) -> Outcome:
     """Evaluate the (image, model version) pairs of `manifest` x `specs` that RESULTS lacks,
     into RESULTS/run=<run_id>/, and commit the partition when every row arrived. Ray is
-    joined or started only when there is something to compute. The caller holds the lock
+    joined or started only when there is something to compute; every node must see the local
+    dataset and RESULTS (`check_nodes_see`). The caller holds the lock
     (`acquire_lock`). Every spec needs a version (`version_of`). `mask_person_values`:
     as `segray.evaluate.evaluate`'s."""
     from segray.evaluate import evaluate
@@ -188,6 +189,7 @@ def reevaluate(
     outcome.computed = {version_of(spec): len(table) for spec, table in todo}
     outcome.rows_expected = sum(len(table) * len(variants_of(spec)) for spec, table in todo)
     start_ray(ray_address)
+    check_nodes_see({"--dataset": manifest["image_uri"].iloc[0], "RESULTS": results})
     evaluate(manifest, [spec for spec, _ in todo], config, outcome.partition, run_id,
              manifest_per_spec=[table for _, table in todo], mask_person_values=mask_person_values)
 
@@ -218,8 +220,8 @@ def run_reevaluation(config: BenchmarkConfig, results: str, store: str | None, s
     """The scheduled job: read the dataset, pick the model versions (every version in the
     checkpoint store unless `selectors` says otherwise), take the lock, compute the missing
     pairs, commit, redraw the trend report, release the lock. Returns the outcome and the
-    models that could not run. Raises DatasetError, LockHeld, RunExists,
-    CheckpointStoreError or OSError."""
+    models that could not run. Raises DatasetError, LockHeld, RunError (RunExists; a node
+    that cannot see the dataset or RESULTS), CheckpointStoreError or OSError."""
     manifest = load_manifest(config)
     trained = TrainedModels(store=store, selectors=selectors, default_selector="all")
     specs, unavailable = models_to_evaluate(config, trained)

@@ -27,7 +27,7 @@ from typing import Any
 from segray import storage
 from segray.config import BenchmarkConfig
 from segray.data.manifest import DEFAULT_CACHE_DIR, Manifest, build_manifest
-from segray.errors import DatasetError, RunError, RunExists
+from segray.errors import RunError, RunExists
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ RUN_FILE = "run.json"
 # How it runs (output, cache, the evaluation's pools and batches) may change between attempts.
 RESUMED_SETTINGS = ("dataset", "mask_person_values", "models", "model_params", "train")
 SHUTDOWN_WAIT_S = 20  # after an interrupt, how long Ray gets to stop before the process exits
+NODE_CHECK_TIMEOUT_S = 60  # how long every node has to say which of the run's paths it sees
 
 
 def new_run_id() -> str:
@@ -187,25 +188,66 @@ def load_manifest(config: BenchmarkConfig) -> Manifest:
 def open_run(config: BenchmarkConfig, ray_address: str | None = None) -> Manifest:
     """Everything that can fail before work starts: claim the run id at a writable location
     (or, with `config.resume`, take up the unfinished run), read the dataset into a
-    manifest, join or start Ray. Raises RunError or DatasetError. A resumed run must read
-    the same dataset as before: its fingerprint is in run.json."""
+    manifest, join or start Ray, and check that every node sees the local paths the run
+    reads and writes (`check_nodes_see`). Raises RunError or DatasetError (or Ray's error
+    joining the cluster), leaving the run as it was: a new run gives its id back, a refused
+    resume keeps its run.json. A resumed
+    run must read the same dataset as before: its fingerprint is in run.json."""
     config.run_id = config.run_id or new_run_id()
     uri = run_uri(config)
+    previous = read_record(uri) if config.resume and storage.exists(uri) else None
     prepare_run_dir(uri, config.overwrite, config.resume, config.to_dict())
     record = read_record(uri)
     try:
         manifest = load_manifest(config)
-    except DatasetError:
-        if record["attempts"] == 1:
-            storage.delete_dir(uri)  # nothing was done: give the run id back
+        before = record.get("dataset_fingerprint")
+        if before and before != manifest.fingerprint:
+            raise RunExists(f"{uri} cannot be resumed: its dataset changed since its first attempt (fingerprint "
+                            f"{before} -> {manifest.fingerprint}); pass --overwrite to run it again on the new data")
+        start_ray(ray_address)
+        first_image = manifest.table["image_uri"].iloc[0] if len(manifest.table) else manifest.root
+        check_nodes_see({"--dataset": first_image, "--output": uri})
+    except Exception:  # nothing was done
+        if previous is None:
+            storage.delete_dir(uri)  # give the run id back
+        else:
+            write_record(uri, previous)
         raise
-    before = record.get("dataset_fingerprint")
-    if before and before != manifest.fingerprint:
-        raise RunExists(f"{uri} cannot be resumed: its dataset changed since its first attempt (fingerprint "
-                        f"{before} -> {manifest.fingerprint}); pass --overwrite to run it again on the new data")
     write_record(uri, {**record, "dataset_fingerprint": manifest.fingerprint})
-    start_ray(ray_address)
     return manifest
+
+
+def check_nodes_see(paths: dict[str, str]) -> None:
+    """Raise RunError before any work when a local path the driver sees (named by its option:
+    `{"--dataset": a file of it}`) is missing on another node of the cluster, which reads
+    and writes it too (Ray runs the tasks on every node). One task pinned to each node alive
+    now; S3 paths and a one-node Ray need none."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    local = {option: storage.resolve(path)[1] for option, path in paths.items() if storage.is_local(path)}
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    if not local or len(nodes) < 2:
+        return
+    probe = ray.remote(num_cpus=0, max_retries=0)(missing_paths)
+    answers = {f"{node['NodeManagerAddress']} (node {node['NodeID'][:8]})": probe.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(list(local.values()))
+        for node in nodes}
+    try:
+        missing = dict(zip(answers, ray.get(list(answers.values()), timeout=NODE_CHECK_TIMEOUT_S)))
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as error:
+        log.warning("could not check that every node sees %s: %s", ", ".join(local.values()), error)
+        return
+    unseen = [f"{option} {path} is not on {', '.join(n for n, paths in missing.items() if path in paths)}"
+              for option, path in local.items() if any(path in paths for paths in missing.values())]
+    if unseen:
+        raise RunError("; ".join(unseen) + ": every node of the cluster reads and writes it, so it must be a folder "
+                       "they all share (NFS, EFS, a mounted bucket) or an s3:// URI")
+
+
+def missing_paths(paths: list[str]) -> list[str]:
+    """The `paths` this node does not see (run on each node by `check_nodes_see`)."""
+    return [path for path in paths if not os.path.exists(path)]
 
 
 @contextmanager
@@ -232,18 +274,25 @@ def stop_on_signals(config: BenchmarkConfig) -> Iterator[None]:
 
 
 def interrupted(config: BenchmarkConfig, signum: int) -> None:
-    """run.json says `interrupted`, by which signal and in which stage; then Ray is shut
-    down, and the job's trainers and actor pools with it."""
-    name = signal.Signals(signum).name
-    if config.run_id:  # else the run had not claimed its folder yet
-        uri = run_uri(config)
-        try:
-            stage = read_record(uri).get("stage")
-        except (OSError, ValueError):
-            stage = "unknown"
-        update_record(uri, status="interrupted", interrupted_by=name, interrupted_at=datetime.now(UTC).isoformat())
-        print(f"interrupted by {name} in stage {stage}: {uri} is kept; rerun with --resume to finish it",
-              file=sys.stderr, flush=True)
+    """`mark_interrupted`; then Ray is shut down, and the job's trainers and actor pools with it."""
+    mark_interrupted(config, signum)
     import ray
 
     ray.shutdown()
+
+
+def mark_interrupted(config: BenchmarkConfig, signum: int) -> None:
+    """run.json says `interrupted`, by which signal and in which stage, and the console why."""
+    name = signal.Signals(signum).name
+    uri = run_uri(config) if config.run_id else None
+    try:
+        stage = read_record(uri)["stage"] if uri else None
+    except (OSError, ValueError, KeyError):
+        stage = None
+    if stage is None:
+        print(f"interrupted by {name}; no run.json to mark (the run had not written it yet, or it is unreachable)",
+              file=sys.stderr, flush=True)
+    else:
+        update_record(uri, status="interrupted", interrupted_by=name, interrupted_at=datetime.now(UTC).isoformat())
+        print(f"interrupted by {name} in stage {stage}: {uri} is kept; rerun with --resume to finish it",
+              file=sys.stderr, flush=True)

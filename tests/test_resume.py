@@ -7,10 +7,12 @@ Parquet file.
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,10 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from segray.config import preset
+from segray.errors import RunExists
 from segray.models.checkpoint import save_checkpoint
 from segray.models.networks import build_network
 from segray.results.read import read_rows
 from segray.results.resume import done_images
+from segray.run import mark_interrupted, open_run, update_record
 from tests.conftest import JOBS, job
 from tests.test_faults import assert_one_row_per_pair, wait_for
 
@@ -149,3 +154,77 @@ def test_an_unreadable_file_and_a_pair_missing_variants_are_dropped_before_count
 def test_resume_flags_that_cannot_work_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit, match=message):
         job("benchmark")(["--preset", "demo", *flags])
+
+
+def test_a_resume_refused_for_a_changed_dataset_leaves_the_run_as_it_was(ray_session, dataset_copy, tmp_path):
+    config = replace(preset("demo"), dataset=str(dataset_copy), output=str(tmp_path), run_id="r")
+    open_run(config)
+    run = tmp_path / "r"
+    update_record(str(run), status="interrupted", stage="evaluate")
+    before = json.loads((run / "run.json").read_text())
+    (dataset_copy / "images" / sorted(os.listdir(dataset_copy / "images"))[0]).unlink()
+
+    with pytest.raises(RunExists, match=f"fingerprint {before['dataset_fingerprint']} -> "):
+        open_run(replace(config, resume=True))
+    assert json.loads((run / "run.json").read_text()) == before  # not "running", no attempt counted
+
+
+def rows_in(path: Path) -> int | None:
+    """The rows of a Parquet file; None for a file cut short (no footer)."""
+    try:
+        return pq.read_metadata(path).num_rows
+    except pa.ArrowInvalid:
+        return None
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 KiB file system (a tmpfs this test mounts: 8 pages), grown by `grow` to free space."""
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "segray-small-disk", str(disk)], check=True)
+
+    def grow() -> None:
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+
+    yield disk, grow
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def test_a_full_disk_fails_the_run_naming_the_path_and_resume_finishes_it(ray_session, synthetic_root, tmp_path,
+                                                                           small_disk, capsys):
+    disk, grow = small_disk
+    params = {"base_width": 8, "image_size": 64}
+    checkpoint = tmp_path / "unet"
+    torch.manual_seed(0)
+    save_checkpoint(str(checkpoint), build_network("unet", params),
+                    {"model": "unet", "params": params, "image_size": 64, "run_id": "elsewhere"})
+    argv = ["--preset", "demo", "--dataset", str(synthetic_root), "--models", "unet", "--checkpoint",
+            f"unet={checkpoint}", "--eval-batch-size", "unet=1", "--rows-per-file", "1", "--output", str(disk),
+            "--run-id", "d"]  # rows of about 12 KB per file: the second file does not fit
+    run = disk / "d"
+
+    assert job("evaluate")(argv) == 2  # as for any output that stops taking writes
+    error = capsys.readouterr().err
+    assert f"{run / 'predictions'}: cannot write the rows there" in error
+    assert "No space left on device" in error
+    assert not (run / "summary.json").exists()
+    counts = [rows_in(path) for path in sorted((run / "predictions").glob("*.parquet"))]
+    assert None in counts  # the file being written when the disk filled was cut short
+    before = sum(count for count in counts if count is not None)
+    assert before < 48
+
+    grow()
+    assert job("evaluate")([*argv, "--resume"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    assert summary["resumed"]["rows_reused"] == before
+    assert_one_row_per_pair(read_rows(str(run / "predictions")), images=48, variants=1)
+
+
+def test_an_interrupt_before_the_run_has_a_folder_says_so(tmp_path, capsys):
+    config = replace(preset("demo"), output=str(tmp_path), run_id="not-yet")
+    mark_interrupted(config, signal.SIGINT)
+    error = capsys.readouterr().err
+    assert "interrupted by SIGINT; no run.json to mark" in error and "is kept" not in error
+    assert not (tmp_path / "not-yet").exists()
