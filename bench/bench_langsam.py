@@ -13,6 +13,13 @@ load; the best pass of each is kept.
 
     python bench/bench_langsam.py --threads 1      # tiny random models, CPU (the recorded figure)
     python bench/bench_langsam.py --detector DIR --sam DIR --device cuda --images 64 --batch-size 8
+
+With --prompts and --box-thresholds it measures the sweep instead, batched, three ways
+alternating: the default setting alone; the sweep from shared forwards (one detector and
+one SAM2 forward per prompt and batch); and each setting run on its own, one after another
+(what a sweep without sharing costs). It reports the sweep's cost in single-setting units.
+
+    python bench/bench_langsam.py --threads 1 --prompts "human.,people." --box-thresholds 0.2,0.25,0.35,0.4
 """
 
 from __future__ import annotations
@@ -20,13 +27,15 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from segray.models.base import ModelSpec, resolve_device
-from segray.models.langsam import LangSAMSegmenter
+from segray.models.langsam import LangSAMConfig, LangSAMSegmenter
+from segray.models.langsam_rules import RULES
 from segray.models.tiny_langsam import save_tiny_langsam
 from segray.report.provenance import hardware
 
@@ -76,6 +85,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per mode, best kept (default 3)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--prompts", help="measure a sweep: more prompts, comma-separated")
+    parser.add_argument("--box-thresholds", help="measure a sweep: more box thresholds, comma-separated")
     args = parser.parse_args()
 
     if args.threads:
@@ -96,6 +107,8 @@ def main() -> None:
         model = LangSAMSegmenter(spec)
         load_s = time.perf_counter() - start
         images = load_images(args.image_dir, args.images, seed=0)
+        if args.prompts or args.box_thresholds:
+            return measure_sweep(model, images, args, device, f"{label}: {detector} + {sam}")
 
         def loop(imgs: list[np.ndarray]) -> None:
             for image in imgs:
@@ -123,6 +136,43 @@ def main() -> None:
     print(f"loop:      {loop_rate:8.2f} images/s   (predict([image]) per image, as the seeds)")
     print(f"batched:   {batch_rate:8.2f} images/s   (batch size {args.batch_size})")
     print(f"ratio:     {batch_rate / loop_rate:8.2f} x")
+
+
+def measure_sweep(model: LangSAMSegmenter, images: list[np.ndarray], args: argparse.Namespace, device: str,
+                  label: str) -> None:
+    """The default setting alone, the sweep from shared forwards, and every setting on its
+    own, batched, alternating pass by pass; best pass of each."""
+    single = model.config
+    sweep = LangSAMConfig.from_params({**{f: getattr(single, f) for f in ("detector", "sam", "bf16")},
+                                       "prompts": args.prompts or [], "box_thresholds": args.box_thresholds or []})
+    settings = sweep.settings
+
+    def batched(config: LangSAMConfig, imgs: list[np.ndarray]) -> None:
+        model.config = config
+        for i in range(0, len(imgs), args.batch_size):
+            model.predict(imgs[i : i + args.batch_size])
+
+    def each_alone(imgs: list[np.ndarray]) -> None:
+        for setting in settings:
+            batched(replace(single, prompt=setting.prompt, box_threshold=setting.box_threshold), imgs)
+
+    batched(sweep, images[: args.batch_size])  # warm-up
+    rates = {"single": 0.0, "sweep": 0.0, "each alone": 0.0}
+    runs = {"single": lambda imgs: batched(single, imgs), "sweep": lambda imgs: batched(sweep, imgs),
+            "each alone": each_alone}
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            rates[name] = max(rates[name], pass_rate(run, images, device))
+    prompts = len(dict.fromkeys(s.prompt for s in settings))
+    hw = hardware()
+    print(f"models:    {label}")
+    print(f"hardware:  {hw['cpu']}, {hw['cores']} cores, torch threads {torch.get_num_threads()}; "
+          f"GPUs: {hw['gpus'] or 'none'}; device: {device}; torch {torch.__version__}")
+    print(f"sweep:     {len(settings)} settings ({prompts} prompts x {len(settings) // prompts} thresholds) x "
+          f"{len(RULES)} rules; {len(images)} images, batch {args.batch_size}, best of {args.repeats} passes")
+    for name, rate in rates.items():
+        print(f"{name + ':':11s}{rate:8.2f} images/s   cost {rates['single'] / rate:6.2f} x one setting")
+    print(f"sharing:   the sweep is {rates['sweep'] / rates['each alone']:.2f} x faster than each setting alone")
 
 
 if __name__ == "__main__":

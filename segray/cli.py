@@ -112,6 +112,12 @@ def add_langsam_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--langsam-sam", help="SAM2: hub id or save_pretrained folder [default: facebook/sam2.1-hiera-small]")
     g.add_argument("--langsam-prompt", help="text prompt [default: person.]")
     g.add_argument("--langsam-box-threshold", type=float, help="GroundingDINO box threshold [default: 0.3]")
+    g.add_argument("--langsam-prompts", type=comma_list(str), metavar="P[,P...]",
+                   help="a sweep: more prompts, each evaluated with --langsam-prompt from one detector forward per "
+                   "prompt and batch; each (prompt, threshold, rule) is a variant langsam/RULE[PROMPT@THRESHOLD]")
+    g.add_argument("--langsam-box-thresholds", type=comma_list(float), metavar="T[,T...]",
+                   help="a sweep: more box thresholds, each evaluated with --langsam-box-threshold from the same "
+                   "forwards (each threshold filters the lowest one's boxes)")
     g.add_argument("--langsam-text-threshold", type=float, help="GroundingDINO text threshold [default: 0.25]")
     g.add_argument("--langsam-max-boxes", type=int, help="boxes per image sent to SAM2 [default: 8]")
     g.add_argument("--langsam-bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -134,6 +140,16 @@ def add_evaluation_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--gpus-per-actor", action="append", metavar="[MODEL=]F",
                    help="GPU share of one model actor when the cluster has GPUs, repeatable "
                    "[default: unet=0.25 resnet34_unet=0.25 langsam=0.5]")
+
+
+def comma_list(parse):
+    """An argparse type: `A,B,C` -> [parse(A), parse(B), parse(C)]."""
+    def parse_list(text: str) -> list:
+        try:
+            return [parse(item.strip()) for item in text.split(",") if item.strip()]
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}: {error}") from error
+    return parse_list
 
 
 def per_model(item: str, models: list[str], parse, flag: str, form: str) -> list[tuple[str, Any]]:
@@ -172,6 +188,8 @@ LANGSAM_FLAGS = {
     "langsam_sam": "sam",
     "langsam_prompt": "prompt",
     "langsam_box_threshold": "box_threshold",
+    "langsam_prompts": "prompts",
+    "langsam_box_thresholds": "box_thresholds",
     "langsam_text_threshold": "text_threshold",
     "langsam_max_boxes": "max_boxes",
     "langsam_bf16": "bf16",

@@ -9,6 +9,7 @@ import pytest
 from segray.models.checkpoint import weights_sha256
 from segray.models.langsam_rules import VARIANTS
 from segray.models.store import resolve_version
+from segray.results.read import read_rows
 from tests.conftest import job
 
 
@@ -140,3 +141,32 @@ def test_a_checkpoint_store_that_refuses_the_write_fails_the_benchmark(ray_sessi
     assert job("benchmark")(argv) == 1
     assert json.loads((tmp_path / "unrecorded" / "summary.json").read_text())["status"] == "complete"
     assert f"recording the trained models in {store} failed" in caplog.text
+
+
+def test_a_langsam_sweeps_rows_are_each_settings_rows_alone(ray_session, dataset_copy, tiny_weights, tmp_path):
+    """The sweep through jobs/evaluate.py: its rows for a (prompt, threshold) are, but for
+    their variant names and versions, what a run with that setting alone writes."""
+    common = ["--preset", "demo", "--dataset", str(dataset_copy), "--models", "langsam", "--output", str(tmp_path),
+              *langsam_options(tiny_weights)[:4]]
+    assert job("evaluate")([*common, "--run-id", "sweep", "--langsam-box-threshold", "0",
+                            "--langsam-box-thresholds", "0.999", "--langsam-prompts", "human."]) == 0
+    compared = ["image_id", "model", "status", "iou", "dice", "boundary_iou", "box_score", "mask_score",
+                "num_detections", "mask_png"]
+    swept = read_rows(str(tmp_path / "sweep" / "predictions"), [*compared, "model_version"])
+    assert len(swept) == 12 * 2 * 2 * len(VARIANTS) and swept["model_version"].nunique() == 1
+    def setting(prompt: str, threshold: str):
+        suffix = f"[{prompt}@{threshold}]"
+        rows = swept[swept["model"].astype(str).str.endswith(suffix)].copy()
+        rows["model"] = rows["model"].astype(str).str.removesuffix(suffix)
+        return rows[compared].sort_values(["image_id", "model"]).reset_index(drop=True)
+
+    # The settings differ (the higher threshold keeps fewer boxes) ...
+    assert (setting("human.", "0.999")["num_detections"] < setting("person.", "0.0")["num_detections"]).any()
+    # ... and a setting's rows are those of a run with it alone (the model-level test covers every setting).
+    assert job("evaluate")([*common, "--run-id", "alone", "--langsam-prompt", "human.",
+                            "--langsam-box-threshold", "0.999"]) == 0
+    alone = read_rows(str(tmp_path / "alone" / "predictions"), compared)
+    alone["model"] = alone["model"].astype(str)
+    pd.testing.assert_frame_equal(setting("human.", "0.999"),
+                                  alone.sort_values(["image_id", "model"]).reset_index(drop=True),
+                                  check_categorical=False)

@@ -21,7 +21,7 @@ import segray.models.langsam_weights as W
 from segray.models import langsam as L
 from segray.models.base import ModelSpec
 from segray.models.langsam import LangSAMConfig, LangSAMSegmenter, model_version
-from segray.models.langsam_rules import keep_top_boxes
+from segray.models.langsam_rules import RULES, Setting, above, keep_top_boxes, parse_variant, variant_name
 from segray.models.langsam_weights import LangSAMWeightsUnavailable
 from segray.models.tiny_langsam import main as tiny_main
 from segray.models.tiny_langsam import save_tiny_langsam
@@ -188,15 +188,70 @@ def test_mixed_batch_some_images_without_detections(tiny, seg, images):
 
 
 def test_max_boxes_cap(tiny, images):
-    all_boxes = build(tiny, box_threshold=0.0, max_boxes=100).detect(images[:1])[0]
-    assert len(all_boxes[1]) > 3  # the tiny detector has 16 queries
     capped = build(tiny, box_threshold=0.0, max_boxes=3)
-    boxes, scores = capped.detect(images[:1])[0]
-    keep = keep_top_boxes(all_boxes[1], 3)
-    np.testing.assert_allclose(scores, all_boxes[1][keep])
-    np.testing.assert_allclose(boxes, all_boxes[0][keep])
+    _, scores = capped.detect(images[:1])[0]
+    assert len(scores) > 3  # the tiny detector has 16 queries, uncapped by detect
+    np.testing.assert_array_equal(above(scores, 0.0, 3), keep_top_boxes(scores, 3))
     out = capped.predict(images[:2])
     assert [preds["langsam/union"].num_detections for preds in out] == [3, 3]
+
+
+# ------------------------------------------------------------------ sweep
+
+
+def sweep_thresholds(tiny, images) -> list[float]:
+    """0.0 keeps every box (past the cap of 12), the eighth score of the first image keeps
+    its seven best, 1.01 keeps none."""
+    _, scores = build(tiny, box_threshold=0.0).detect(images[:1])[0]
+    return [0.0, float(np.sort(scores)[::-1][7]), 1.01]
+
+
+def test_a_sweeps_predictions_are_each_settings_alone(tiny, images):
+    thresholds = sweep_thresholds(tiny, images)
+    prompts = ["person.", "a human."]
+    sweep = build(tiny, box_threshold=thresholds[0], box_thresholds=thresholds[1:], prompts=prompts[1:], max_boxes=12)
+    out = sweep.predict(images)
+    assert sweep.variants == [variant_name(rule, Setting(p, t)) for p in prompts for t in thresholds for rule in RULES]
+    assert [list(preds) for preds in out] == [sweep.variants] * len(images)
+    statuses = set()
+    for prompt in prompts:
+        for threshold in thresholds:
+            alone = build(tiny, prompt=prompt, box_threshold=threshold, max_boxes=12).predict(images)
+            for swept, single in zip(out, alone):
+                for rule in RULES:
+                    a, b = swept[variant_name(rule, Setting(prompt, threshold))], single[f"langsam/{rule}"]
+                    assert (a.status, a.num_detections, a.box_score) == (b.status, b.num_detections, b.box_score)
+                    assert a.mask_score == pytest.approx(b.mask_score, abs=1e-6)
+                    assert (a.mask is None and b.mask is None) or np.array_equal(a.mask, b.mask)
+                    statuses.add((a.status, a.num_detections))
+    assert {("no_detection", 0), ("ok", 12), ("ok", 7)} <= statuses  # no box, the cap, fewer
+
+
+def test_a_sweep_runs_each_model_once_per_prompt_and_batch(tiny, images):
+    sweep = build(tiny, box_threshold=0.0, box_thresholds=[0.2, 0.4, 0.6], prompts=["human.", "people."])
+    calls = {"detector": 0, "sam": 0}
+    hooks = [sweep.detector.register_forward_hook(lambda *_: calls.__setitem__("detector", calls["detector"] + 1)),
+             sweep.sam_model.register_forward_hook(lambda *_: calls.__setitem__("sam", calls["sam"] + 1))]
+    try:
+        sweep.predict(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(sweep.config.settings) == 12
+    assert calls == {"detector": 3, "sam": 3}  # per prompt, not per (prompt, threshold)
+
+
+def test_a_sweep_has_its_own_version_and_variants_without_building_it():
+    params = {"detector": "d", "sam": "s", "prompts": "human., people", "box_thresholds": [0.25, 0.35]}
+    spec = ModelSpec("langsam", params=params)
+    assert LangSAMSegmenter.version_for(spec) == ("langsam@d+s?prompt=person.,human.,people.&box=0.25,0.3,0.35"
+                                                  "&text=0.25&boxes=8")
+    names = LangSAMSegmenter.variants_for(spec)
+    assert len(names) == 3 * 3 * len(RULES) and names[0] == "langsam/sam_score[person.@0.25]"
+    assert parse_variant("langsam/union[people.@0.35]") == ("union", Setting("people.", 0.35))
+    assert parse_variant("langsam/union") == ("union", None)
+    with pytest.raises(ValueError, match="backend='transformers'"):
+        LangSAMConfig.from_params({**params, "backend": "lang_sam"})
 
 
 def test_padded_sam_outputs_are_dropped(seg, images, monkeypatch):
@@ -213,7 +268,7 @@ def test_padded_sam_outputs_are_dropped(seg, images, monkeypatch):
 
     # Through predict: the detector is replaced so the box counts are exactly 3 and 1.
     fake = [(boxes_a, np.array([0.9, 0.8, 0.7], np.float32)), (boxes_b, np.array([0.6], np.float32))]
-    monkeypatch.setattr(seg, "detect", lambda imgs: fake)
+    monkeypatch.setattr(seg, "detect", lambda imgs, prompt, threshold: fake)
     out = seg.predict([a, b])
     assert [preds["langsam/sam_score"].num_detections for preds in out] == [3, 1]
     assert out[1]["langsam/box_score"].box_score == pytest.approx(0.6)

@@ -10,6 +10,13 @@ kept one mask with a `pick_best` rule. Here the same two models run once per *ba
    into one mask, so each rule becomes its own variant (`langsam/<rule>`) from the same
    forward passes.
 
+A sweep (`prompts`, `box_thresholds`) costs one GroundingDINO and one SAM2 forward per
+prompt and batch, whatever the thresholds: the detector runs at the lowest threshold, each
+threshold keeps its boxes from those scores (as GroundingDINO's post-processing would),
+and SAM2 segments the union of the boxes kept, which is the lowest threshold's. Each
+(prompt, threshold, rule) is a variant, `langsam/<rule>[<prompt>@<threshold>]`, whose
+rows are those a run with that prompt and threshold alone would write.
+
 Both models load with transformers (`backend="transformers"`, the default). The seeds'
 `lang_sam` package can be used instead (`backend="lang_sam"`); it is imported only then.
 
@@ -22,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +39,15 @@ import torch
 from PIL import Image
 
 from segray.models.base import ModelSpec, Prediction, resolve_device
-from segray.models.langsam_rules import VARIANTS, from_lang_sam_result, keep_top_boxes, no_detection, select
+from segray.models.langsam_rules import (
+    Setting,
+    above,
+    from_lang_sam_result,
+    keep_top_boxes,
+    no_detection,
+    select,
+    variants,
+)
 from segray.models.langsam_weights import LangSAMWeightsUnavailable, load_from, resolve_weights
 
 LANG_SAM_INSTALL = "pip install git+https://github.com/luca-medeiros/lang-segment-anything.git"
@@ -47,6 +62,12 @@ def normalize_prompt(prompt: str) -> str:
     if not prompt.endswith("."):
         prompt += "."
     return prompt
+
+
+def _as_list(value: Any) -> list[str]:
+    # A list from the CLI, or a comma-separated string from a YAML file.
+    items = value.split(",") if isinstance(value, str) else (value or [])
+    return [str(item).strip() for item in items if str(item).strip()]
 
 
 def _as_bool(value: Any) -> bool:
@@ -69,10 +90,16 @@ class LangSAMConfig:
     multimask_output: bool = False  # True: 3 masks per box, SAM's best-rated one kept
     bf16: bool = False  # bf16 autocast around the forwards, CUDA only (ignored on CPU)
     backend: str = "transformers"  # or "lang_sam" (the seeds' package, optional)
+    # A sweep: more prompts and box thresholds, evaluated with `prompt` and `box_threshold`
+    # from the same forward passes (`settings`).
+    prompts: list[str] = field(default_factory=list)
+    box_thresholds: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.prompt = normalize_prompt(str(self.prompt))
         self.box_threshold = float(self.box_threshold)
+        self.prompts = [normalize_prompt(prompt) for prompt in _as_list(self.prompts)]
+        self.box_thresholds = [float(threshold) for threshold in _as_list(self.box_thresholds)]
         self.text_threshold = float(self.text_threshold)
         self.detector = str(self.detector)
         self.sam = str(self.sam)
@@ -83,6 +110,22 @@ class LangSAMConfig:
             raise ValueError(f"max_boxes must be >= 1, got {self.max_boxes}")
         if self.backend not in ("transformers", "lang_sam"):
             raise ValueError(f"backend must be 'transformers' or 'lang_sam', got {self.backend!r}")
+        if self.backend == "lang_sam" and self.sweep:
+            raise ValueError("a sweep of prompts or box thresholds needs backend='transformers' (shared forwards)")
+
+    @property
+    def settings(self) -> list[Setting]:
+        """Every (prompt, box threshold) evaluated: `prompt` and then `prompts`, each with
+        `box_threshold` and `box_thresholds` in increasing order. One setting unless a sweep."""
+        prompts = dict.fromkeys([self.prompt, *self.prompts])
+        thresholds = sorted({self.box_threshold, *self.box_thresholds})
+        return [Setting(prompt, threshold) for prompt in prompts for threshold in thresholds]
+
+    @property
+    def sweep(self) -> list[Setting] | None:
+        """The settings of a sweep (more than one), else None."""
+        settings = self.settings
+        return settings if len(settings) > 1 else None
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> LangSAMConfig:
@@ -97,8 +140,13 @@ class LangSAMConfig:
 def model_version(config: LangSAMConfig) -> str:
     """The `model_version` of LangSAM's rows: the weights as given (hub ids or folders),
     then every option that changes its masks: the prompt, the box and text thresholds and
-    the boxes kept per image; multimask, bf16 and the lang_sam backend only when set."""
-    version = (f"langsam@{config.detector}+{config.sam}?prompt={config.prompt}&box={config.box_threshold}"
+    the boxes kept per image; multimask, bf16 and the lang_sam backend only when set. A
+    sweep lists its prompts and thresholds."""
+    prompt, box = config.prompt, config.box_threshold
+    if config.sweep:
+        prompt = ",".join(dict.fromkeys(setting.prompt for setting in config.sweep))
+        box = ",".join(dict.fromkeys(str(setting.box_threshold) for setting in config.sweep))
+    version = (f"langsam@{config.detector}+{config.sam}?prompt={prompt}&box={box}"
                f"&text={config.text_threshold}&boxes={config.max_boxes}")
     for flag, value in (("multimask", config.multimask_output), ("bf16", config.bf16)):
         version += f"&{flag}=1" if value else ""
@@ -131,14 +179,13 @@ def _check_images(images: list[np.ndarray]) -> list[np.ndarray]:
 
 
 class LangSAMSegmenter:
-    """GroundingDINO + SAM2 behind the `Segmenter` interface; one variant per rule in RULES."""
-
-    variants: list[str] = VARIANTS
+    """GroundingDINO + SAM2 behind the `Segmenter` interface; one variant per rule in RULES
+    (and per setting of a sweep)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.config = LangSAMConfig.from_params(dict(spec.params))
         self.device = resolve_device(spec.device)
-        self.variants = list(VARIANTS)
+        self.variants = variants(self.config.sweep)
         if self.config.backend == "lang_sam":
             self._lang_sam = _build_lang_sam(self.config, self.device)
             self.input_size = "lang_sam's own"
@@ -163,7 +210,7 @@ class LangSAMSegmenter:
     @classmethod
     def variants_for(cls, spec: ModelSpec) -> list[str]:
         """The variant names, without building the model (segray.models.catalogue asks)."""
-        return list(VARIANTS)
+        return variants(LangSAMConfig.from_params(dict(spec.params)).sweep)
 
     @classmethod
     def version_for(cls, spec: ModelSpec) -> str:
@@ -190,29 +237,27 @@ class LangSAMSegmenter:
         return contextlib.nullcontext()
 
     @torch.inference_mode()
-    def detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One GroundingDINO forward: per image, (boxes (N,4) xyxy pixels, scores (N,)), capped."""
+    def detect(self, images: list[np.ndarray], prompt: str | None = None,
+               threshold: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One GroundingDINO forward: per image, (boxes (N,4) xyxy pixels, scores (N,)) of the
+        boxes scoring above `threshold`, in detector order, not capped (`above` caps them).
+        By default the config's prompt and box threshold."""
         cfg = self.config
+        prompt = cfg.prompt if prompt is None else prompt
         pil = [Image.fromarray(im) for im in images]
         inputs = self.detector_processor(
-            images=pil, text=[cfg.prompt] * len(pil), padding="longest", return_tensors="pt"
+            images=pil, text=[prompt] * len(pil), padding="longest", return_tensors="pt"
         ).to(self.device)
         with self._autocast():
             outputs = self.detector(**inputs)
         results = self.detector_processor.post_process_grounded_object_detection(
             outputs,
             inputs["input_ids"],
-            threshold=cfg.box_threshold,
+            threshold=cfg.box_threshold if threshold is None else threshold,
             text_threshold=cfg.text_threshold,
             target_sizes=[im.shape[:2] for im in images],
         )
-        detections = []
-        for result in results:
-            scores = result["scores"].float().cpu().numpy()
-            boxes = result["boxes"].float().cpu().numpy()
-            keep = keep_top_boxes(scores, cfg.max_boxes)
-            detections.append((boxes[keep], scores[keep]))
-        return detections
+        return [(result["boxes"].float().cpu().numpy(), result["scores"].float().cpu().numpy()) for result in results]
 
     @torch.inference_mode()
     def segment(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -252,23 +297,34 @@ class LangSAMSegmenter:
         return out
 
     def predict(self, images: list[np.ndarray]) -> list[dict[str, Prediction]]:
-        """Segment a batch of RGB uint8 images; one dict of all variants per image."""
+        """Segment a batch of RGB uint8 images; one dict of all variants per image. Per
+        prompt: one detector forward at its lowest threshold, one SAM2 forward for the boxes
+        any threshold keeps, and every rule at every threshold."""
         images = _check_images(images)
         if not images:
             return []
         if self.config.backend == "lang_sam":
             return self._predict_lang_sam(images)
-        detections = self.detect(images)
-        with_boxes = [i for i, (boxes, _) in enumerate(detections) if len(boxes) > 0]
-        segmented = self.segment([images[i] for i in with_boxes], [detections[i][0] for i in with_boxes])
-        by_index = dict(zip(with_boxes, segmented))
-        results: list[dict[str, Prediction]] = []
-        for i, (_, box_scores) in enumerate(detections):
-            if i in by_index:
-                masks, mask_scores = by_index[i]
-                results.append(select(masks, mask_scores, box_scores))
-            else:
-                results.append(no_detection())  # not sent to SAM
+        sweep = self.config.sweep
+        results: list[dict[str, Prediction]] = [{} for _ in images]
+        for prompt in dict.fromkeys(setting.prompt for setting in self.config.settings):
+            thresholds = [s.box_threshold for s in self.config.settings if s.prompt == prompt]
+            detections = self.detect(images, prompt, thresholds[0])
+            kept = [{t: above(scores, t, self.config.max_boxes) for t in thresholds} for _, scores in detections]
+            # The lowest threshold keeps every box a higher one keeps (the cap takes the best).
+            union = [per_threshold[thresholds[0]] for per_threshold in kept]
+            with_boxes = [i for i, boxes in enumerate(union) if len(boxes)]
+            segmented = dict(zip(with_boxes, self.segment([images[i] for i in with_boxes],
+                                                          [detections[i][0][union[i]] for i in with_boxes])))
+            for i, (_, box_scores) in enumerate(detections):
+                for threshold, boxes in kept[i].items():
+                    setting = Setting(prompt, threshold) if sweep else None
+                    if not len(boxes):
+                        results[i].update(no_detection(setting))  # not sent to SAM
+                        continue
+                    masks, mask_scores = segmented[i]
+                    at = np.searchsorted(union[i], boxes)
+                    results[i].update(select(masks[at], mask_scores[at], box_scores[boxes], setting))
         return results
 
     def _predict_lang_sam(self, images: list[np.ndarray]) -> list[dict[str, Prediction]]:

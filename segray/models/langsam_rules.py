@@ -1,6 +1,8 @@
 """LangSAM's selection rules: from one image's candidates (a mask, a SAM mask score and a
 GroundingDINO box score per box) to one mask per rule, so each rule is its own variant
-(`langsam/<rule>`). Numpy only: the model itself is in segray.models.langsam.
+(`langsam/<rule>`). A sweep over prompts and box thresholds names the setting too
+(`langsam/<rule>[<prompt>@<threshold>]`: `variant_name`, read back by `parse_variant`).
+Numpy only: the model itself is in segray.models.langsam.
 """
 
 from __future__ import annotations
@@ -78,6 +80,42 @@ VARIANT_PREFIX = "langsam/"
 VARIANTS: list[str] = [VARIANT_PREFIX + name for name in RULES]
 
 
+class Setting(NamedTuple):
+    """One (prompt, box threshold) of a LangSAM sweep."""
+
+    prompt: str
+    box_threshold: float
+
+    def __str__(self) -> str:
+        return f"{self.prompt}@{self.box_threshold}"  # the float's shortest exact form
+
+
+def variant_name(rule: str, setting: Setting | None = None) -> str:
+    """`langsam/<rule>`, or `langsam/<rule>[<prompt>@<threshold>]` for a setting of a sweep."""
+    return VARIANT_PREFIX + rule + (f"[{setting}]" if setting is not None else "")
+
+
+def variants(settings: list[Setting] | None = None) -> list[str]:
+    """Every variant name, setting by setting, in RULES order within each."""
+    return [variant_name(rule, setting) for setting in (settings or [None]) for rule in RULES]
+
+
+def parse_variant(name: str) -> tuple[str, Setting | None]:
+    """`variant_name`'s inverse: (rule, setting or None)."""
+    rule, _, setting = name.removeprefix(VARIANT_PREFIX).partition("[")
+    if not setting:
+        return rule, None
+    prompt, _, threshold = setting.removesuffix("]").rpartition("@")
+    return rule, Setting(prompt, float(threshold))
+
+
+def above(box_scores: np.ndarray, threshold: float, max_boxes: int) -> np.ndarray:
+    """Indices of the boxes GroundingDINO keeps at `threshold` (score > threshold, as its
+    post-processing), capped to the `max_boxes` best (`keep_top_boxes`), in detector order."""
+    kept = np.flatnonzero(np.asarray(box_scores) > threshold)
+    return kept[keep_top_boxes(np.asarray(box_scores)[kept], max_boxes)]
+
+
 def keep_top_boxes(box_scores: np.ndarray, max_boxes: int) -> np.ndarray:
     """Indices of the `max_boxes` highest scores, returned in their original order.
 
@@ -92,20 +130,22 @@ def keep_top_boxes(box_scores: np.ndarray, max_boxes: int) -> np.ndarray:
     return np.sort(top)
 
 
-def no_detection() -> dict[str, Prediction]:
+def no_detection(setting: Setting | None = None) -> dict[str, Prediction]:
     """Every variant's answer for an image where GroundingDINO found no box."""
-    return {v: Prediction(mask=None, status="no_detection", num_detections=0) for v in VARIANTS}
+    return {variant_name(rule, setting): Prediction(mask=None, status="no_detection", num_detections=0)
+            for rule in RULES}
 
 
-def select(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.ndarray) -> dict[str, Prediction]:
+def select(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.ndarray,
+           setting: Setting | None = None) -> dict[str, Prediction]:
     """Apply every rule to one image's candidates; no candidates gives `no_detection()`."""
     n = len(mask_scores)
     if n == 0:
-        return no_detection()
+        return no_detection(setting)
     out = {}
     for name, rule in RULES.items():
         choice = rule(masks, mask_scores, box_scores)
-        out[VARIANT_PREFIX + name] = Prediction(
+        out[variant_name(name, setting)] = Prediction(
             mask=np.asarray(choice.mask, dtype=bool),
             status="ok",
             box_score=choice.box_score,
