@@ -8,17 +8,20 @@ With --checkpoint-store URI, each trained model's best checkpoint is also record
 checkpoint store as version RUN_ID (segray/models/store.py); a failure to record exits 1.
 Exits 1 when a model failed to train, 2 on bad arguments or an unusable dataset/output.
 Ctrl-C or SIGTERM stops it (exit 130 or 143); --resume then reuses the trainings that
-finished and resumes the others from their latest checkpoints.
+finished and resumes the others from their latest checkpoints. A run that ended has its
+status in run.json (complete, or partial when a model failed or was not recorded) and
+nothing to resume.
 """
 
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 
 from segray.cli import config_from_args, parser
 from segray.errors import DatasetError, RunError
 from segray.pipeline import record_trained
-from segray.run import enter_stage, open_run, run_uri, stop_on_signals
+from segray.run import enter_stage, open_run, run_uri, stop_on_signals, update_record
 from segray.trainings import train_models
 
 
@@ -31,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
             enter_stage(run_uri(config), "train")
             results = train_models(config, manifest, run_uri(config))
             recorded = record_trained(args.checkpoint_store, config, manifest, results) if args.checkpoint_store else True
+            failed = any("error" in r for r in results.values()) or not recorded
+            update_record(run_uri(config), status="partial" if failed else "complete",
+                          finished_at=datetime.now(UTC).isoformat())
     except (DatasetError, RunError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -40,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{model}: best val IoU {result['best_val_iou']:.4f} at epoch {result['best_epoch']}, "
                   f"{result['train_time_s']:.0f} s; checkpoint {result['checkpoint']}")
-    return 1 if any("error" in r for r in results.values()) or not recorded else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

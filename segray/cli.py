@@ -10,7 +10,9 @@ import argparse
 import json
 import logging
 import os
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from segray import storage
 from segray.config import PRESETS, BenchmarkConfig, preset
@@ -142,7 +144,13 @@ def add_evaluation_options(g: argparse._ArgumentGroup) -> None:
                    "[default: unet=0.25 resnet34_unet=0.25 langsam=0.5]")
 
 
-def comma_list(parse):
+def usage_error(message: str) -> NoReturn:
+    """A malformed option: the message, and exit 2, as argparse does for its own."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def comma_list(parse: Callable[[str], Any]) -> Callable[[str], list]:
     """An argparse type: `A,B,C` -> [parse(A), parse(B), parse(C)]."""
     def parse_list(text: str) -> list:
         try:
@@ -158,7 +166,7 @@ def per_model(item: str, models: list[str], parse, flag: str, form: str) -> list
     try:
         value = parse(text)
     except ValueError:
-        raise SystemExit(f"{flag} expects {form}, got {item!r}") from None
+        usage_error(f"{flag} expects {form}, got {item!r}")
     return [(model, value)] if model else [(m, value) for m in models]
 
 
@@ -243,9 +251,9 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         if given(flag) is not None:
             setattr(config, flag, given(flag))
     if config.resume and config.overwrite:
-        raise SystemExit("--resume and --overwrite exclude each other: continue the run, or replace it")
+        usage_error("--resume and --overwrite exclude each other: continue the run, or replace it")
     if config.resume and not given("run_id"):
-        raise SystemExit("--resume needs the --run-id of the run to continue")
+        usage_error("--resume needs the --run-id of the run to continue")
     if given("models"):
         config.models = [m.strip() for m in given("models").split(",") if m.strip()]
 
@@ -281,7 +289,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     for item in given("eval_batch_size") or []:
         model, _, size = item.partition("=")
         if not size.isdigit():
-            raise SystemExit(f"--eval-batch-size expects MODEL=N, got {item!r}")
+            usage_error(f"--eval-batch-size expects MODEL=N, got {item!r}")
         evaluation.batch_size[model] = int(size)
     # The models' inference input is the training size (stored in checkpoints for trained ones).
     for model in ("unet", "resnet34_unet"):

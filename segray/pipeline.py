@@ -27,12 +27,12 @@ from segray.models.checkpoint import version_key
 from segray.models.selection import TrainedModels, models_to_evaluate
 from segray.models.store import record_training
 from segray.results.read import read_rows
-from segray.results.resume import done_images
+from segray.results.resume import done_images, pending
 from segray.results.scoring import ALL_SPLITS, format_table, model_summary
 from segray.run import enter_stage, open_run, read_record, run_failed, run_uri, update_record
 from segray.schema import ERROR
 from segray.timeline import Progress, start_timeline, stop_timeline, summarize
-from segray.trainings import Trainings, finished_trainings, plan, trainable_models, write_training
+from segray.trainings import Trainings, plan, trainings_to_run, write_training
 
 if TYPE_CHECKING:
     from segray.evaluate import StreamModel
@@ -75,12 +75,19 @@ def evaluate_and_summarize(config: BenchmarkConfig, manifest: Manifest, models: 
     uri = run_uri(config)
     predictions = storage.join(uri, "predictions")
     enter_stage(uri, "evaluate" if not isinstance(training, Trainings) or not training.models else "train+evaluate")
-    to_do = pending_per_model(config, manifest, models, predictions) if config.resume else None
+    try:
+        to_do = pending_per_model(config, manifest, models, predictions) if config.resume else None
+    except OSError as error:
+        raise run_failed(uri, f"{predictions}: cannot read the rows of the earlier attempt: "
+                              f"{describe_cause(error)}") from error
     timeline = timeline or start_timeline(config.run_id)
     with Progress(timeline, len(manifest.table), stage_labels(models), config.train.epochs):
         try:
-            if models and (to_do is None or any(len(table) for table in to_do)):
-                evaluate(manifest.table, models, config.eval, predictions, config.run_id, manifest_per_spec=to_do,
+            # A resumed run streams only the models with pairs left: the others need no pool.
+            streamed = [i for i in range(len(models)) if to_do is None or len(to_do[i])]
+            if streamed:
+                evaluate(manifest.table, [models[i] for i in streamed], config.eval, predictions, config.run_id,
+                         manifest_per_spec=None if to_do is None else [to_do[i] for i in streamed],
                          mask_person_values=config.mask_person_values, reserve=reserve, timeline=timeline)
         except OSError as error:  # the output went away mid-run
             raise run_failed(uri, f"{predictions}: cannot write the rows there: {describe_cause(error)}") from error
@@ -120,11 +127,11 @@ def pending_per_model(config: BenchmarkConfig, manifest: Manifest, models: list[
     versions = [version_of(m) if isinstance(m, ModelSpec) else version_key(m.name, config.run_id) for m in models]
     done = done_images(predictions, {version: variants(m) for version, m in zip(versions, models)})
     table = manifest.table
-    pending = [table[~table["image_id"].isin(done[version])] for version in versions]
-    for model, version, rows in zip(models, versions, pending):
+    to_do = pending(table, versions, done)
+    for model, version, rows in zip(models, versions, to_do):
         print(f"resume: {model.name} ({version}) has rows for {len(table) - len(rows)} of {len(table)} images; "
               f"evaluating {len(rows)}")
-    return pending
+    return to_do
 
 
 def describe_cause(error: OSError) -> str:
@@ -207,9 +214,7 @@ def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None, store
     manifest = open_run(config, ray_address)
     uri = run_uri(config)
     timeline = start_timeline(config.run_id)  # before the trainings, which report their epochs to it
-    to_train, failed = trainable_models(config)
-    reused = {m: r for m, r in finished_trainings(uri).items() if m in to_train} if config.resume else {}
-    to_train = [m for m in to_train if m not in reused]
+    to_train, reused, failed = trainings_to_run(config, uri)
     untrained = [m for m in config.models if m not in to_train and m not in failed]  # LangSAM, reused trainings
     ready, unavailable = models_to_evaluate(replace(config, models=untrained), TrainedModels(training=reused))
     unavailable.update({model: result["error"] for model, result in failed.items()})

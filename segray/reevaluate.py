@@ -36,8 +36,9 @@ from segray.models.base import ModelSpec
 from segray.models.catalogue import variants_of, version_of
 from segray.models.selection import TrainedModels, models_to_evaluate
 from segray.results.read import COMMIT_FILE, committed_files, partition_uri, partitions, read_rows
+from segray.results.resume import pending
 from segray.results.scoring import SERIES, common_rows
-from segray.run import check_nodes_see, load_manifest, new_run_id, start_ray
+from segray.run import check_nodes_see, dataset_probe, load_manifest, new_run_id, start_ray
 from segray.schema import PAIR_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,6 @@ def done_pairs(results: str) -> dict[str, set[str]]:
     pairs = read_rows(committed_files(results), PAIR_COLUMNS).drop_duplicates()
     return {str(version): set(group["image_id"].astype(str))
             for version, group in pairs.groupby("model_version", observed=True)}
-
-
-def pending(manifest: pd.DataFrame, specs: list[ModelSpec], done: dict[str, set[str]]) -> list[pd.DataFrame]:
-    """Per spec, the manifest rows whose (image, model version) pair has no rows yet."""
-    return [manifest[~manifest["image_id"].isin(done.get(version_of(spec), set()))] for spec in specs]
 
 
 # ----------------------------------------------------------------------------- lock
@@ -181,7 +177,8 @@ def reevaluate(
         storage.delete_dir(partition_uri(results, crashed))
 
     outcome = Outcome(run_id, images=len(manifest), versions=[version_of(spec) for spec in specs])
-    todo = [(spec, table) for spec, table in zip(specs, pending(manifest, specs, done_pairs(results))) if len(table)]
+    to_do = pending(manifest, [version_of(spec) for spec in specs], done_pairs(results))
+    todo = [(spec, table) for spec, table in zip(specs, to_do) if len(table)]
     if not todo:
         return outcome
     started = time.perf_counter()
@@ -189,7 +186,7 @@ def reevaluate(
     outcome.computed = {version_of(spec): len(table) for spec, table in todo}
     outcome.rows_expected = sum(len(table) * len(variants_of(spec)) for spec, table in todo)
     start_ray(ray_address)
-    check_nodes_see({"--dataset": manifest["image_uri"].iloc[0], "RESULTS": results})
+    check_nodes_see({**dataset_probe(manifest), "RESULTS": results})
     evaluate(manifest, [spec for spec, _ in todo], config, outcome.partition, run_id,
              manifest_per_spec=[table for _, table in todo], mask_person_values=mask_person_values)
 

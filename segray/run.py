@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
+
 from segray import storage
 from segray.config import BenchmarkConfig
 from segray.data.manifest import DEFAULT_CACHE_DIR, Manifest, build_manifest
@@ -36,6 +38,7 @@ RUN_FILE = "run.json"
 # How it runs (output, cache, the evaluation's pools and batches) may change between attempts.
 RESUMED_SETTINGS = ("dataset", "mask_person_values", "models", "model_params", "train")
 SHUTDOWN_WAIT_S = 20  # after an interrupt, how long Ray gets to stop before the process exits
+FINISHED = ("complete", "partial")  # the statuses of a run that ended (run.json)
 NODE_CHECK_TIMEOUT_S = 60  # how long every node has to say which of the run's paths it sees
 
 
@@ -47,17 +50,21 @@ def run_uri(config: BenchmarkConfig) -> str:
     return storage.join(config.output, config.run_id)
 
 
-def prepare_run_dir(uri: str, overwrite: bool, resume: bool = False, config: dict[str, Any] | None = None) -> None:
+def prepare_run_dir(uri: str, overwrite: bool, resume: bool = False,
+                    config: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """A run id is written once: an existing run is refused, removed whole with overwrite,
     or, with resume, continued when it did not finish and its `RESUMED_SETTINGS` are
     `config`'s; so rows are never appended twice. Writing `run.json` first proves the
-    location works (endpoint, bucket, credentials) before any work starts."""
+    location works (endpoint, bucket, credentials) before any work starts. Returns the
+    run.json of the attempt before (None for a new run)."""
     now = datetime.now(UTC).isoformat()
     settings = {key: (config or {}).get(key) for key in RESUMED_SETTINGS}
+    previous = None
     try:
         if storage.exists(uri) and resume:
-            record = resumable_record(uri, settings)
-            record.update(status="running", stage="start", attempts=record.get("attempts", 1) + 1, resumed_at=now)
+            previous = resumable_record(uri, settings)
+            record = {**previous, "status": "running", "stage": "start", "attempts": previous.get("attempts", 1) + 1,
+                      "resumed_at": now}
             record.pop("error", None)
         else:
             if storage.exists(uri):
@@ -69,6 +76,7 @@ def prepare_run_dir(uri: str, overwrite: bool, resume: bool = False, config: dic
         write_record(uri, record)
     except OSError as error:
         raise RunError(f"{uri}: cannot write the run there: {storage.describe(error)}") from error
+    return previous
 
 
 def read_record(uri: str) -> dict[str, Any]:
@@ -81,16 +89,16 @@ def write_record(uri: str, record: dict[str, Any]) -> None:
 
 def resumable_record(uri: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The run.json of a run that `--resume` may continue, or RunExists saying why not."""
-    if storage.exists(storage.join(uri, "summary.json")):
-        raise RunExists(f"{uri} finished (it has a summary.json): nothing to resume; choose another --run-id or "
-                        "pass --overwrite to run it again")
     try:
         record = read_record(uri)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):  # none, or cut short by a crash before writes were whole
         record = {}
+    if storage.exists(storage.join(uri, "summary.json")) or record.get("status") in FINISHED:
+        raise RunExists(f"{uri} finished: nothing to resume; choose another --run-id or pass --overwrite to run it "
+                        "again")
     if "settings" not in record:
-        raise RunExists(f"{uri} has no run.json with its settings (written since --resume exists): it cannot be "
-                        "resumed; pass --overwrite to run it again")
+        raise RunExists(f"{uri} has no readable run.json with its settings (written since --resume exists): it "
+                        "cannot be resumed; pass --overwrite to run it again")
     changed = differences(record["settings"], settings)
     if changed:
         raise RunExists(f"{uri} cannot be resumed with other settings than its first attempt's: "
@@ -195,8 +203,7 @@ def open_run(config: BenchmarkConfig, ray_address: str | None = None) -> Manifes
     run must read the same dataset as before: its fingerprint is in run.json."""
     config.run_id = config.run_id or new_run_id()
     uri = run_uri(config)
-    previous = read_record(uri) if config.resume and storage.exists(uri) else None
-    prepare_run_dir(uri, config.overwrite, config.resume, config.to_dict())
+    previous = prepare_run_dir(uri, config.overwrite, config.resume, config.to_dict())
     record = read_record(uri)
     try:
         manifest = load_manifest(config)
@@ -205,8 +212,7 @@ def open_run(config: BenchmarkConfig, ray_address: str | None = None) -> Manifes
             raise RunExists(f"{uri} cannot be resumed: its dataset changed since its first attempt (fingerprint "
                             f"{before} -> {manifest.fingerprint}); pass --overwrite to run it again on the new data")
         start_ray(ray_address)
-        first_image = manifest.table["image_uri"].iloc[0] if len(manifest.table) else manifest.root
-        check_nodes_see({"--dataset": first_image, "--output": uri})
+        check_nodes_see({**dataset_probe(manifest.table), "--output": uri})
     except Exception:  # nothing was done
         if previous is None:
             storage.delete_dir(uri)  # give the run id back
@@ -245,6 +251,11 @@ def check_nodes_see(paths: dict[str, str]) -> None:
                        "they all share (NFS, EFS, a mounted bucket) or an s3:// URI")
 
 
+def dataset_probe(table: pd.DataFrame) -> dict[str, str]:
+    """What `check_nodes_see` checks of a dataset: its first image (nothing for none)."""
+    return {"--dataset": table["image_uri"].iloc[0]} if len(table) else {}
+
+
 def missing_paths(paths: list[str]) -> list[str]:
     """The `paths` this node does not see (run on each node by `check_nodes_see`)."""
     return [path for path in paths if not os.path.exists(path)]
@@ -256,8 +267,14 @@ def stop_on_signals(config: BenchmarkConfig) -> Iterator[None]:
     send) end the job at once, wherever its main thread waits: `interrupted` runs (for at
     most SHUTDOWN_WAIT_S), then the process exits 128 + the signal (130, 143) without
     waiting for its threads, which may be waiting on Ray for hours. `--resume` takes the
-    run up again. The previous handlers come back after the block."""
+    run up again. A second signal while it stops exits at once. The previous handlers come
+    back after the block."""
+    stopping = threading.Event()
+
     def handler(signum: int, frame: Any) -> None:
+        if stopping.is_set():
+            os._exit(128 + signum)
+        stopping.set()
         stopper = threading.Thread(target=interrupted, args=(config, signum), daemon=True)
         stopper.start()
         stopper.join(SHUTDOWN_WAIT_S)
@@ -292,6 +309,9 @@ def mark_interrupted(config: BenchmarkConfig, signum: int) -> None:
     if stage is None:
         print(f"interrupted by {name}; no run.json to mark (the run had not written it yet, or it is unreachable)",
               file=sys.stderr, flush=True)
+    elif storage.exists(storage.join(uri, "summary.json")):  # finished: only what follows it was cut short
+        print(f"interrupted by {name} in stage {stage}, after {uri} finished: its rows and summary.json are whole; "
+              f"redraw its report with: python jobs/report.py {uri}", file=sys.stderr, flush=True)
     else:
         update_record(uri, status="interrupted", interrupted_by=name, interrupted_at=datetime.now(UTC).isoformat())
         print(f"interrupted by {name} in stage {stage}: {uri} is kept; rerun with --resume to finish it",

@@ -12,9 +12,11 @@ the endpoint on.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import tempfile
+import threading
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -55,8 +57,19 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         url = urlparse(endpoint)
         options.update(endpoint_override=url.netloc, scheme=url.scheme or "https", region=region or "us-east-1")
     else:
-        options["region"] = region or pafs.resolve_s3_region(path.split("/")[0])
+        options["region"] = bucket_region(path.split("/")[0]) or region or "us-east-1"
     return pafs.S3FileSystem(**options), path
+
+
+@functools.cache
+def bucket_region(bucket: str) -> str | None:
+    """The AWS region a bucket lives in (asked once per process), whatever AWS_REGION says:
+    a bucket in another region than the cluster's is read where it is. None when AWS does
+    not say (no network, or no such bucket: the request that follows names the problem)."""
+    try:
+        return pafs.resolve_s3_region(bucket)
+    except OSError:
+        return None
 
 
 def join(uri: str, *parts: str) -> str:
@@ -73,10 +86,23 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file. Locally through a temporary file renamed over it, so that a
+    reader, a full disk or an interrupt mid-write never leaves half a file (an S3 PUT is
+    whole by itself)."""
     fs, path = resolve(uri)
     fs.create_dir(posixpath.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(data)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    temporary = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def exists(uri: str) -> bool:

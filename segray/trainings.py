@@ -82,6 +82,14 @@ def finished_trainings(uri: str) -> dict[str, dict[str, Any]]:
     return {model: result for model, result in json.loads(storage.read_bytes(path)).items() if "error" not in result}
 
 
+def trainings_to_run(config: BenchmarkConfig, uri: str) -> tuple[list[str], dict[str, dict], dict[str, dict]]:
+    """The models to train; the trainings an earlier attempt finished, which a resumed run
+    (`config.resume`) reuses; and an error result for each model that cannot train."""
+    to_train, failed = trainable_models(config)
+    reused = {m: r for m, r in finished_trainings(uri).items() if m in to_train} if config.resume else {}
+    return [m for m in to_train if m not in reused], reused, failed
+
+
 class Trainings:
     """Trains `models` in threads, `at_once` at a time, into `<uri>/train/<model>`; a model
     whose folder an interrupted attempt left resumes from its latest checkpoint (Ray Train
@@ -129,20 +137,25 @@ class Trainings:
             result = train_model(model, config.model_params.get(model, {}), datasets.result(), config.train,
                                  storage_path=storage.join(self.uri, "train"), run_name=model, run_id=config.run_id,
                                  dataset_fingerprint=self.manifest.fingerprint)
-            self.results[model] = {**asdict(result), "version": version_key(model, config.run_id),
-                                   "dataset_fingerprint": self.manifest.fingerprint}
+            outcome = {**asdict(result), "version": version_key(model, config.run_id),
+                       "dataset_fingerprint": self.manifest.fingerprint}
         except Exception as error:
             log.exception("training %s failed", model)
-            self.results[model] = {"model": model, "error": f"{type(error).__name__}: {error}"}
-        finally:
-            self._write()
+            outcome = {"model": model, "error": f"{type(error).__name__}: {error}"}
+        spec = None
+        try:
+            self._record(model, outcome)
             spec = self._spec(model)
+        finally:  # whatever happened, the model's pool must not wait for ever
             if self.gate is not None:
                 self.gate.open.remote(model, spec)
 
-    def _write(self) -> None:
-        """training.json as it stands, so that a resumed run reuses the trainings that ended."""
+    def _record(self, model: str, outcome: dict[str, Any]) -> None:
+        """Add a training's outcome and write training.json as it stands, so that a resumed
+        run reuses the trainings that ended. Under the lock: trainings end in their own
+        threads, and the JSON encoder walks the results while it writes."""
         with self.written:
+            self.results[model] = outcome
             try:
                 write_training(self.uri, self.results)
             except OSError as error:
@@ -169,9 +182,7 @@ def train_models(config: BenchmarkConfig, manifest: Manifest, uri: str) -> dict[
     trainings its earlier attempt finished."""
     import ray
 
-    to_train, failed = trainable_models(config)
-    reused = {m: r for m, r in finished_trainings(uri).items() if m in to_train} if config.resume else {}
-    to_train = [m for m in to_train if m not in reused]
+    to_train, reused, failed = trainings_to_run(config, uri)
     at_once = plan(config, len(to_train), [], ray.cluster_resources()).at_once
     results = Trainings(config, manifest, uri, to_train, at_once, known={**failed, **reused}).start().join()
     write_training(uri, results)

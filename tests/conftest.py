@@ -24,6 +24,21 @@ DATA = Path(__file__).parent / "data"
 JOBS = Path(__file__).parents[1] / "jobs"
 
 
+def untrained_unet(folder: Path, base_width: int, image_size: int) -> Path:
+    """An untrained UNet checkpoint (seeded) in `folder`, for a test that evaluates without
+    training: narrow and small to be fast, wide and large to be caught mid-run."""
+    import torch
+
+    from segray.models.checkpoint import save_checkpoint
+    from segray.models.networks import build_network
+
+    params = {"base_width": base_width, "image_size": image_size}
+    torch.manual_seed(0)
+    save_checkpoint(str(folder), build_network("unet", params),
+                    {"model": "unet", "params": params, "image_size": image_size, "run_id": "elsewhere"})
+    return folder
+
+
 def job(name: str):
     """The `main` of jobs/<name>.py, to run a job in-process on the shared Ray."""
     spec = importlib.util.spec_from_file_location(f"job_{name}", JOBS / f"{name}.py")

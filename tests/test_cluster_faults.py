@@ -18,13 +18,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from segray.models.checkpoint import save_checkpoint
-from segray.models.networks import build_network
 from segray.results.read import read_rows
 from tests.cluster import LocalCluster
-from tests.conftest import JOBS
+from tests.conftest import JOBS, untrained_unet
 from tests.test_faults import assert_one_row_per_pair, wait_for
 
 JOB_S = 420  # the longest a job here may take, lost node included
@@ -86,11 +83,7 @@ def test_a_local_path_a_node_cannot_see_stops_the_run_before_any_work(nodes, syn
 
 
 def test_a_node_lost_mid_evaluation_still_writes_every_row_once(nodes, synthetic_root, tmp_path):
-    params = {"base_width": 32, "image_size": 256}  # untrained, and slow enough on a CPU to be caught mid-run
-    checkpoint = tmp_path / "unet"
-    torch.manual_seed(0)
-    save_checkpoint(str(checkpoint), build_network("unet", params),
-                    {"model": "unet", "params": params, "image_size": 256, "run_id": "elsewhere"})
+    checkpoint = untrained_unet(tmp_path / "unet", base_width=32, image_size=256)  # slow enough to be caught
     doomed = nodes.add_node("eval-doomed", cpus=4)
     run = tmp_path / "runs" / "e"
     log = tmp_path / "evaluate.log"

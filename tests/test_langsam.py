@@ -21,7 +21,7 @@ import segray.models.langsam_weights as W
 from segray.models import langsam as L
 from segray.models.base import ModelSpec
 from segray.models.langsam import LangSAMConfig, LangSAMSegmenter, model_version
-from segray.models.langsam_rules import RULES, Setting, above, keep_top_boxes, parse_variant, variant_name
+from segray.models.langsam_rules import RULES, Setting, above, keep_top_boxes, variant_name
 from segray.models.langsam_weights import LangSAMWeightsUnavailable
 from segray.models.tiny_langsam import main as tiny_main
 from segray.models.tiny_langsam import save_tiny_langsam
@@ -248,8 +248,6 @@ def test_a_sweep_has_its_own_version_and_variants_without_building_it():
                                                   "&text=0.25&boxes=8")
     names = LangSAMSegmenter.variants_for(spec)
     assert len(names) == 3 * 3 * len(RULES) and names[0] == "langsam/sam_score[person.@0.25]"
-    assert parse_variant("langsam/union[people.@0.35]") == ("union", Setting("people.", 0.35))
-    assert parse_variant("langsam/union") == ("union", None)
     with pytest.raises(ValueError, match="backend='transformers'"):
         LangSAMConfig.from_params({**params, "backend": "lang_sam"})
 

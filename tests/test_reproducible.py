@@ -19,6 +19,7 @@ def train_and_evaluate(dataset, out, run_id: str, seed: int) -> tuple[list[dict]
     common = ["--preset", "demo", "--dataset", str(dataset), "--output", str(out), "--models", "unet",
               "--image-size", "32", "--unet-base-width", "4", "--seed", str(seed)]
     assert job("train")([*common, "--run-id", run_id, "--unet-epochs", "2"]) == 0
+    assert json.loads((out / run_id / "run.json").read_text())["status"] == "complete"  # nothing to resume
     training = json.loads((out / run_id / "training.json").read_text())["unet"]
     assert job("evaluate")([*common, "--run-id", f"{run_id}-eval", "--checkpoints-from", str(out / run_id)]) == 0
     rows = pq.read_table(out / f"{run_id}-eval" / "predictions").drop(RUN_COLUMNS).to_pandas()

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,16 +19,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from segray.config import preset
 from segray.errors import RunExists
-from segray.models.checkpoint import save_checkpoint
-from segray.models.networks import build_network
 from segray.results.read import read_rows
 from segray.results.resume import done_images
 from segray.run import mark_interrupted, open_run, update_record
-from tests.conftest import JOBS, job
+from segray.trainings import Trainings
+from tests.conftest import JOBS, job, untrained_unet
 from tests.test_faults import assert_one_row_per_pair, wait_for
 
 STOP_S = 30  # the issue's bound: from the signal to the process's exit
@@ -95,11 +94,7 @@ def test_ctrl_c_mid_training_stops_the_run_and_resume_finishes_it(ray_session, s
 
 
 def test_sigterm_mid_evaluation_then_resume_evaluates_only_the_missing_pairs(ray_session, synthetic_root, tmp_path):
-    params = {"base_width": 32, "image_size": 256}  # untrained, and slow enough on a CPU to be caught mid-run
-    checkpoint = tmp_path / "unet"
-    torch.manual_seed(0)
-    save_checkpoint(str(checkpoint), build_network("unet", params),
-                    {"model": "unet", "params": params, "image_size": 256, "run_id": "elsewhere"})
+    checkpoint = untrained_unet(tmp_path / "unet", base_width=32, image_size=256)  # slow enough to be caught
     argv = ["--preset", "demo", "--dataset", str(synthetic_root), "--models", "unet", "--checkpoint",
             f"unet={checkpoint}", "--eval-batch-size", "unet=1", "--rows-per-file", "1",
             "--output", str(tmp_path / "runs"), "--run-id", "e"]
@@ -152,8 +147,10 @@ def test_an_unreadable_file_and_a_pair_missing_variants_are_dropped_before_count
     (["--resume"], "needs the --run-id"),
 ])
 def test_resume_flags_that_cannot_work_are_refused(flags, message, capsys):
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(SystemExit) as exit_:
         job("benchmark")(["--preset", "demo", *flags])
+    assert exit_.value.code == 2  # a usage error, as argparse's own
+    assert message in capsys.readouterr().err
 
 
 def test_a_resume_refused_for_a_changed_dataset_leaves_the_run_as_it_was(ray_session, dataset_copy, tmp_path):
@@ -194,11 +191,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_fails_the_run_naming_the_path_and_resume_finishes_it(ray_session, synthetic_root, tmp_path,
                                                                            small_disk, capsys):
     disk, grow = small_disk
-    params = {"base_width": 8, "image_size": 64}
-    checkpoint = tmp_path / "unet"
-    torch.manual_seed(0)
-    save_checkpoint(str(checkpoint), build_network("unet", params),
-                    {"model": "unet", "params": params, "image_size": 64, "run_id": "elsewhere"})
+    checkpoint = untrained_unet(tmp_path / "unet", base_width=8, image_size=64)
     argv = ["--preset", "demo", "--dataset", str(synthetic_root), "--models", "unet", "--checkpoint",
             f"unet={checkpoint}", "--eval-batch-size", "unet=1", "--rows-per-file", "1", "--output", str(disk),
             "--run-id", "d"]  # rows of about 12 KB per file: the second file does not fit
@@ -209,6 +202,7 @@ def test_a_full_disk_fails_the_run_naming_the_path_and_resume_finishes_it(ray_se
     assert f"{run / 'predictions'}: cannot write the rows there" in error
     assert "No space left on device" in error
     assert not (run / "summary.json").exists()
+    assert json.loads((run / "run.json").read_text())["stage"] == "evaluate"  # whole: writes are all or nothing
     counts = [rows_in(path) for path in sorted((run / "predictions").glob("*.parquet"))]
     assert None in counts  # the file being written when the disk filled was cut short
     before = sum(count for count in counts if count is not None)
@@ -228,3 +222,43 @@ def test_an_interrupt_before_the_run_has_a_folder_says_so(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "interrupted by SIGINT; no run.json to mark" in error and "is kept" not in error
     assert not (tmp_path / "not-yet").exists()
+
+
+def test_an_interrupt_after_the_summary_leaves_the_finished_run_as_it_is(tmp_path, capsys):
+    config = replace(preset("demo"), output=str(tmp_path), run_id="done")
+    run = tmp_path / "done"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"status": "complete", "stage": "report"}))
+    (run / "summary.json").write_text("{}")
+    mark_interrupted(config, signal.SIGTERM)
+    error = capsys.readouterr().err
+    assert f"after {run} finished" in error and f"python jobs/report.py {run}" in error and "--resume" not in error
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("record", ['{"status": "runn', json.dumps({"status": "complete", "settings": {}})])
+def test_a_run_json_cut_short_or_finished_is_refused_for_resume_with_the_reason(dataset_copy, tmp_path, record):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "run.json").write_text(record)
+    config = replace(preset("demo"), dataset=str(dataset_copy), output=str(tmp_path), run_id="r", resume=True)
+    reason = "no readable run.json" if record.startswith('{"status": "runn') else "finished: nothing to resume"
+    with pytest.raises(RunExists, match=reason):
+        open_run(config)
+    assert (run / "run.json").read_text() == record  # left as it was
+
+
+def test_trainings_ending_together_each_land_in_training_json(tmp_path):
+    trainings = Trainings(preset("demo"), None, str(tmp_path), [])
+    outcomes = {f"model{i}": {"model": f"model{i}", "error": "x" * 2000} for i in range(64)}
+
+    def record(names: list[str]) -> None:
+        for name in names:
+            trainings._record(name, outcomes[name])
+
+    threads = [threading.Thread(target=record, args=([n for n in outcomes if int(n[5:]) % 4 == k],)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert json.loads((tmp_path / "training.json").read_text()) == outcomes

@@ -1,7 +1,7 @@
 """LangSAM's selection rules: from one image's candidates (a mask, a SAM mask score and a
 GroundingDINO box score per box) to one mask per rule, so each rule is its own variant
 (`langsam/<rule>`). A sweep over prompts and box thresholds names the setting too
-(`langsam/<rule>[<prompt>@<threshold>]`: `variant_name`, read back by `parse_variant`).
+(`langsam/<rule>[<prompt>@<threshold>]`: `variant_name`).
 Numpy only: the model itself is in segray.models.langsam.
 """
 
@@ -77,7 +77,6 @@ RULES: dict[str, Rule] = {
 }
 
 VARIANT_PREFIX = "langsam/"
-VARIANTS: list[str] = [VARIANT_PREFIX + name for name in RULES]
 
 
 class Setting(NamedTuple):
@@ -100,13 +99,7 @@ def variants(settings: list[Setting] | None = None) -> list[str]:
     return [variant_name(rule, setting) for setting in (settings or [None]) for rule in RULES]
 
 
-def parse_variant(name: str) -> tuple[str, Setting | None]:
-    """`variant_name`'s inverse: (rule, setting or None)."""
-    rule, _, setting = name.removeprefix(VARIANT_PREFIX).partition("[")
-    if not setting:
-        return rule, None
-    prompt, _, threshold = setting.removesuffix("]").rpartition("@")
-    return rule, Setting(prompt, float(threshold))
+VARIANTS: list[str] = variants()  # one setting's
 
 
 def above(box_scores: np.ndarray, threshold: float, max_boxes: int) -> np.ndarray:

@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 PAIR_ROW_COLUMNS = ["image_id", "model", "model_version"]
 
 
+def pending(table: pd.DataFrame, versions: list[str], done: dict[str, set[str]]) -> list[pd.DataFrame]:
+    """Per model version, the manifest rows whose (image, version) pair is not in `done`
+    (version -> image ids with rows)."""
+    return [table[~table["image_id"].isin(done.get(version, set()))] for version in versions]
+
+
 def done_images(predictions: str, variants: dict[str, list[str]]) -> dict[str, set[str]]:
     """Per model version of `variants` (version -> its variants' names), the image ids whose
     rows are all in `predictions`, after removing what an interruption left unfinished."""
@@ -44,7 +50,9 @@ def done_images(predictions: str, variants: dict[str, list[str]]) -> dict[str, s
 
 
 def readable_files(predictions: str) -> list[str]:
-    """The Parquet files of `predictions` whose footer reads; the others are removed."""
+    """The Parquet files of `predictions` whose footer reads; the others (cut short: no
+    footer) are removed. A file that cannot be read at all (the storage failing) raises
+    its OSError: it may be whole."""
     uris = [storage.join(predictions, name) for name in storage.list_files(predictions) if name.endswith(".parquet")]
     readable = []
     for uri in uris:
@@ -53,7 +61,7 @@ def readable_files(predictions: str) -> list[str]:
             with fs.open_input_file(path) as handle:
                 pq.read_metadata(handle)
             readable.append(uri)
-        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        except pa.ArrowInvalid as error:  # no footer: cut short
             log.warning("removing %s, which an interruption cut short (%s): its pairs are evaluated again", uri, error)
             storage.delete_file(uri)
     return readable
