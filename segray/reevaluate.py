@@ -177,8 +177,8 @@ def reevaluate(
         storage.delete_dir(partition_uri(results, crashed))
 
     outcome = Outcome(run_id, images=len(manifest), versions=[version_of(spec) for spec in specs])
-    to_do = pending(manifest, [version_of(spec) for spec in specs], done_pairs(results))
-    todo = [(spec, table) for spec, table in zip(specs, to_do) if len(table)]
+    tables = pending(manifest, [version_of(spec) for spec in specs], done_pairs(results))
+    todo = [(spec, table) for spec, table in zip(specs, tables) if len(table)]
     if not todo:
         return outcome
     started = time.perf_counter()

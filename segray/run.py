@@ -93,7 +93,7 @@ def resumable_record(uri: str, settings: dict[str, Any]) -> dict[str, Any]:
         record = read_record(uri)
     except (FileNotFoundError, ValueError):  # none, or cut short by a crash before writes were whole
         record = {}
-    if storage.exists(storage.join(uri, "summary.json")) or record.get("status") in FINISHED:
+    if has_finished(uri, record):
         raise RunExists(f"{uri} finished: nothing to resume; choose another --run-id or pass --overwrite to run it "
                         "again")
     if "settings" not in record:
@@ -104,6 +104,12 @@ def resumable_record(uri: str, settings: dict[str, Any]) -> dict[str, Any]:
         raise RunExists(f"{uri} cannot be resumed with other settings than its first attempt's: "
                         + "; ".join(changed) + " (use those, or --overwrite to run it again)")
     return record
+
+
+def has_finished(uri: str, record: dict[str, Any]) -> bool:
+    """Whether the run ended: its summary.json is written (then its run.json's status), or
+    its run.json says so (`jobs/train.py` writes no summary)."""
+    return record.get("status") in FINISHED or storage.exists(storage.join(uri, "summary.json"))
 
 
 def differences(before: Any, after: Any, path: str = "") -> list[str]:
@@ -199,8 +205,8 @@ def open_run(config: BenchmarkConfig, ray_address: str | None = None) -> Manifes
     manifest, join or start Ray, and check that every node sees the local paths the run
     reads and writes (`check_nodes_see`). Raises RunError or DatasetError (or Ray's error
     joining the cluster), leaving the run as it was: a new run gives its id back, a refused
-    resume keeps its run.json. A resumed
-    run must read the same dataset as before: its fingerprint is in run.json."""
+    resume keeps its run.json. A resumed run must read the same dataset as before: its
+    fingerprint is in run.json."""
     config.run_id = config.run_id or new_run_id()
     uri = run_uri(config)
     previous = prepare_run_dir(uri, config.overwrite, config.resume, config.to_dict())
@@ -303,13 +309,14 @@ def mark_interrupted(config: BenchmarkConfig, signum: int) -> None:
     name = signal.Signals(signum).name
     uri = run_uri(config) if config.run_id else None
     try:
-        stage = read_record(uri)["stage"] if uri else None
-    except (OSError, ValueError, KeyError):
-        stage = None
+        record = read_record(uri) if uri else {}
+    except (OSError, ValueError):
+        record = {}
+    stage = record.get("stage")
     if stage is None:
         print(f"interrupted by {name}; no run.json to mark (the run had not written it yet, or it is unreachable)",
               file=sys.stderr, flush=True)
-    elif storage.exists(storage.join(uri, "summary.json")):  # finished: only what follows it was cut short
+    elif has_finished(uri, record):  # only what follows the summary was cut short
         print(f"interrupted by {name} in stage {stage}, after {uri} finished: its rows and summary.json are whole; "
               f"redraw its report with: python jobs/report.py {uri}", file=sys.stderr, flush=True)
     else:

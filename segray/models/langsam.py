@@ -305,10 +305,10 @@ class LangSAMSegmenter:
             return []
         if self.config.backend == "lang_sam":
             return self._predict_lang_sam(images)
-        sweep = self.config.sweep
+        settings = self.config.settings
         results: list[dict[str, Prediction]] = [{} for _ in images]
-        for prompt in dict.fromkeys(setting.prompt for setting in self.config.settings):
-            thresholds = [s.box_threshold for s in self.config.settings if s.prompt == prompt]
+        for prompt in dict.fromkeys(setting.prompt for setting in settings):
+            thresholds = [s.box_threshold for s in settings if s.prompt == prompt]
             detections = self.detect(images, prompt, thresholds[0])
             kept = [{t: above(scores, t, self.config.max_boxes) for t in thresholds} for _, scores in detections]
             # The lowest threshold keeps every box a higher one keeps (the cap takes the best).
@@ -318,7 +318,7 @@ class LangSAMSegmenter:
                                                           [detections[i][0][union[i]] for i in with_boxes])))
             for i, (_, box_scores) in enumerate(detections):
                 for threshold, boxes in kept[i].items():
-                    setting = Setting(prompt, threshold) if sweep else None
+                    setting = Setting(prompt, threshold) if len(settings) > 1 else None
                     if not len(boxes):
                         results[i].update(no_detection(setting))  # not sent to SAM
                         continue
