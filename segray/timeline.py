@@ -49,14 +49,21 @@ class Timeline:
 def start_timeline(run_id: str):
     """The run's timeline actor (a second call gets the same one). Like every actor it
     lives while a handle to it does: the driver keeps one for the whole run, then calls
-    `stop_timeline`. It lives on the driver's node: a worker node lost mid-run must not
-    take the run's timeline with it."""
+    `stop_timeline`. It lives on the driver's node (`on_driver_node`)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(Timeline).options(name=TIMELINE_PREFIX + run_id, namespace=NAMESPACE,
+                                                   get_if_exists=True, scheduling_strategy=on_driver_node()).remote()
+
+
+def on_driver_node():
+    """The scheduling strategy of the run's own actors (its timeline, its model gate): on
+    the driver's node, which lives as long as the run. On any other node, losing that node
+    mid-run would take the actor, and with it the run."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return ray.remote(num_cpus=0)(Timeline).options(name=TIMELINE_PREFIX + run_id, namespace=NAMESPACE,
-                                                   get_if_exists=True, scheduling_strategy=driver_node).remote()
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
 def stop_timeline(timeline) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from segray.models.base import ModelSpec
+from segray.timeline import on_driver_node
 
 
 class ModelGate:
@@ -32,9 +33,10 @@ class ModelGate:
 
 
 def start_gate():
+    """The run's model gate, on the driver's node: a lost worker node must not take it."""
     import ray
 
-    return ray.remote(num_cpus=0)(ModelGate).remote()
+    return ray.remote(num_cpus=0)(ModelGate).options(scheduling_strategy=on_driver_node()).remote()
 
 
 @dataclass
