@@ -102,6 +102,11 @@ def add_training_options(g: argparse._ArgumentGroup) -> None:
                    "autoscaling cluster whose GPU nodes start at zero]")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (torch.autocast + GradScaler) when training on GPU [default: on]")
+    g.add_argument("--train-fractions", type=comma_list(fraction), metavar="F[,F...]",
+                   help="a label-efficiency sweep: each trainable model also trains on these shares of the train "
+                   "split (0 < F <= 1), nested subsets drawn by --seed, each evaluated as its own model "
+                   "unet[frac=F]; a subset goes over its images about 1/F times per epoch, so each training takes "
+                   "as many steps as the whole split's [default: the whole train split only]")
     g.add_argument("--unet-base-width", type=int, help="unet's first-layer width; the seeds' is 64 (64..1024)")
     g.add_argument("--resnet-encoder-weights", help="resnet34_unet encoder init: imagenet (downloads "
                    "smp-hub/resnet34.imagenet), none, or a local .pth/.safetensors ResNet34 state dict")
@@ -168,6 +173,14 @@ def per_model(item: str, models: list[str], parse, flag: str, form: str) -> list
     except ValueError:
         usage_error(f"{flag} expects {form}, got {item!r}")
     return [(model, value)] if model else [(m, value) for m in models]
+
+
+def fraction(text: str) -> float:
+    """A share of the train split: 0 < F <= 1."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError(f"{text} is not in (0, 1]")
+    return value
 
 
 def pool_range(text: str) -> tuple[int, int]:
@@ -261,6 +274,8 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     for flag in ("image_size", "batch_size", "lr", "num_workers", "cpus_per_worker", "use_gpu", "amp", "seed"):
         if given(flag) is not None:
             setattr(train, flag, given(flag))
+    if given("train_fractions") is not None:
+        train.fractions = given("train_fractions")
     if given("unet_epochs") is not None:
         train.epochs["unet"] = given("unet_epochs")
     if given("resnet_epochs") is not None:

@@ -25,6 +25,9 @@ class TrainConfig:
     use_gpu: bool | None = None  # None: use GPUs when the cluster has any (`use_gpus`)
     amp: bool = True  # torch.autocast + GradScaler, on GPU only
     seed: int = 0  # the run's seed: training's weights, data order and flips, and the report's bootstrap
+    # A label-efficiency sweep (--train-fractions): each trainable model also trains on these
+    # nested shares of the train split (segray.train.training_rows); None: the whole split only.
+    fractions: list[float] | None = None
 
 
 @dataclass

@@ -22,7 +22,7 @@ from segray.data.manifest import Manifest
 from segray.errors import CheckpointStoreError
 from segray.evaluate.awaited import AwaitedModel, start_gate
 from segray.models.base import ModelSpec
-from segray.models.catalogue import variants_of, version_of
+from segray.models.catalogue import TRAINABLE, variants_of, version_of
 from segray.models.checkpoint import version_key
 from segray.models.selection import TrainedModels, models_to_evaluate
 from segray.models.store import record_training
@@ -74,7 +74,7 @@ def evaluate_and_summarize(config: BenchmarkConfig, manifest: Manifest, models: 
 
     uri = run_uri(config)
     predictions = storage.join(uri, "predictions")
-    enter_stage(uri, "evaluate" if not isinstance(training, Trainings) or not training.models else "train+evaluate")
+    enter_stage(uri, "evaluate" if not isinstance(training, Trainings) or not training.names else "train+evaluate")
     try:
         to_do = pending_per_model(config, manifest, models, predictions) if config.resume else None
     except OSError as error:
@@ -121,10 +121,10 @@ def pending_per_model(config: BenchmarkConfig, manifest: Manifest, models: list[
                       predictions: str) -> list[pd.DataFrame]:
     """Per stream model, the manifest rows whose (image, model version) pair has no rows yet
     in `predictions` (`segray.results.resume.done_images`). A model trained in this run
-    has the version `model@<run id>` before it finishes."""
+    has the version `<training name>@<run id>` before it finishes."""
     from segray.evaluate import variants
 
-    versions = [version_of(m) if isinstance(m, ModelSpec) else version_key(m.name, config.run_id) for m in models]
+    versions = [version_of(m) if isinstance(m, ModelSpec) else version_key(m.training, config.run_id) for m in models]
     done = done_images(predictions, {version: variants(m) for version, m in zip(versions, models)})
     table = manifest.table
     to_do = pending(table, versions, done)
@@ -215,11 +215,11 @@ def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None, store
     uri = run_uri(config)
     timeline = start_timeline(config.run_id)  # before the trainings, which report their epochs to it
     to_train, reused, failed = trainings_to_run(config, uri)
-    untrained = [m for m in config.models if m not in to_train and m not in failed]  # LangSAM, reused trainings
+    untrained = [m for m in config.models if m not in TRAINABLE] + list(reused)  # LangSAM, reused trainings
     ready, unavailable = models_to_evaluate(replace(config, models=untrained), TrainedModels(training=reused))
-    unavailable.update({model: result["error"] for model, result in failed.items()})
+    unavailable.update({name: result["error"] for name, result in failed.items()})
     gate = start_gate()
-    awaited = [AwaitedModel(model, variants_of(ModelSpec(model)), gate) for model in to_train]
+    awaited = [AwaitedModel.of(name, gate) for name in to_train]
     schedule = plan(config, len(to_train), [m.name for m in [*ready, *awaited]], ray.cluster_resources())
     log.info("trainings at once: %d; evaluation %s", schedule.at_once,
              "beside them" if schedule.overlap else "after them (the cluster cannot hold both)")

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from segray.models.checkpoint import split_training_name
+
 TIMELINE_PREFIX = "segray-timeline-"
 NAMESPACE = "segray"
 
@@ -150,7 +152,7 @@ class Progress:
     def _show(self, snapshot: dict[str, Any], final: bool = False) -> None:
         for epoch in snapshot["epochs"]:
             self.epochs_seen += 1
-            total = self.epochs.get(epoch["model"], "?")
+            total = self.epochs.get(split_training_name(epoch["model"])[0], "?")
             print(f"{epoch['model']} epoch {epoch['epoch']}/{total}: train loss {epoch['train_loss']:.4f}, "
                   f"val IoU {epoch['val_iou']:.4f}, {epoch['epoch_time_s']:.1f} s", flush=True)
         stages = snapshot["stages"]

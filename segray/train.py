@@ -50,6 +50,9 @@ class TrainResult:
     # A failure before the first checkpoint starts over from scratch and is not recorded.
     resumed_from: list[int]
     epochs_redone: int
+    train_images: int  # the images it trained on: the train split, or its subset
+    train_fraction: float | None = None  # the subset's share of the train split (--train-fractions)
+    passes_per_epoch: int = 1  # passes over a subset per epoch, so every fraction trains as many steps
 
 
 def load_resized(batch: dict[str, np.ndarray], size: int,
@@ -76,21 +79,41 @@ def load_resized(batch: dict[str, np.ndarray], size: int,
     }
 
 
+def training_rows(manifest: pd.DataFrame, seed: int = 0, fraction: float | None = None) -> dict[str, pd.DataFrame]:
+    """The train and val rows (images with a mask), each in one seeded order. With a
+    `fraction`, the train rows are the first round(fraction x n) of that order (at least
+    one): the subsets of one seed are nested, each smaller one inside the larger ones, and
+    the same on every rerun. Every fraction validates on the same val rows."""
+    labelled = manifest[manifest["mask_uri"].notna()]
+    shuffled = labelled.iloc[np.random.default_rng(seed).permutation(len(labelled))]
+    rows = {split: shuffled[shuffled["split"] == split] for split in ("train", "val")}
+    if fraction is not None and fraction < 1:
+        rows["train"] = rows["train"].iloc[:max(1, round(fraction * len(rows["train"])))]
+    return rows
+
+
+def passes_per_epoch(fraction: float | None) -> int:
+    """How many times an epoch goes over a training subset: about 1/fraction, so that a
+    subset trains for as many steps, and validates as often, as the whole train split
+    (a subset must not lose for having trained less, nor cost more validations)."""
+    return 1 if fraction is None or fraction >= 1 else max(1, round(1 / fraction))
+
+
 def training_datasets(manifest: pd.DataFrame, image_size: int, num_workers: int = 1, seed: int = 0,
-                      mask_person_values: Sequence[int] | None = None) -> dict[str, Any]:
-    """The train and val sets (images with a mask) as one shard per training worker
-    (`train_<rank>`, `val_<rank>`), decoded and resized once and cached in the object
-    store; augmentation happens per epoch in the workers (`Augment`).
+                      mask_person_values: Sequence[int] | None = None,
+                      fraction: float | None = None) -> dict[str, Any]:
+    """The train and val sets (`training_rows`: with a `fraction`, its subset of the train
+    split) as one shard per training worker (`train_<rank>`, `val_<rank>`), decoded and
+    resized once and cached in the object store; augmentation happens per epoch in the
+    workers (`Augment`).
 
     The shards are cut here, by a seeded permutation, rather than by Ray Data's
     streaming_split, which gives no ordering guarantee: so the same seed gives every
     worker the same images in the same order, run after run. Each worker then shuffles
     its shard every epoch with a seeded local shuffle."""
-    labelled = manifest[manifest["mask_uri"].notna()]
-    shuffled = labelled.iloc[np.random.default_rng(seed).permutation(len(labelled))]
     datasets = {}
-    for split in ("train", "val"):
-        rows = shuffled[shuffled["split"] == split][["image_uri", "mask_uri"]]
+    for split, labelled in training_rows(manifest, seed, fraction).items():
+        rows = labelled[["image_uri", "mask_uri"]]
         if len(rows) < num_workers:
             raise ValueError(f"{len(rows)} {split} images with masks to train on, fewer than the {num_workers} workers")
         for rank, shard in enumerate(np.array_split(np.arange(len(rows)), num_workers)):
@@ -177,29 +200,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # Rank 0 reports each epoch to the run's timeline: the driver's console prints it.
     timeline = timeline_of(config["run_id"]) if rank == 0 and config["run_id"] else None
+    passes = config["passes_per_epoch"]
     for epoch in range(start_epoch, config["epochs"]):
         started, wall_started = time.perf_counter(), time.time()
-        # Every random draw of an epoch (shuffle, flips, dropout) is seeded by (seed, rank,
-        # epoch): a run resumed from a checkpoint redraws exactly what it would have.
-        epoch_seed = seed_of(config["seed"], rank, epoch)
-        torch.manual_seed(epoch_seed)
         model.train()
         loss_sum, batches, seen = 0.0, 0, 0
-        for batch in train_shard.iter_torch_batches(
-            batch_size=config["batch_size"],
-            local_shuffle_buffer_size=4 * config["batch_size"],
-            local_shuffle_seed=epoch_seed,
-            collate_fn=Augment(train_augment(seed=epoch_seed), device),
-        ):
-            optimizer.zero_grad()
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = criterion(model(batch["image"]), batch["mask"])
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.item()
-            batches += 1
-            seen += len(batch["image"])
+        for one_pass in range(passes):
+            # Every random draw of a pass (shuffle, flips, dropout) is seeded by (seed, rank,
+            # pass): a run resumed from a checkpoint redraws exactly what it would have.
+            pass_seed = seed_of(config["seed"], rank, epoch * passes + one_pass)
+            torch.manual_seed(pass_seed)
+            for batch in train_shard.iter_torch_batches(
+                batch_size=config["batch_size"],
+                local_shuffle_buffer_size=4 * config["batch_size"],
+                local_shuffle_seed=pass_seed,
+                collate_fn=Augment(train_augment(seed=pass_seed), device),
+            ):
+                optimizer.zero_grad()
+                with torch.autocast(device.type, enabled=use_amp):
+                    loss = criterion(model(batch["image"]), batch["mask"])
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                loss_sum += loss.item()
+                batches += 1
+                seen += len(batch["image"])
 
         model.eval()
         iou_sum, images = 0.0, 0
@@ -225,6 +250,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 history.append(metrics)
                 meta = {
                     "model": config["model"],
+                    "train_fraction": config["train_fraction"],
                     "params": config["params"],
                     "image_size": config["image_size"],
                     "run_id": config["run_id"],  # names the weights' version
@@ -238,8 +264,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint)
         if timeline is not None:
-            timeline.record.remote(f"train:{config['model']}", node_id(), int(seen), int(images), wall_started, time.time())
-            timeline.epoch.remote(config["model"], metrics)
+            timeline.record.remote(f"train:{config['name']}", node_id(), int(seen), int(images), wall_started, time.time())
+            timeline.epoch.remote(config["name"], metrics)
 
 
 def train_model(
@@ -251,10 +277,13 @@ def train_model(
     run_name: str,
     run_id: str | None = None,
     dataset_fingerprint: str | None = None,
+    fraction: float | None = None,
 ) -> TrainResult:
     """Train one model with a TorchTrainer and return its best checkpoint by validation IoU.
     `run_id` and `dataset_fingerprint` are recorded in every checkpoint: they name the
-    weights' version and the data they were trained on."""
+    weights' version and the data they were trained on. `fraction`: the datasets hold that
+    subset of the train split (`training_datasets(..., fraction)`); each epoch goes over it
+    `passes_per_epoch(fraction)` times, and the checkpoints record it."""
     import ray
     import ray.train
     from ray.data import ExecutionOptions
@@ -272,6 +301,9 @@ def train_model(
     use_gpu = use_gpus(config.use_gpu, ray.cluster_resources())
     loop_config = {
         "model": model,
+        "name": run_name,
+        "train_fraction": fraction,
+        "passes_per_epoch": passes_per_epoch(fraction),
         "params": params,
         "epochs": config.epochs[model],
         "run_id": run_id,
@@ -317,6 +349,9 @@ def train_model(
         train_time_s=elapsed,
         resumed_from=latest_meta.get("resumed_from", []),
         epochs_redone=len(latest_meta.get("resumed_from", [])),
+        train_images=sum(datasets[shard].count() for shard in shards),
+        train_fraction=fraction,
+        passes_per_epoch=passes_per_epoch(fraction),
     )
 
 

@@ -23,7 +23,7 @@ from segray.data.manifest import Manifest
 from segray.evaluate.pools import pools_fit
 from segray.models.base import ModelSpec
 from segray.models.catalogue import TRAINABLE
-from segray.models.checkpoint import version_key
+from segray.models.checkpoint import split_training_name, training_name, version_key
 from segray.models.networks import check_weights
 from segray.models.selection import TrainedModels, models_to_evaluate
 
@@ -59,17 +59,25 @@ def plan(config: BenchmarkConfig, trainings: int, stream_models: list[str], clus
     return Schedule(at_once=fits_alone[0] if fits_alone else 1, overlap=False)
 
 
+def training_names(config: BenchmarkConfig, model: str) -> list[str]:
+    """The trainings of one model: on the whole train split, or, with `--train-fractions`,
+    on each fraction of it (`unet[frac=0.25]`; fraction 1 is `unet`), in the order given."""
+    names = [training_name(model, fraction) for fraction in config.train.fractions or [None]]
+    return list(dict.fromkeys(names))
+
+
 def trainable_models(config: BenchmarkConfig) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """The trainable models of `config.models` that can train, and an error result for
-    each that cannot (e.g. its encoder's weights are unreachable)."""
+    """The trainings (`training_names`) of the trainable models of `config.models` that can
+    train, and an error result for each that cannot (e.g. its encoder's weights are unreachable)."""
     to_train, failed = [], {}
     for model in (m for m in config.models if m in TRAINABLE):
         try:
             check_weights(model, config.model_params.get(model, {}))
-            to_train.append(model)
+            to_train += training_names(config, model)
         except Exception as error:
             log.error("cannot train %s: %s", model, error)
-            failed[model] = {"model": model, "error": f"{type(error).__name__}: {error}"}
+            failed.update({name: {"model": model, "error": f"{type(error).__name__}: {error}"}
+                           for name in training_names(config, model)})
     return to_train, failed
 
 
@@ -79,28 +87,29 @@ def finished_trainings(uri: str) -> dict[str, dict[str, Any]]:
     path = storage.join(uri, "training.json")
     if not storage.exists(path):
         return {}
-    return {model: result for model, result in json.loads(storage.read_bytes(path)).items() if "error" not in result}
+    return {name: result for name, result in json.loads(storage.read_bytes(path)).items() if "error" not in result}
 
 
 def trainings_to_run(config: BenchmarkConfig, uri: str) -> tuple[list[str], dict[str, dict], dict[str, dict]]:
-    """The models to train; the trainings an earlier attempt finished, which a resumed run
-    (`config.resume`) reuses; and an error result for each model that cannot train."""
+    """The trainings to run, by training name; those an earlier attempt finished, which a
+    resumed run (`config.resume`) reuses; and an error result for each that cannot run."""
     to_train, failed = trainable_models(config)
-    reused = {m: r for m, r in finished_trainings(uri).items() if m in to_train} if config.resume else {}
-    return [m for m in to_train if m not in reused], reused, failed
+    reused = {n: r for n, r in finished_trainings(uri).items() if n in to_train} if config.resume else {}
+    return [n for n in to_train if n not in reused], reused, failed
 
 
 class Trainings:
-    """Trains `models` in threads, `at_once` at a time, into `<uri>/train/<model>`; a model
-    whose folder an interrupted attempt left resumes from its latest checkpoint (Ray Train
-    restores it from the storage). With a `gate`, each model's gate opens with its trained
-    spec (None when it failed) as soon as its training ends, whatever happens. training.json
-    is rewritten as each ends. `known`: results known before (models that cannot train,
-    trainings an earlier attempt finished). `join` waits for them and returns every result."""
+    """Runs the trainings `names` (`training_names`) in threads, `at_once` at a time, into
+    `<uri>/train/<name>`; a training whose folder an interrupted attempt left resumes from
+    its latest checkpoint (Ray Train restores it from the storage). With a `gate`, each
+    training's gate opens with its trained spec (None when it failed) as soon as it ends,
+    whatever happens. training.json is rewritten as each ends. `known`: results known
+    before (models that cannot train, trainings an earlier attempt finished). `join` waits
+    for them and returns every result, by training name."""
 
-    def __init__(self, config: BenchmarkConfig, manifest: Manifest, uri: str, models: list[str], at_once: int = 1,
+    def __init__(self, config: BenchmarkConfig, manifest: Manifest, uri: str, names: list[str], at_once: int = 1,
                  gate=None, known: dict[str, dict[str, Any]] | None = None):
-        self.config, self.manifest, self.uri, self.models, self.gate = config, manifest, uri, models, gate
+        self.config, self.manifest, self.uri, self.names, self.gate = config, manifest, uri, names, gate
         self.results: dict[str, dict[str, Any]] = dict(known or {})
         self.written = threading.Lock()
         self.unavailable: dict[str, str] = {}
@@ -109,9 +118,10 @@ class Trainings:
         self.futures: list = []
 
     def start(self) -> Trainings:
-        if self.models:
-            datasets = self.executor.submit(self._datasets)
-            self.futures = [self.executor.submit(self._train, model, datasets) for model in self.models]
+        # Each fraction's datasets are decoded once, before the trainings that share them.
+        fractions = {name: split_training_name(name)[1] for name in self.names}
+        datasets = {fraction: self.executor.submit(self._datasets, fraction) for fraction in fractions.values()}
+        self.futures = [self.executor.submit(self._train, name, datasets[fractions[name]]) for name in self.names]
         return self
 
     def join(self) -> dict[str, dict[str, Any]]:
@@ -121,64 +131,65 @@ class Trainings:
         self.executor.shutdown()
         return self.results
 
-    def _datasets(self) -> dict[str, Any]:
+    def _datasets(self, fraction: float | None) -> dict[str, Any]:
         from segray.train import training_datasets
 
         train = self.config.train
         return training_datasets(self.manifest.table, train.image_size, train.num_workers, train.seed,
-                                 self.config.mask_person_values)
+                                 self.config.mask_person_values, fraction)
 
-    def _train(self, model: str, datasets) -> None:
+    def _train(self, name: str, datasets) -> None:
         from segray.train import train_model
 
         config = self.config
+        model, fraction = split_training_name(name)
         try:
-            log.info("training %s", model)
+            log.info("training %s", name)
             result = train_model(model, config.model_params.get(model, {}), datasets.result(), config.train,
-                                 storage_path=storage.join(self.uri, "train"), run_name=model, run_id=config.run_id,
-                                 dataset_fingerprint=self.manifest.fingerprint)
-            outcome = {**asdict(result), "version": version_key(model, config.run_id),
+                                 storage_path=storage.join(self.uri, "train"), run_name=name, run_id=config.run_id,
+                                 dataset_fingerprint=self.manifest.fingerprint, fraction=fraction)
+            outcome = {**asdict(result), "version": version_key(name, config.run_id),
                        "dataset_fingerprint": self.manifest.fingerprint}
         except Exception as error:
-            log.exception("training %s failed", model)
+            log.exception("training %s failed", name)
             outcome = {"model": model, "error": f"{type(error).__name__}: {error}"}
         spec = None
         try:
-            self._record(model, outcome)
-            spec = self._spec(model)
-        finally:  # whatever happened, the model's pool must not wait for ever
+            self._record(name, outcome)
+            spec = self._spec(name)
+        finally:  # whatever happened, the training's pool must not wait for ever
             if self.gate is not None:
-                self.gate.open.remote(model, spec)
+                self.gate.open.remote(name, spec)
 
-    def _record(self, model: str, outcome: dict[str, Any]) -> None:
+    def _record(self, name: str, outcome: dict[str, Any]) -> None:
         """Add a training's outcome and write training.json as it stands, so that a resumed
         run reuses the trainings that ended. Under the lock: trainings end in their own
         threads, and the JSON encoder walks the results while it writes."""
         with self.written:
-            self.results[model] = outcome
+            self.results[name] = outcome
             try:
                 write_training(self.uri, self.results)
             except OSError as error:
                 log.warning("cannot write %s/training.json: %s", self.uri, storage.describe(error))
 
-    def _spec(self, model: str) -> ModelSpec | None:
+    def _spec(self, name: str) -> ModelSpec | None:
         """The trained model as evaluation runs it (`models_to_evaluate`), or None, with the
         reason in `unavailable`."""
         try:
-            specs, unavailable = models_to_evaluate(replace(self.config, models=[model]),
-                                                    TrainedModels(training={model: self.results.get(model, {})}))
+            specs, unavailable = models_to_evaluate(replace(self.config, models=[name]),
+                                                    TrainedModels(training={name: self.results.get(name, {})}))
         except Exception as error:
-            specs, unavailable = [], {model: f"{type(error).__name__}: {error}"}
+            specs, unavailable = [], {name: f"{type(error).__name__}: {error}"}
         self.unavailable.update(unavailable)
         if specs:
-            self.specs[model] = specs[0]
+            self.specs[name] = specs[0]
         return specs[0] if specs else None
 
 
 def train_models(config: BenchmarkConfig, manifest: Manifest, uri: str) -> dict[str, dict[str, Any]]:
-    """Train every trainable model in `config.models` (as many at once as the cluster
-    holds); a model that fails is recorded with its error. Each result names its version:
-    `<model>@<run id>`. Writes training.json. A resumed run (`config.resume`) reuses the
+    """Run every training of the trainable models in `config.models` (as many at once as
+    the cluster holds); one that fails is recorded with its error. Each result names its
+    version: `<training name>@<run id>`. Writes training.json. A resumed run (`config.resume`) reuses the
     trainings its earlier attempt finished."""
     import ray
 

@@ -101,10 +101,10 @@ def variants(model: StreamModel) -> list[str]:
 
 
 def stage_labels(models: Sequence[StreamModel]) -> list[str]:
-    """What the timeline and the console call each model's pool: its name, or, where two
-    versions of one model run, its version."""
+    """What the timeline and the console call each model's pool: its name, or, where one
+    model runs in several pools, the training's name (before it ends) or the version."""
     names = [m.name for m in models]
-    return [m.name if names.count(m.name) == 1 else (version_of(m) if isinstance(m, ModelSpec) else None)
+    return [m.name if names.count(m.name) == 1 else (version_of(m) if isinstance(m, ModelSpec) else m.training)
             or f"{m.name}#{i}" for i, m in enumerate(models)]
 
 

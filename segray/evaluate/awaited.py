@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from segray.models.base import ModelSpec
+from segray.models.catalogue import variants_of
+from segray.models.checkpoint import split_training_name
 from segray.timeline import on_driver_node
 
 
@@ -41,13 +43,22 @@ def start_gate():
 
 @dataclass
 class AwaitedModel:
-    """A model of the stream whose spec comes through `gate` once trained."""
+    """A model of the stream whose spec comes through `gate` once its training ends. `name`
+    is the network's (its pool is sized by it, as a `ModelSpec`'s), `training` the
+    training's (`unet[frac=0.25]`, `segray.models.checkpoint.training_name`): the gate's key."""
 
     name: str
     variants: list[str]
     gate: Any  # a ModelGate actor handle
+    training: str
+
+    @classmethod
+    def of(cls, training: str, gate) -> AwaitedModel:
+        """The stream's model for the training named `training`, before it has run."""
+        model, fraction = split_training_name(training)
+        return cls(model, variants_of(ModelSpec(model, train_fraction=fraction)), gate, training)
 
     def wait(self) -> ModelSpec | None:
         import ray
 
-        return ray.get(self.gate.wait.remote(self.name))
+        return ray.get(self.gate.wait.remote(self.training))

@@ -25,6 +25,8 @@ class ModelSpec:
     `model_version` column. `segray.models.selection` sets it for every model it picks.
     `trained_on` is the fingerprint of the dataset it was trained on (None: not trained,
     or not recorded): scoring a dataset no model was trained on uses every image.
+    `train_fraction`: the share of the train split it was trained on, when not all of it
+    (`--train-fractions`); its rows are then `unet[frac=0.25]` (`checkpoint.training_name`).
     """
 
     name: str
@@ -33,6 +35,7 @@ class ModelSpec:
     device: str | None = None
     version: str | None = None
     trained_on: str | None = None
+    train_fraction: float | None = None
 
 
 @dataclass

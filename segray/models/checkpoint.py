@@ -34,7 +34,8 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
 ) -> None:
     """Write a checkpoint directory. `meta` holds at least `model`, `params`, `image_size`,
-    and `run_id` (the training run: it names the weights' version)."""
+    and `run_id` (the training run: it names the weights' version); `train_fraction` for a
+    training on a subset of the train split."""
     import torch
     from safetensors.torch import save_file
 
@@ -87,16 +88,38 @@ def weights_sha256(checkpoint: str) -> str:
     return digest.hexdigest()
 
 
-def version_key(model: str, version: str) -> str:
-    """The `model_version` of a trained model's rows: `unet@<version>`, where the version
-    is the training run's id (also its name in the checkpoint store)."""
-    return f"{model}@{version}"
+def training_name(model: str, fraction: float | None = None) -> str:
+    """What a training is called: the model's name, or, for a training on a nested subset of
+    the train split (`--train-fractions`), `unet[frac=0.25]`. It names the trained model's
+    rows (their variant), its folder, its entry in training.json and its place in the
+    checkpoint store. The whole train split (fraction 1) is the model's own name."""
+    return model if fraction is None or fraction >= 1 else f"{model}[frac={fraction:g}]"
+
+
+def split_training_name(name: str) -> tuple[str, float | None]:
+    """`unet[frac=0.25]` -> ("unet", 0.25); `unet` -> ("unet", None)."""
+    model, _, rest = name.partition("[frac=")
+    if not rest:
+        return name, None
+    try:
+        return model, float(rest.removesuffix("]"))
+    except ValueError:
+        raise ValueError(f"{name!r} is not a training name: expected MODEL or MODEL[frac=F]") from None
+
+
+def version_key(name: str, version: str) -> str:
+    """The `model_version` of a trained model's rows: `<training name>@<version>`, e.g.
+    `unet@<run id>` or `unet[frac=0.25]@<run id>`, where the version is the training run's
+    id (also its name in the checkpoint store)."""
+    return f"{name}@{version}"
 
 
 def checkpoint_version(checkpoint: str) -> str:
-    """The version of a checkpoint's weights: `model@<training run id>` from its metadata,
-    or, for a checkpoint that names no run, `model@sha256:<first 12 hex digits of its weights>`."""
+    """The version of a checkpoint's weights: `<training name>@<training run id>` from its
+    metadata, or, for a checkpoint that names no run, `<training name>@sha256:<first 12 hex
+    digits of its weights>`."""
     meta = read_meta(checkpoint)
+    name = training_name(meta["model"], meta.get("train_fraction"))
     if meta.get("run_id"):
-        return version_key(meta["model"], meta["run_id"])
-    return version_key(meta["model"], "sha256:" + weights_sha256(checkpoint)[:12])
+        return version_key(name, meta["run_id"])
+    return version_key(name, "sha256:" + weights_sha256(checkpoint)[:12])

@@ -21,7 +21,7 @@ from segray.config import BenchmarkConfig
 from segray.errors import CheckpointStoreError
 from segray.models.base import ModelSpec
 from segray.models.catalogue import SEGMENTERS, TRAINABLE, check_available, version_of
-from segray.models.checkpoint import read_meta, version_key
+from segray.models.checkpoint import read_meta, split_training_name, version_key
 from segray.models.store import select_versions
 
 log = logging.getLogger(__name__)
@@ -40,30 +40,33 @@ class TrainedModels:
 
 def models_to_evaluate(config: BenchmarkConfig, trained: TrainedModels) -> tuple[list[ModelSpec], dict[str, str]]:
     """The specs to evaluate, each with its version, and the models that cannot run with
-    the reason why. Raises CheckpointStoreError when a selector the user gave matches
-    nothing (a model merely absent from the store is reported as unavailable)."""
+    the reason why. A name in `config.models` is a model or a training name
+    (`unet[frac=0.25]`, `checkpoint.training_name`), looked up as itself in every source.
+    Raises CheckpointStoreError when a selector the user gave matches nothing (a model
+    merely absent from the store is reported as unavailable)."""
     specs, unavailable = [], {}
-    for model in config.models:
+    for name in config.models:
+        model, _ = split_training_name(name)
         params = config.model_params.get(model, {})
         if model not in SEGMENTERS:
-            unavailable[model] = f"unknown model; known: {sorted(SEGMENTERS)}"
+            unavailable[name] = f"unknown model; known: {sorted(SEGMENTERS)}"
             continue
         try:
-            found = _trained_specs(model, params, trained) if model in TRAINABLE else [ModelSpec(model, params)]
+            found = _trained_specs(name, model, params, trained) if model in TRAINABLE else [ModelSpec(model, params)]
             for spec in found:
                 check_available(spec)
                 spec.version = version_of(spec)
         except CheckpointStoreError as error:
-            if model in trained.selectors:
+            if name in trained.selectors:
                 raise
-            unavailable[model] = str(error)
+            unavailable[name] = str(error)
             continue
         except Exception as error:
-            log.warning("%s is unavailable: %s", model, error)
-            unavailable[model] = str(error)
+            log.warning("%s is unavailable: %s", name, error)
+            unavailable[name] = str(error)
             continue
         if not found:
-            unavailable[model] = trained.training.get(model, {}).get("error") or (
+            unavailable[name] = trained.training.get(name, {}).get("error") or (
                 "not trained here and no checkpoint given for it (--checkpoint-store URI; evaluate also takes "
                 "--checkpoint MODEL=DIR and --checkpoints-from RUN)")
             continue
@@ -71,19 +74,22 @@ def models_to_evaluate(config: BenchmarkConfig, trained: TrainedModels) -> tuple
     return specs, unavailable
 
 
-def _trained_specs(model: str, params: dict[str, Any], trained: TrainedModels) -> list[ModelSpec]:
-    if model in trained.checkpoints:
-        checkpoint = trained.checkpoints[model]
-        return [ModelSpec(model, params=params, checkpoint=checkpoint,
-                          trained_on=read_meta(checkpoint).get("dataset_fingerprint"))]
+def _trained_specs(name: str, model: str, params: dict[str, Any], trained: TrainedModels) -> list[ModelSpec]:
+    """The specs of training `name` (of network `model`), from the first source that has it."""
+    if name in trained.checkpoints:
+        checkpoint = trained.checkpoints[name]
+        meta = read_meta(checkpoint)
+        return [ModelSpec(model, params=params, checkpoint=checkpoint, trained_on=meta.get("dataset_fingerprint"),
+                          train_fraction=meta.get("train_fraction"))]
     if trained.store:
-        selector = trained.selectors.get(model, trained.default_selector)
+        selector = trained.selectors.get(name, trained.default_selector)
         return [ModelSpec(model, params=params, checkpoint=record["checkpoint"],
-                          version=version_key(model, record["version"]),
-                          trained_on=(record.get("dataset") or {}).get("fingerprint"))
-                for record in select_versions(trained.store, model, selector)]
-    result = trained.training.get(model, {})
+                          version=version_key(name, record["version"]),
+                          trained_on=(record.get("dataset") or {}).get("fingerprint"),
+                          train_fraction=record.get("train_fraction"))
+                for record in select_versions(trained.store, name, selector)]
+    result = trained.training.get(name, {})
     if "checkpoint" not in result:
         return []
     return [ModelSpec(model, params=params, checkpoint=result["checkpoint"], version=result.get("version"),
-                      trained_on=result.get("dataset_fingerprint"))]
+                      trained_on=result.get("dataset_fingerprint"), train_fraction=result.get("train_fraction"))]

@@ -4,8 +4,10 @@
 Layout under STORE (a local path or `s3://bucket/prefix`):
 
   <model>/<version>/model.safetensors   the weights, copied from the training checkpoint
+                                        (<model> is the training's name: `unet`, or
+                                        `unet[frac=0.25]` for one on a subset of the train split)
   <model>/<version>/segray.json         model name, params, input size, epoch, metrics
-  <model>/<version>/record.json         written last: model, version, run_id, created_at (UTC),
+  <model>/<version>/record.json         written last: model, train_fraction, version, run_id, created_at (UTC),
                                         config, metrics, dataset (uri, fingerprint), checkpoint_source
 
 A version is the id of the training run that produced it (run ids are unique, see
@@ -28,7 +30,7 @@ from typing import Any
 
 from segray import storage
 from segray.errors import CheckpointStoreError
-from segray.models.checkpoint import META_FILE, WEIGHTS_FILE, read_meta
+from segray.models.checkpoint import META_FILE, WEIGHTS_FILE, read_meta, training_name
 
 RECORD_FILE = "record.json"
 CHECKPOINT_FILES = (WEIGHTS_FILE, META_FILE)
@@ -43,8 +45,10 @@ def record_model(
     metrics: dict[str, Any],
     dataset: dict[str, Any],
 ) -> dict[str, Any]:
-    """Copy a checkpoint into the store as version `run_id` of its model; returns the record."""
-    model = read_meta(checkpoint)["model"]
+    """Copy a checkpoint into the store as version `run_id` of its training (the model's
+    name, or `unet[frac=0.25]` for a subset's: `checkpoint.training_name`); returns the record."""
+    meta = read_meta(checkpoint)
+    model = training_name(meta["model"], meta.get("train_fraction"))
     version_uri = storage.join(store, model, run_id)
     record_uri = storage.join(version_uri, RECORD_FILE)
     if storage.exists(record_uri):
@@ -53,6 +57,7 @@ def record_model(
         storage.copy_file(storage.join(checkpoint, name), storage.join(version_uri, name))
     record = {
         "model": model,
+        "train_fraction": meta.get("train_fraction"),
         "version": run_id,
         "run_id": run_id,
         "created_at": datetime.now(UTC).isoformat(),

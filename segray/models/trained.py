@@ -9,7 +9,7 @@ import torch
 from segray import storage
 from segray.data.transforms import inference
 from segray.models.base import ModelSpec, Prediction, resolve_device
-from segray.models.checkpoint import checkpoint_version, load_network
+from segray.models.checkpoint import checkpoint_version, load_network, training_name
 from segray.models.networks import build_network
 
 
@@ -33,8 +33,13 @@ class TrainedSegmenter:
         # CPU it made a UNet's forward 1.5x and a ResNet34-UNet's 1.14x faster (docs/PERFORMANCE.md).
         self.network.to(memory_format=torch.channels_last).eval()
         self.transform = inference(self.image_size)
-        self.variants = [spec.name]
+        self.variants = self.variants_for(spec)
         self.input_size = f"{self.image_size}x{self.image_size}"
+
+    @classmethod
+    def variants_for(cls, spec: ModelSpec) -> list[str]:
+        """Its rows' name: the training's (`unet`, or `unet[frac=0.25]` for a subset's)."""
+        return [training_name(spec.name, spec.train_fraction)]
 
     @classmethod
     def version_for(cls, spec: ModelSpec) -> str | None:
