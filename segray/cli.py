@@ -65,7 +65,9 @@ def parser(description: str, sections: tuple[str, ...] = SECTIONS) -> argparse.A
 def add_run_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--preset", choices=sorted(PRESETS), default="seeds",
                    help="starting settings: 'seeds' is the real benchmark (Kaggle data, the seeds' recipe); "
-                   "'demo' is synthetic data, narrow networks, 96px, few epochs, offline on a CPU")
+                   "'demo' is synthetic data, narrow networks, 96px, few epochs, offline on a CPU; 'demo-sweep' is "
+                   "the demo as a sweep: the UNet (12 epochs) on 10%%, 30%% and 100%% of the train split, LangSAM "
+                   "over 3 prompts x 5 box thresholds")
     g.add_argument("--dataset", help="dataset source: a folder in MADS layout (images/, masks/, subfolders "
                    "pair by path; PNG, JPEG, WebP, BMP, TIFF; the Kaggle zip's doubled folder works too), "
                    "synthetic:N[:SEED], or kaggle:OWNER/SLUG [default: the preset's]")

@@ -24,6 +24,7 @@ from segray.evaluate.awaited import AwaitedModel, start_gate
 from segray.models.base import ModelSpec
 from segray.models.catalogue import TRAINABLE, variants_of, version_of
 from segray.models.checkpoint import version_key
+from segray.models.langsam_rules import other_settings, run_setting
 from segray.models.selection import TrainedModels, models_to_evaluate
 from segray.models.store import record_training
 from segray.results.read import read_rows
@@ -250,7 +251,11 @@ def write_report_logged(uri: str) -> None:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    print(format_table(summary["models"], summary.get("split", "val")))
+    langsam = run_setting(summary["config"]["model_params"].get("langsam") or {})
+    swept = other_settings(summary["models"], langsam)
+    print(format_table({m: s for m, s in summary["models"].items() if m not in swept}, summary.get("split", "val")))
+    if swept:
+        print(f"(and {len(swept)} variants of LangSAM's other sweep settings: in summary.json and the report)")
     if summary.get("split") == ALL_SPLITS:
         print("(no model here was trained on this dataset, so every image is unseen and counts)")
     for model, reason in summary["unavailable"].items():

@@ -103,9 +103,9 @@ def training_datasets(manifest: pd.DataFrame, image_size: int, num_workers: int 
                       mask_person_values: Sequence[int] | None = None,
                       fraction: float | None = None) -> dict[str, Any]:
     """The train and val sets (`training_rows`: with a `fraction`, its subset of the train
-    split) as one shard per training worker (`train_<rank>`, `val_<rank>`), decoded and
-    resized once and cached in the object store; augmentation happens per epoch in the
-    workers (`Augment`).
+    split, `passes_per_epoch(fraction)` times over) as one shard per training worker
+    (`train_<rank>`, `val_<rank>`), decoded and resized once and cached in the object
+    store; augmentation happens per epoch in the workers (`Augment`).
 
     The shards are cut here, by a seeded permutation, rather than by Ray Data's
     streaming_split, which gives no ordering guarantee: so the same seed gives every
@@ -120,7 +120,10 @@ def training_datasets(manifest: pd.DataFrame, image_size: int, num_workers: int 
             dataset = to_dataset(rows.iloc[shard]).map_batches(
                 load_resized, fn_kwargs={"size": image_size, "mask_person_values": mask_person_values})
             dataset.context.execution_options.preserve_order = True  # blocks in manifest order, every run
-            datasets[f"{split}_{rank}"] = dataset.materialize()
+            dataset = dataset.materialize()
+            passes = passes_per_epoch(fraction) if split == "train" else 1
+            # A subset's epoch is its cached blocks `passes` times over, in one shuffled stream.
+            datasets[f"{split}_{rank}"] = dataset.union(*[dataset] * (passes - 1)) if passes > 1 else dataset
     return datasets
 
 
@@ -200,31 +203,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # Rank 0 reports each epoch to the run's timeline: the driver's console prints it.
     timeline = timeline_of(config["run_id"]) if rank == 0 and config["run_id"] else None
-    passes = config["passes_per_epoch"]
     for epoch in range(start_epoch, config["epochs"]):
         started, wall_started = time.perf_counter(), time.time()
+        # Every random draw of an epoch (shuffle, flips, dropout) is seeded by (seed, rank,
+        # epoch): a run resumed from a checkpoint redraws exactly what it would have.
+        epoch_seed = seed_of(config["seed"], rank, epoch)
+        torch.manual_seed(epoch_seed)
         model.train()
         loss_sum, batches, seen = 0.0, 0, 0
-        for one_pass in range(passes):
-            # Every random draw of a pass (shuffle, flips, dropout) is seeded by (seed, rank,
-            # pass): a run resumed from a checkpoint redraws exactly what it would have.
-            pass_seed = seed_of(config["seed"], rank, epoch * passes + one_pass)
-            torch.manual_seed(pass_seed)
-            for batch in train_shard.iter_torch_batches(
-                batch_size=config["batch_size"],
-                local_shuffle_buffer_size=4 * config["batch_size"],
-                local_shuffle_seed=pass_seed,
-                collate_fn=Augment(train_augment(seed=pass_seed), device),
-            ):
-                optimizer.zero_grad()
-                with torch.autocast(device.type, enabled=use_amp):
-                    loss = criterion(model(batch["image"]), batch["mask"])
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += loss.item()
-                batches += 1
-                seen += len(batch["image"])
+        for batch in train_shard.iter_torch_batches(
+            batch_size=config["batch_size"],
+            local_shuffle_buffer_size=4 * config["batch_size"],
+            local_shuffle_seed=epoch_seed,
+            collate_fn=Augment(train_augment(seed=epoch_seed), device),
+        ):
+            optimizer.zero_grad()
+            with torch.autocast(device.type, enabled=use_amp):
+                loss = criterion(model(batch["image"]), batch["mask"])
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.item()
+            batches += 1
+            seen += len(batch["image"])
 
         model.eval()
         iou_sum, images = 0.0, 0
@@ -282,8 +283,8 @@ def train_model(
     """Train one model with a TorchTrainer and return its best checkpoint by validation IoU.
     `run_id` and `dataset_fingerprint` are recorded in every checkpoint: they name the
     weights' version and the data they were trained on. `fraction`: the datasets hold that
-    subset of the train split (`training_datasets(..., fraction)`); each epoch goes over it
-    `passes_per_epoch(fraction)` times, and the checkpoints record it."""
+    subset of the train split, repeated (`training_datasets(..., fraction)`); the
+    checkpoints record it."""
     import ray
     import ray.train
     from ray.data import ExecutionOptions
@@ -303,7 +304,6 @@ def train_model(
         "model": model,
         "name": run_name,
         "train_fraction": fraction,
-        "passes_per_epoch": passes_per_epoch(fraction),
         "params": params,
         "epochs": config.epochs[model],
         "run_id": run_id,
@@ -349,7 +349,7 @@ def train_model(
         train_time_s=elapsed,
         resumed_from=latest_meta.get("resumed_from", []),
         epochs_redone=len(latest_meta.get("resumed_from", [])),
-        train_images=sum(datasets[shard].count() for shard in shards),
+        train_images=sum(datasets[shard].count() for shard in shards) // passes_per_epoch(fraction),  # repeated
         train_fraction=fraction,
         passes_per_epoch=passes_per_epoch(fraction),
     )

@@ -1,16 +1,24 @@
 """The data/tuning sweep (#17): trainings on nested subsets of the train split beside a
 LangSAM prompt x threshold sweep, and the report section that answers the seeds' question."""
 
+import html
 import json
+import re
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from segray.models.checkpoint import read_meta
+from segray.models.langsam_rules import DEFAULT_SETTING, Setting
+from segray.pipeline import print_summary
+from segray.report.analysis import analyze
+from segray.report.sweep import analyze_sweep, halves, pareto
 from segray.train import passes_per_epoch, training_rows
 from tests.conftest import job
 from tests.test_jobs import langsam_options
+from tests.test_report import crafted_rows
 
 
 def manifest_of(n: int) -> pd.DataFrame:
@@ -81,3 +89,94 @@ def test_each_fraction_is_its_own_model_in_the_rows_the_training_and_the_store(s
     assert set(evaluated["model_version"]) == {"unet[frac=0.25]@sweep"}
     mine = rows[rows["model"] == "unet[frac=0.25]"].set_index("image_id")["iou"].sort_index()
     assert evaluated.set_index("image_id")["iou"].sort_index().to_numpy() == pytest.approx(mine.to_numpy())
+
+
+def crafted_sweep(trained: dict[str, list[float]], langsam: dict[str, list[float]], images: dict[str, int]):
+    """The sweep analysis of crafted rows: trained models with their training images, and
+    LangSAM variants (the run's own setting is person.@0.3)."""
+    rows = crafted_rows({**trained, **langsam})
+    training = {name: {"train_images": images[name], "train_time_s": 60.0 * images[name], "history": []}
+                for name in trained}
+    return analyze_sweep(analyze(rows, training=training, resamples=500), DEFAULT_SETTING)
+
+
+def test_langsams_best_is_chosen_on_one_half_and_reported_on_the_other():
+    selection, held = halves(40, seed=0)
+    assert len(selection) == 20 and len(held) == 20 and not set(selection) & set(held)
+    assert sorted([*selection, *held]) == list(range(40))
+    assert (halves(40, seed=0)[0] == selection).all() and not (halves(40, seed=1)[0] == selection).all()
+    # "a" is better on the selection half only, "b" on the held-out half only: "a" is chosen,
+    # and reported with its held-out score.
+    a, b = np.full(40, 0.5), np.full(40, 0.5)
+    a[selection], b[held] = 0.9, 0.8
+    sweep = crafted_sweep({}, {"langsam/sam_score[person.@0.3]": list(b),
+                               "langsam/sam_score[human.@0.3]": list(a)}, {})
+    assert sweep.selection_images == sweep.held_out_images == 20
+    assert sweep.langsam_best["name"] == "langsam/sam_score[human.@0.3]"
+    assert sweep.langsam_best["selection_iou"] == pytest.approx(0.9) and sweep.langsam_best["mean_iou"] == pytest.approx(0.5)
+    assert sweep.langsam_default["name"] == "langsam/sam_score[person.@0.3]"
+    assert sweep.langsam_default["gap"] == pytest.approx(-0.3)  # the default is better where it counts
+    assert sweep.grid["sam_score"] == {Setting("person.", 0.3): pytest.approx(0.5), Setting("human.", 0.3): pytest.approx(0.9)}
+
+
+def test_the_learning_curve_finds_the_smallest_training_set_that_beats_langsam():
+    base = np.random.default_rng(0).uniform(0.4, 0.8, 40)
+    langsam = {"langsam/sam_score[person.@0.3]": list(base), "langsam/union[person.@0.3]": list(base - 0.2)}
+    trained = {"unet[frac=0.25]": list(base - 0.1), "unet[frac=0.5]": list(base + 0.05), "unet": list(base + 0.1)}
+    sweep = crafted_sweep(trained, langsam, {"unet[frac=0.25]": 25, "unet[frac=0.5]": 50, "unet": 100})
+    assert [p["images"] for p in sweep.curves["unet"]] == [25, 50, 100]
+    assert [p["beats"] for p in sweep.curves["unet"]] == [False, True, True]
+    assert sweep.smallest_win["unet"]["name"] == "unet[frac=0.5]"
+    assert sweep.curves["unet"][1]["diff"] == pytest.approx(0.05)
+    assert sweep.verdict.startswith("Against LangSAM's best configuration, langsam/sam_score[person.@0.3]")
+    assert "unet beats it from 50 training images (50% of the train split" in sweep.verdict
+    # Cost: every point priced on a GPU; the best network and LangSAM share a cost here, so
+    # only the more accurate is Pareto-optimal.
+    assert sweep.cost_unit == "$ per 1,000 images"
+    assert {p["model"] for p in sweep.frontier if p.get("pareto")} == {"unet"}
+
+    short = crafted_sweep({"unet[frac=0.5]": list(base - 0.1), "unet": list(base - 0.01)}, langsam,
+                          {"unet[frac=0.5]": 50, "unet": 100})
+    assert short.smallest_win == {"unet": None}
+    assert short.verdict.startswith("No trained network beats LangSAM's best configuration")
+    assert "with up to 100 training images (not reached): the closest, unet, is -0.010 IoU" in short.verdict
+
+
+def test_a_run_without_a_sweep_has_no_sweep_section():
+    base = list(np.linspace(0.3, 0.9, 10))
+    assert crafted_sweep({"unet": base}, {"langsam/sam_score": base, "langsam/union": base}, {"unet": 100}) is None
+
+
+def test_pareto_keeps_what_nothing_else_beats_on_both_cost_and_accuracy():
+    assert pareto([(1, 0.5), (2, 0.7), (3, 0.6), (2, 0.7), (0.5, 0.1)]) == [True, True, False, True, True]
+
+
+def test_the_sweeps_report_answers_with_three_figures_and_a_verdict(sweep_run):
+    status, out = sweep_run
+    assert status == 0
+    page = (out / "sweep" / "report" / "report.html").read_text()
+    for figure in ("learning_curve", "langsam_sensitivity", "cost_frontier"):
+        assert f"<img alt='{figure}' src='data:image/png;base64," in page
+        assert (out / "sweep" / "report" / f"{figure}.png").stat().st_size > 1000
+    text = html.unescape(page)
+    verdict = re.search(r"<b>Verdict:</b> (.*?) On the val split", text).group(1)
+    assert verdict.startswith(("Against LangSAM's best configuration, langsam/", "No trained network beats LangSAM's"))
+    assert "on the 2 held-out images" in verdict and "unet" in verdict
+    assert "LangSAM's best configuration was chosen on the other 2" in text
+    # The sweep's other settings are in its own section, not in every table and gallery.
+    assert "alt='worst_langsam-sam_score-person.-0.0-'" in page and "alt='worst_langsam-sam_score-human" not in page
+    accuracy = text.split("<h2>Accuracy per model</h2>")[1].split("<h2>")[0]
+    assert "langsam/union[person.@0.0]" in accuracy and "langsam/union[human.@0.5]" not in accuracy
+
+
+def test_the_console_leaves_the_other_sweep_settings_to_the_report(capsys):
+    scores = {"images": 4, "errors": 0, "no_detection": 0, "scored_images": 4, "mean_iou": 0.5, "mean_iou_seeds": 0.5}
+    names = ["langsam/union[human.@0.3]", "langsam/union[person.@0.2]", "langsam/union[person.@0.3]", "unet",
+             "unet[frac=0.5]"]
+    print_summary({"config": {"model_params": {"langsam": {"prompt": "Person", "box_threshold": 0.3}}},
+                   "models": {name: scores for name in names}, "split": "val", "unavailable": {},
+                   "masks": {"ambiguous": {"count": 0, "files": []}},
+                   "rows": {"written": 20, "expected": 20, "errors": 0}, "status": "complete"})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[3:6]] == ["langsam/union[person.@0.3]", "unet", "unet[frac=0.5]"]
+    assert lines[6] == "(and 2 variants of LangSAM's other sweep settings: in summary.json and the report)"

@@ -40,11 +40,13 @@ from PIL import Image
 
 from segray.models.base import ModelSpec, Prediction, resolve_device
 from segray.models.langsam_rules import (
+    DEFAULT_SETTING,
     Setting,
     above,
     from_lang_sam_result,
     keep_top_boxes,
     no_detection,
+    normalize_prompt,
     select,
     variants,
 )
@@ -54,14 +56,6 @@ LANG_SAM_INSTALL = "pip install git+https://github.com/luca-medeiros/lang-segmen
 
 
 # --------------------------------------------------------------------------- config
-
-
-def normalize_prompt(prompt: str) -> str:
-    """Lowercase and strip the prompt and end it with "." as GroundingDINO expects."""
-    prompt = prompt.strip().lower()
-    if not prompt.endswith("."):
-        prompt += "."
-    return prompt
 
 
 def _as_list(value: Any) -> list[str]:
@@ -81,8 +75,8 @@ def _as_bool(value: Any) -> bool:
 class LangSAMConfig:
     """LangSAM options; `ModelSpec.params` keys have the same names."""
 
-    prompt: str = "person."  # normalised: lowercase, stripped, ends with "."
-    box_threshold: float = 0.3  # GroundingDINO box score to keep a box (lang_sam's default)
+    prompt: str = DEFAULT_SETTING.prompt  # normalised: lowercase, stripped, ends with "."
+    box_threshold: float = DEFAULT_SETTING.box_threshold  # GroundingDINO box score to keep a box
     text_threshold: float = 0.25  # token score for the box's text label (labels are unused)
     detector: str = "IDEA-Research/grounding-dino-base"  # hub id or save_pretrained folder
     sam: str = "facebook/sam2.1-hiera-small"  # hub id or save_pretrained folder

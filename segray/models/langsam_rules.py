@@ -7,7 +7,7 @@ Numpy only: the model itself is in segray.models.langsam.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -89,9 +89,47 @@ class Setting(NamedTuple):
         return f"{self.prompt}@{self.box_threshold}"  # the float's shortest exact form
 
 
+# LangSAM as it comes: lang_sam's prompt and box threshold, and the seeds' first pick_best.
+DEFAULT_SETTING = Setting("person.", 0.3)
+DEFAULT_RULE = "sam_score"
+
+
+def other_settings(models: Iterable[str], default: Setting) -> list[str]:
+    """The variants of a sweep's settings other than the run's own `default` (`run_setting`):
+    the console and the report's general tables leave them to the sweep's own section."""
+    return [m for m in models if (parsed := parse_variant(m)) and parsed[1] not in (None, default)]
+
+
+def run_setting(params: dict[str, Any]) -> Setting:
+    """The setting a run's LangSAM options (`--langsam-prompt`, `--langsam-box-threshold`)
+    name: its default one, whatever a sweep adds."""
+    return Setting(normalize_prompt(str(params.get("prompt", DEFAULT_SETTING.prompt))),
+                   float(params.get("box_threshold", DEFAULT_SETTING.box_threshold)))
+
+
+def normalize_prompt(prompt: str) -> str:
+    """Lowercase and strip the prompt and end it with "." as GroundingDINO expects."""
+    prompt = prompt.strip().lower()
+    if not prompt.endswith("."):
+        prompt += "."
+    return prompt
+
+
 def variant_name(rule: str, setting: Setting | None = None) -> str:
     """`langsam/<rule>`, or `langsam/<rule>[<prompt>@<threshold>]` for a setting of a sweep."""
     return VARIANT_PREFIX + rule + (f"[{setting}]" if setting is not None else "")
+
+
+def parse_variant(name: str) -> tuple[str, Setting | None] | None:
+    """`variant_name`'s inverse: (rule, setting or None), or None for a name that is not a
+    LangSAM variant."""
+    if not name.startswith(VARIANT_PREFIX):
+        return None
+    rule, _, setting = name.removeprefix(VARIANT_PREFIX).partition("[")
+    if not setting:
+        return rule, None
+    prompt, _, threshold = setting.removesuffix("]").rpartition("@")
+    return rule, Setting(prompt, float(threshold))
 
 
 def variants(settings: list[Setting] | None = None) -> list[str]:

@@ -26,8 +26,11 @@ only when figures are drawn.
 
 The package, in the order its modules import one another (each only from those above it):
   analysis.py    the statistics above (`analyze` -> `Analysis`)
+  formats.py     how numbers are written
+  sweep.py       a sweep's answer: learning curve, LangSAM's sensitivity, cost frontier, verdict
   provenance.py  reproducibility: dataset fingerprint, model versions, packages, git, checkpoints, hardware
   figures.py     the PNG figures and the worst-image galleries
+  sweep_figures.py  the sweep section's figures
   render.py      the tables, report.md and report.html
   __init__.py    `write_report`, the entry point
 """
@@ -41,6 +44,7 @@ from typing import Any
 
 from segray import storage
 from segray.errors import IncompleteRun
+from segray.models.langsam_rules import other_settings, run_setting
 from segray.report.analysis import analyze
 from segray.report.figures import (
     figure_categories,
@@ -54,6 +58,8 @@ from segray.report.figures import (
 )
 from segray.report.provenance import reproducibility
 from segray.report.render import render_html, render_markdown
+from segray.report.sweep import analyze_sweep
+from segray.report.sweep_figures import figure_cost_frontier, figure_langsam_sensitivity, figure_learning_curve
 from segray.results.read import read_rows
 
 
@@ -89,7 +95,10 @@ def write_report(
     if seed is None:  # the run's own seed (--seed)
         seed = int(((summary.get("config") or {}).get("train") or {}).get("seed", 0))
     split = split or summary.get("split") or "val"
-    analysis = analyze(rows, split, training, gpu_hour_usd, resamples, seed, cpu_hour_usd)
+    # A LangSAM sweep's settings other than the run's own are shown in the sweep's section only.
+    langsam = run_setting((((summary.get("config") or {}).get("model_params")) or {}).get("langsam") or {})
+    analysis = analyze(rows, split, training, gpu_hour_usd, resamples, seed, cpu_hour_usd,
+                       hidden=other_settings(rows["model"].astype(str).unique(), langsam))
     analysis.unavailable = summary.get("unavailable") or {}
     analysis.timeline = (summary.get("timeline") or {}).get("stages") or {}
     lap("statistics")
@@ -108,6 +117,13 @@ def write_report(
     timeline = figure_timeline(analysis)
     if timeline is not None:
         pngs["timeline"] = timeline
+    sweep = analyze_sweep(analysis, langsam)
+    if sweep is not None:
+        for name, figure in (("learning_curve", figure_learning_curve), ("langsam_sensitivity", figure_langsam_sensitivity),
+                             ("cost_frontier", figure_cost_frontier)):
+            drawn = figure(sweep)
+            if drawn is not None:
+                pngs[name] = drawn
     lap("figures")
     person_values = (summary.get("config") or {}).get("mask_person_values")  # the masks as the run read them
     for model, items in gallery_items(rows, analysis, summary.get("dataset_root"), worst_n,
@@ -123,10 +139,10 @@ def write_report(
         storage.write_bytes(uri, png)
         written[name] = uri
     title = f"segray report: run {summary.get('run_id', posixpath.basename(run_uri.rstrip('/')))}"
-    markdown = render_markdown(analysis, repro, {name: f"{name}.png" for name in pngs}, title)
+    markdown = render_markdown(analysis, repro, {name: f"{name}.png" for name in pngs}, title, sweep)
     storage.write_bytes(storage.join(out, "report.md"), markdown.encode())
     written["report.md"] = storage.join(out, "report.md")
-    page = render_html(analysis, repro, pngs, title)
+    page = render_html(analysis, repro, pngs, title, sweep)
     storage.write_bytes(storage.join(out, "report.html"), page.encode())
     written["report.html"] = storage.join(out, "report.html")
     lap("write")

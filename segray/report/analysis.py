@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,9 +69,14 @@ class Analysis:
     latency: dict[str, dict[str, Any]]
     training: dict[str, dict[str, Any]]
     excluded_images: int
+    shown: list[str] = field(default_factory=list)  # the models the tables, pairs and figures show
     settings: dict[str, Any] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)  # model -> why it did not run
     timeline: dict[str, dict[str, Any]] = field(default_factory=dict)  # summary.json's timeline stages
+
+    def columns(self) -> list[tuple[int, str]]:
+        """(column of `iou`, model) of each shown model."""
+        return [(self.models.index(model), model) for model in self.shown]
 
 
 def analyze(
@@ -81,11 +87,14 @@ def analyze(
     resamples: int = 2000,
     seed: int = 0,
     cpu_hour_usd: float | None = None,
+    hidden: Collection[str] = (),
 ) -> Analysis:
     """The report's numbers from the prediction rows (a pure function). Which images count,
     and each model's n and mean IoU, are `segray.results.scoring`'s, as in summary.json.
     Cost is priced by the device the latencies were measured on: GPU-hours at
-    `gpu_hour_usd`, CPU actor-hours at `cpu_hour_usd` (not priced when None)."""
+    `gpu_hour_usd`, CPU actor-hours at `cpu_hour_usd` (not priced when None). `hidden`
+    models (a LangSAM sweep's other settings) count in the statistics but are left out of
+    `shown`: the per-model tables, the pairs and the figures."""
     rows = rows[in_split(rows, split)]
     model_code, models = _codes(rows["model"])
     keep = common_rows(rows)
@@ -113,22 +122,23 @@ def analyze(
             "mean_iou_ci": percentile_ci(boot[:, j]) if len(values) else (None, None),
             "median_iou": float(np.median(values)) if len(values) else None,
             "pooled_iou": pooled_iou(other["intersection"][:, j], other["union"][:, j]) if len(values) else None,
-            "mean_dice": _mean(other["dice"][:, j]),
-            "mean_boundary_iou": _mean(other["boundary_iou"][:, j]),
-            "mean_precision": _mean(other["precision"][:, j]),
-            "mean_recall": _mean(other["recall"][:, j]),
+            "mean_dice": mean_of(other["dice"][:, j]),
+            "mean_boundary_iou": mean_of(other["boundary_iou"][:, j]),
+            "mean_precision": mean_of(other["precision"][:, j]),
+            "mean_recall": mean_of(other["recall"][:, j]),
         }
 
+    shown = [j for j, model in enumerate(models) if model not in hidden]
     pairs = []
-    for a in range(len(models)):
-        for b in range(a + 1, len(models)):
+    for i, a in enumerate(shown):
+        for b in shown[i + 1:]:
             diff = iou_m[:, a] - iou_m[:, b]
             pairs.append(
                 {
                     "a": models[a],
                     "b": models[b],
                     "images": int(len(diff)),
-                    "mean_diff": _mean(diff),
+                    "mean_diff": mean_of(diff),
                     "ci": percentile_ci(boot[:, a] - boot[:, b]) if len(diff) else (None, None),
                     "win_rate": float((diff > 0).mean()) if len(diff) else None,
                     "tie_rate": float((diff == 0).mean()) if len(diff) else None,
@@ -142,7 +152,7 @@ def analyze(
     for category in present_categories:
         inside = categories == category
         per_category[category] = {"images": int(inside.sum())} | {
-            model: _mean(iou_m[inside, j]) for j, model in enumerate(models)
+            model: mean_of(iou_m[inside, j]) for j, model in enumerate(models)
         }
 
     latency_ms = np.asarray(kept["latency_ms"], np.float64)
@@ -175,6 +185,7 @@ def analyze(
         latency=latency,
         training=training_table(training or {}),
         excluded_images=int(rows["image_id"].nunique()) - len(image_ids),
+        shown=[models[j] for j in shown],
         settings={"gpu_hour_usd": gpu_hour_usd, "cpu_hour_usd": cpu_hour_usd, "resamples": resamples, "seed": seed},
     )
 
@@ -192,6 +203,7 @@ def training_table(training: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "best_epoch": result.get("best_epoch"),
             "best_val_iou": result.get("best_val_iou"),
             "train_time_s": result.get("train_time_s"),
+            "train_images": result.get("train_images"),
             "checkpoint": result.get("checkpoint"),
             "history": history,
         }
@@ -201,7 +213,7 @@ def training_table(training: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def worst_images(analysis: Analysis, n: int) -> dict[str, list[tuple[str, float]]]:
     """Per model, its n lowest-IoU common images (ties by image id)."""
     worst = {}
-    for j, model in enumerate(analysis.models):
+    for j, model in analysis.columns():
         order = np.lexsort((analysis.image_ids, analysis.iou[:, j]))[:n]
         worst[model] = [(str(analysis.image_ids[i]), float(analysis.iou[i, j])) for i in order]
     return worst
@@ -215,7 +227,8 @@ def _codes(column: pd.Series) -> tuple[np.ndarray, list[str]]:
     return categorical.cat.codes.to_numpy(np.int64), [str(c) for c in categorical.cat.categories]
 
 
-def _mean(values: np.ndarray) -> float | None:
+def mean_of(values: np.ndarray) -> float | None:
+    """The mean of the values that are not NaN; None when there are none."""
     values = np.asarray(values, np.float64)
     values = values[~np.isnan(values)]
     return float(values.mean()) if len(values) else None

@@ -42,14 +42,14 @@ def png(fig, tight: bool = True) -> bytes:
 def figure_histograms(analysis: Analysis) -> bytes:
     """IoU histogram per model, 25 bins over [0, 1], like the seeds' notebook."""
     plt = pyplot()
-    k = max(1, len(analysis.models))
+    k = max(1, len(analysis.shown))
     cols = min(k, 3)
     rows = (k + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=True)
     bins = np.linspace(0, 1, 26)
     for ax in axes.flat[k:]:
         ax.axis("off")
-    for ax, (j, model) in zip(axes.flat, enumerate(analysis.models)):
+    for index, (ax, (j, model)) in enumerate(zip(axes.flat, analysis.columns())):
         counts, _ = np.histogram(analysis.iou[:, j], bins=bins)
         ax.stairs(counts, bins, fill=True, color="tab:blue")  # one patch, not 25: fast for many models
         mean = analysis.per_model[model]["mean_iou"]
@@ -59,7 +59,7 @@ def figure_histograms(analysis: Analysis) -> bytes:
         ax.set_title(model, fontsize=10)
         ax.set_xlim(0, 1)
         ax.set_xlabel("IoU per image")
-        if j % cols == 0:
+        if index % cols == 0:
             ax.set_ylabel("images")
     fig.suptitle(f"Distribution of per-image IoU ({split_label(analysis.split)}, {len(analysis.iou)} images per model)",
                  y=1 - 0.2 / (3.0 * rows))
@@ -74,12 +74,12 @@ def figure_ecdf(analysis: Analysis) -> bytes:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     levels = np.linspace(0, 1, 1001)
-    for j, model in enumerate(analysis.models):
+    for color, (j, model) in enumerate(analysis.columns()):
         values = np.sort(analysis.iou[:, j])
         if len(values):
             x = np.quantile(values, levels) if len(values) > len(levels) else values
             y = levels if len(values) > len(levels) else np.arange(1, len(values) + 1) / len(values)
-            ax.step(x, y, where="post", label=model, color=_color(j), linestyle=_style(j))
+            ax.step(x, y, where="post", label=model, color=series_color(color), linestyle=series_style(color))
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("IoU per image")
@@ -94,13 +94,13 @@ def figure_categories(analysis: Analysis) -> bytes:
     """Mean IoU per category and model, as grouped bars."""
     plt = pyplot()
     categories = list(analysis.per_category)
-    k = max(1, len(analysis.models))
+    k = max(1, len(analysis.shown))
     fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(categories) * max(1, k / 3)), 4.5))
     width = 0.8 / k
     x = np.arange(len(categories))
-    for j, model in enumerate(analysis.models):
+    for j, model in enumerate(analysis.shown):
         heights = [analysis.per_category[c][model] or 0.0 for c in categories]
-        ax.bar(x + (j - (k - 1) / 2) * width, heights, width, label=model, color=_color(j))
+        ax.bar(x + (j - (k - 1) / 2) * width, heights, width, label=model, color=series_color(j))
     ax.set_xticks(x, [f"{c}\n({analysis.per_category[c]['images']} images)" for c in categories])
     ax.set_ylim(0, 1)
     ax.set_ylabel("mean IoU")
@@ -120,13 +120,13 @@ def figure_training(analysis: Analysis) -> bytes | None:
     for j, (model, t) in enumerate(trained.items()):
         epochs = [h.get("epoch", i + 1) for i, h in enumerate(t["history"])]
         label = model + (f" ({t['train_time_s'] / 60:.1f} min)" if t.get("train_time_s") else "")
-        style = {"marker": "o", "ms": 3, "label": label, "color": _color(j)}
+        style = {"marker": "o", "ms": 3, "label": label, "color": series_color(j)}
         loss_ax.plot(epochs, [h.get("train_loss") for h in t["history"]], **style)
         iou_ax.plot(epochs, [h.get("val_iou") for h in t["history"]], **style)
         if t.get("best_epoch") is not None:
             best = next((h for h in t["history"] if h.get("epoch") == t["best_epoch"]), None)
             if best is not None:
-                iou_ax.plot([best["epoch"]], [best.get("val_iou")], marker="*", ms=14, color=_color(j),
+                iou_ax.plot([best["epoch"]], [best.get("val_iou")], marker="*", ms=14, color=series_color(j),
                             markeredgecolor="black")
     loss_ax.set_title("training loss per epoch")
     loss_ax.set_xlabel("epoch")
@@ -157,7 +157,7 @@ def figure_timeline(analysis: Analysis) -> bytes | None:
     for y, name in enumerate(names):
         entry = stages[name]
         kind = name.split(":", 1)[0]
-        color = _color(kinds.index(kind)) if kind in kinds else _color(len(kinds))
+        color = series_color(kinds.index(kind)) if kind in kinds else series_color(len(kinds))
         ax.barh(y, max(entry["end"] - entry["start"], 0.1), left=entry["start"], color=color, alpha=0.8)
         ax.text(entry["end"], y, f" {entry['rows_in']} in", va="center", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
@@ -216,11 +216,11 @@ def figure_gallery(model: str, items: list[dict[str, Any]]) -> bytes:
     return png.tobytes()
 
 
-def _color(j: int) -> str:
+def series_color(j: int) -> str:
     return f"C{j % 10}"
 
 
-def _style(j: int) -> str:
+def series_style(j: int) -> str:
     return ["-", "--", ":", "-."][(j // 10) % 4]
 
 

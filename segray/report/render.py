@@ -7,32 +7,10 @@ import html
 import json
 from typing import Any
 
-import numpy as np
-
 from segray.report.analysis import Analysis
+from segray.report.formats import fmt, fmt_ci, fmt_p, fmt_pct
+from segray.report.sweep import Sweep, sweep_sections
 from segray.results.scoring import split_label
-
-
-def _f(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _p(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return "< 1e-300" if value == 0 else (f"{value:.2e}" if value < 1e-3 else f"{value:.3f}")
-
-
-def _ci(ci: tuple[float | None, float | None]) -> str:
-    return "–" if ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}%"
 
 
 def tables(analysis: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
@@ -42,40 +20,45 @@ def tables(analysis: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
     out["models"] = (
         ["model", "rows", "errors", "no detection", "scored images", "mean IoU (strict)", "95% CI",
          "mean IoU (seeds)", "median IoU", "pooled IoU", "Dice", "boundary IoU", "precision", "recall"],
-        [[m, _f(p["images"]), _f(p["errors"]), _f(p["no_detection"]), _f(p["scored_images"]), _f(p["mean_iou"]),
-          _ci(p["mean_iou_ci"]), _f(p["mean_iou_seeds"]), _f(p["median_iou"]), _f(p["pooled_iou"]),
-          _f(p["mean_dice"]), _f(p["mean_boundary_iou"]), _f(p["mean_precision"]), _f(p["mean_recall"])]
-         for m, p in sorted(analysis.per_model.items(), key=lambda kv: -(kv[1]["mean_iou"] or -1))],
+        [[m, fmt(p["images"]), fmt(p["errors"]), fmt(p["no_detection"]), fmt(p["scored_images"]), fmt(p["mean_iou"]),
+          fmt_ci(p["mean_iou_ci"]), fmt(p["mean_iou_seeds"]), fmt(p["median_iou"]), fmt(p["pooled_iou"]),
+          fmt(p["mean_dice"]), fmt(p["mean_boundary_iou"]), fmt(p["mean_precision"]), fmt(p["mean_recall"])]
+         for m, p in sorted(shown(analysis, analysis.per_model), key=lambda kv: -(kv[1]["mean_iou"] or -1))],
     )
     cats = list(analysis.per_category)
     out["categories"] = (
         ["model", *[f"{c} ({analysis.per_category[c]['images']})" for c in cats]],
-        [[m, *[_f(analysis.per_category[c][m]) for c in cats]] for m in analysis.models],
+        [[m, *[fmt(analysis.per_category[c][m]) for c in cats]] for m in analysis.shown],
     )
     out["pairs"] = (
         ["A", "B", "images", "mean IoU A − B", "95% CI", "A wins", "ties", "B wins", "Wilcoxon p"],
-        [[p["a"], p["b"], _f(p["images"]), _f(p["mean_diff"], 4), _ci(p["ci"]), _pct(p["win_rate"]),
-          _pct(p["tie_rate"]), _pct(p["loss_rate"]), _p(p["wilcoxon_p"])] for p in analysis.pairs],
+        [[p["a"], p["b"], fmt(p["images"]), fmt(p["mean_diff"], 4), fmt_ci(p["ci"]), fmt_pct(p["win_rate"]),
+          fmt_pct(p["tie_rate"]), fmt_pct(p["loss_rate"]), fmt_p(p["wilcoxon_p"])] for p in analysis.pairs],
     )
     cpu_price = f"${s['cpu_hour_usd']:g}/CPU actor-hour" if s.get("cpu_hour_usd") is not None else "CPU: not priced"
     out["cost"] = (
         ["model", "measured on", "images timed", "latency p50 (ms)", "latency p95 (ms)", "images/s per device",
          f"$ per 1,000 images (${s['gpu_hour_usd']:g}/GPU-hour; {cpu_price})"],
-        [[m, v["device"] or "unknown", _f(v["images"]), _f(v["p50_ms"], 1), _f(v["p95_ms"], 1),
-          _f(v["images_per_s"], 1), _f(v["usd_per_1000"], 4)] for m, v in analysis.latency.items()],
+        [[m, v["device"] or "unknown", fmt(v["images"]), fmt(v["p50_ms"], 1), fmt(v["p95_ms"], 1),
+          fmt(v["images_per_s"], 1), fmt(v["usd_per_1000"], 4)] for m, v in shown(analysis, analysis.latency)],
     )
     out["training"] = (
         ["model", "epochs", "best epoch", "best val IoU", "time to train", "checkpoint / error"],
-        [[m, _f(t["epochs"]), _f(t["best_epoch"]), _f(t["best_val_iou"]),
+        [[m, fmt(t["epochs"]), fmt(t["best_epoch"]), fmt(t["best_val_iou"]),
           (f"{t['train_time_s'] / 60:.1f} min" if t.get("train_time_s") is not None else "–"),
           t["error"] or t["checkpoint"] or "–"] for m, t in analysis.training.items()],
     )
     out["timeline"] = (
         ["stage", "rows in", "rows out", "start (s)", "end (s)", "busy (s)", "nodes"],
-        [[name, _f(t["rows_in"]), _f(t["rows_out"]), f"{t['start']:.1f}", f"{t['end']:.1f}", f"{t['busy_s']:.1f}",
-          _f(len(t["nodes"]))] for name, t in analysis.timeline.items()],
+        [[name, fmt(t["rows_in"]), fmt(t["rows_out"]), f"{t['start']:.1f}", f"{t['end']:.1f}", f"{t['busy_s']:.1f}",
+          fmt(len(t["nodes"]))] for name, t in analysis.timeline.items()],
     )
     return out
+
+
+def shown(analysis: Analysis, per_model: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The items of a per-model table that the report shows (`Analysis.shown`)."""
+    return [(model, value) for model, value in per_model.items() if model in analysis.shown]
 
 
 NOTES = {
@@ -120,10 +103,15 @@ SECTIONS = [
 ]
 
 
-def render_markdown(analysis: Analysis, repro: dict[str, Any], figures: dict[str, str], title: str) -> str:
+def render_markdown(analysis: Analysis, repro: dict[str, Any], figures: dict[str, str], title: str,
+                    sweep: Sweep | None = None) -> str:
     t = tables(analysis)
     notes = _notes(analysis)
-    lines = [f"# {title}", "", _headline(analysis), ""]
+    lines = [f"# {title}", "", _headline(analysis, sweep), ""]
+    for heading, note, table, name in sweep_sections(sweep) if sweep else []:
+        lines += [f"## {heading}", "", note, "", *md_table(*table), ""]
+        if name in figures:
+            lines += [f"![{name}]({figures[name]})", ""]
     for heading, key, figs in SECTIONS:
         lines += [f"## {heading}", ""]
         if key in notes:
@@ -146,22 +134,22 @@ def _notes(analysis: Analysis) -> dict[str, str]:
                         resamples=s["resamples"], seed=s["seed"]) for k, v in NOTES.items()}
 
 
-def _headline(analysis: Analysis) -> str:
+def _headline(analysis: Analysis, sweep: Sweep | None = None) -> str:
     # A model that could not run is named first: it is never silently absent.
     missing = "".join(
         f"**{model} was not evaluated**: {reason.strip().splitlines()[0]} "
         for model, reason in analysis.unavailable.items()
     )
-    return missing + _ranking(analysis)
+    return missing + (f"**Verdict:** {sweep.verdict} " if sweep else "") + _ranking(analysis)
 
 
 def _ranking(analysis: Analysis) -> str:
-    ranked = sorted(analysis.per_model.items(), key=lambda kv: -(kv[1]["mean_iou"] or -1))
+    ranked = sorted(shown(analysis, analysis.per_model), key=lambda kv: -(kv[1]["mean_iou"] or -1))
     if not ranked or ranked[0][1]["mean_iou"] is None:
         return f"No model was scored on {split_label(analysis.split)}."
     best, stats = ranked[0]
     text = (f"On {split_label(analysis.split)} ({len(analysis.iou)} images), the best mean IoU is **{best}**: "
-            f"{stats['mean_iou']:.3f} (95% CI {_ci(stats['mean_iou_ci'])}).")
+            f"{stats['mean_iou']:.3f} (95% CI {fmt_ci(stats['mean_iou_ci'])}).")
     if len(ranked) > 1:
         second = ranked[1][0]
         pair = next(p for p in analysis.pairs if {p["a"], p["b"]} == {best, second})
@@ -191,12 +179,17 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 """
 
 
-def render_html(analysis: Analysis, repro: dict[str, Any], pngs: dict[str, bytes], title: str) -> str:
+def render_html(analysis: Analysis, repro: dict[str, Any], pngs: dict[str, bytes], title: str,
+                sweep: Sweep | None = None) -> str:
     t = tables(analysis)
     notes = _notes(analysis)
     parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
              f"<style>{HTML_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-             f"<p>{_bold_html(_headline(analysis))}</p>"]
+             f"<p>{_bold_html(_headline(analysis, sweep))}</p>"]
+    for heading, note, table, name in sweep_sections(sweep) if sweep else []:
+        parts += [f"<h2>{html.escape(heading)}</h2>", f"<p class='note'>{_bold_html(note)}</p>", html_table(*table)]
+        if name in pngs:
+            parts.append(html_img(name, pngs[name]))
     for heading, key, figs in SECTIONS:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         if key in notes:

@@ -91,11 +91,12 @@ def model_summary(rows: pd.DataFrame, split: str = "val") -> dict[str, dict]:
 
 def format_table(per_model: dict[str, dict], split: str = "val") -> str:
     """A plain-text table of `model_summary`'s result."""
-    header = f"{'model':<22} {'images':>6} {'errors':>6} {'no det':>6} {'scored':>6} {'mean IoU':>9} {'seeds IoU':>9}"
+    width = max([22, *map(len, per_model)])
+    header = f"{'model':<{width}} {'images':>6} {'errors':>6} {'no det':>6} {'scored':>6} {'mean IoU':>9} {'seeds IoU':>9}"
     lines = [f"Mean IoU on {split_label(split)} (same images for every model):", header, "-" * len(header)]
     for model, s in per_model.items():
         lines.append(
-            f"{model:<22} {s['images']:>6} {s['errors']:>6} {s['no_detection']:>6} {s['scored_images']:>6} "
+            f"{model:<{width}} {s['images']:>6} {s['errors']:>6} {s['no_detection']:>6} {s['scored_images']:>6} "
             f"{_fmt(s['mean_iou']):>9} {_fmt(s['mean_iou_seeds']):>9}"
         )
     return "\n".join(lines)

@@ -1,0 +1,29 @@
+"""How the report writes numbers: one place for its tables, notes and headline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def fmt_p(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return "< 1e-300" if value == 0 else (f"{value:.2e}" if value < 1e-3 else f"{value:.3f}")
+
+
+def fmt_ci(ci: tuple[float | None, float | None]) -> str:
+    return "–" if ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def fmt_pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"

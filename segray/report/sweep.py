@@ -1,0 +1,211 @@
+"""The report's answer to the seeds' question when a run sweeps (`--train-fractions`,
+`--langsam-prompts`, `--langsam-box-thresholds`): how many labelled images a trained
+network needs to beat LangSAM, and how much LangSAM gains from tuning.
+
+- **Held-out choice.** LangSAM's best configuration (rule, prompt, box threshold) is
+  chosen on one half of the scored images (the *selection* half, drawn by the run's seed)
+  and every figure of the section is measured on the other half (*held out*), so that the
+  choice does not flatter it. A run without LangSAM holds out every image.
+- **The learning curve.** Each trained network's mean IoU (95% bootstrap CI) against its
+  number of training images, LangSAM's best and default configurations as bands, and the
+  smallest size at which a network beats LangSAM's best with a paired CI above zero.
+- **LangSAM's sensitivity.** Mean IoU over prompt x threshold for each rule (selection half).
+- **The cost-accuracy frontier.** Mean IoU against $ per 1,000 images (ms per image when
+  the device is not priced), and the trained networks' against their training time; the
+  Pareto-optimal points (nothing else is both cheaper and better) marked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from segray.models.checkpoint import split_training_name
+from segray.models.langsam_rules import DEFAULT_RULE, Setting, parse_variant
+from segray.report.analysis import Analysis, bootstrap_means, mean_of, percentile_ci
+from segray.report.formats import fmt, fmt_ci
+
+
+@dataclass
+class Sweep:
+    selection_images: int  # the half LangSAM's best configuration is chosen on (0: none held apart)
+    held_out_images: int  # the images every number below is measured on
+    curves: dict[str, list[dict[str, Any]]]  # network -> its trainings by training images
+    smallest_win: dict[str, dict[str, Any] | None]  # network -> its first point that beats LangSAM's best
+    langsam_best: dict[str, Any] | None  # name, rule, setting, selection_iou, mean_iou, ci
+    langsam_default: dict[str, Any] | None  # name, mean_iou, ci, and gap (best - default) with its ci
+    grid: dict[str, dict[Setting, float | None]]  # rule -> setting -> mean IoU on the selection half
+    settings: list[Setting]
+    frontier: list[dict[str, Any]]  # model, cost, mean_iou, pareto
+    cost_unit: str
+    training_frontier: list[dict[str, Any]] = field(default_factory=list)  # model, train_time_s, mean_iou, pareto
+    verdict: str = ""
+
+
+def halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint halves of n images, drawn by `seed`: (selection, held out), each sorted.
+    With fewer than 2 images, nothing can be held apart: both are every image."""
+    if n < 2:
+        every = np.arange(n)
+        return every, every
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[: n // 2]), np.sort(order[n // 2:])
+
+
+def pareto(points: list[tuple[float, float]]) -> list[bool]:
+    """For each (cost, IoU): True when no other point is at most as costly and at least as
+    good, and better in one of the two."""
+    return [not any(c <= cost and i >= iou and (c < cost or i > iou) for c, i in points) for cost, iou in points]
+
+
+def analyze_sweep(analysis: Analysis, default: Setting) -> Sweep | None:
+    """The section's numbers, or None when the run swept nothing (one training per network
+    and one LangSAM setting). `default` is the run's own LangSAM setting."""
+    langsam = {m: parse_variant(m) for m in analysis.models if parse_variant(m)}
+    settings = sorted({setting or default for _, setting in langsam.values()},
+                      key=lambda s: (s.prompt != default.prompt, s.prompt, s.box_threshold))
+    trained = [m for m in analysis.models if (analysis.training.get(m) or {}).get("train_images")]
+    networks = [split_training_name(m)[0] for m in trained]
+    if len(settings) < 2 and all(networks.count(n) < 2 for n in networks):
+        return None
+    column = {m: j for j, m in enumerate(analysis.models)}
+    seed, resamples = analysis.settings.get("seed", 0), analysis.settings.get("resamples", 2000)
+    selection, held = halves(len(analysis.iou), seed) if langsam else (np.arange(0), np.arange(len(analysis.iou)))
+    iou = analysis.iou[held]
+    boot = bootstrap_means(iou, resamples, seed)
+
+    def measured(model: str) -> dict[str, Any]:
+        j = column[model]
+        return {"name": model, "mean_iou": mean_of(iou[:, j]), "ci": percentile_ci(boot[:, j]) if len(iou) else (None, None)}
+
+    def versus(a: str, b: str) -> dict[str, Any]:
+        diff = iou[:, column[a]] - iou[:, column[b]]
+        ci = percentile_ci(boot[:, column[a]] - boot[:, column[b]]) if len(diff) else (None, None)
+        return {"diff": mean_of(diff), "diff_ci": ci}
+
+    best = default_langsam = None
+    grid: dict[str, dict[Setting, float | None]] = {}
+    if langsam:
+        chosen_on = analysis.iou[selection]
+        on_selection = {m: mean_of(chosen_on[:, column[m]]) for m in langsam}
+        for model, (rule, setting) in langsam.items():
+            grid.setdefault(rule, {})[setting or default] = on_selection[model]
+        name = max(langsam, key=lambda m: (on_selection[m] if on_selection[m] is not None else -1, m))
+        best = measured(name) | {"selection_iou": on_selection[name], "rule": langsam[name][0],
+                                 "setting": langsam[name][1] or default}
+        default_name = next((m for m, (rule, s) in langsam.items() if rule == DEFAULT_RULE and (s or default) == default),
+                            None)
+        if default_name is not None:
+            gap = versus(name, default_name)
+            default_langsam = measured(default_name) | {"gap": gap["diff"], "gap_ci": gap["diff_ci"]}
+
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for model, network in zip(trained, networks):
+        fraction = split_training_name(model)[1] or 1.0
+        point = measured(model) | {"images": int(analysis.training[model]["train_images"]), "fraction": fraction,
+                                   "train_time_s": analysis.training[model].get("train_time_s")}
+        if best is not None:
+            point |= versus(model, best["name"])
+            point["beats"] = point["diff_ci"][0] is not None and point["diff_ci"][0] > 0
+        curves.setdefault(network, []).append(point)
+    for points in curves.values():
+        points.sort(key=lambda p: p["images"])
+    smallest_win = {n: next((p for p in points if p.get("beats")), None) for n, points in curves.items()}
+
+    candidates = [*trained, *[m["name"] for m in (best, default_langsam) if m is not None]]
+    candidates = list(dict.fromkeys(candidates))
+    priced = all(analysis.latency[m]["usd_per_1000"] is not None for m in candidates)
+    unit = "$ per 1,000 images" if priced else "ms per image (the device is not priced)"
+    costs = [analysis.latency[m]["usd_per_1000" if priced else "mean_ms"] for m in candidates]
+    frontier = [{"model": m, "cost": c, "mean_iou": measured(m)["mean_iou"]}
+                for m, c in zip(candidates, costs) if c is not None]
+    _mark_pareto(frontier, "cost")
+    training_frontier = [{"model": p["name"], "train_time_s": p["train_time_s"], "mean_iou": p["mean_iou"]}
+                         for points in curves.values() for p in points if p["train_time_s"] is not None]
+    _mark_pareto(training_frontier, "train_time_s")
+    sweep = Sweep(len(selection) if len(selection) < len(analysis.iou) else 0, len(held), curves, smallest_win,
+                  best, default_langsam, grid, settings, frontier, unit, training_frontier)
+    sweep.verdict = verdict(sweep)
+    return sweep
+
+
+def _mark_pareto(points: list[dict[str, Any]], cost: str) -> None:
+    scored = [p for p in points if p["mean_iou"] is not None]
+    for point, optimal in zip(scored, pareto([(p[cost], p["mean_iou"]) for p in scored])):
+        point["pareto"] = optimal
+
+
+def verdict(sweep: Sweep) -> str:
+    """The section's answer in one sentence, with its numbers."""
+    held = f"{sweep.held_out_images} held-out images"
+    best = sweep.langsam_best
+    if best is not None and sweep.curves:
+        against = f"LangSAM's best configuration, {best['name']} ({fmt(best['mean_iou'])} mean IoU on the {held})"
+        wins = [f"{network} beats it from {p['images']} training images ({p['fraction']:.0%} of the train split: "
+                f"{fmt(p['mean_iou'])}, {p['diff']:+.3f} IoU, 95% CI {fmt_ci(p['diff_ci'])})"
+                for network, p in sweep.smallest_win.items() if p is not None]
+        most = {network: points[-1]["images"] for network, points in sweep.curves.items()}
+        if wins:
+            short = [f"{network} does not with up to {most[network]} (not reached)"
+                     for network, p in sweep.smallest_win.items() if p is None]
+            return f"Against {against}, " + "; ".join(wins + short) + "."
+        closest = max((p for points in sweep.curves.values() for p in points), key=lambda p: p["diff"] or -9)
+        return (f"No trained network beats {against} with up to {max(most.values())} training images (not reached): "
+                f"the closest, {closest['name']}, is {closest['diff']:+.3f} IoU (95% CI {fmt_ci(closest['diff_ci'])}).")
+    if best is not None:
+        default = sweep.langsam_default
+        gap = (f", {default['gap']:+.3f} IoU (95% CI {fmt_ci(default['gap_ci'])}) against the default {default['name']}"
+               if default else "")
+        return f"LangSAM's best configuration is {best['name']}: {fmt(best['mean_iou'])} mean IoU on the {held}{gap}."
+    return "; ".join(f"{network}'s mean IoU goes from {fmt(points[0]['mean_iou'])} with {points[0]['images']} training "
+                     f"images to {fmt(points[-1]['mean_iou'])} with {points[-1]['images']}"
+                     for network, points in sweep.curves.items()) + f" ({held})."
+
+
+def sweep_sections(sweep: Sweep) -> list[tuple[str, str, tuple[list[str], list[list[str]]], str]]:
+    """The section's parts: (heading, note, table, figure name)."""
+    held = (f"Measured on {sweep.held_out_images} held-out images: LangSAM's best configuration was chosen on the "
+            f"other {sweep.selection_images} (a seeded half of the scored images), so the choice does not flatter it."
+            if sweep.selection_images else f"Measured on all {sweep.held_out_images} scored images.")
+    curve = (["network", "training", "training images", "share of train split", "mean IoU", "95% CI",
+              "− LangSAM best", "95% CI", "beats it"],
+             [[network, p["name"], str(p["images"]), f"{p['fraction']:.0%}", fmt(p["mean_iou"]), fmt_ci(p["ci"]),
+               fmt(p.get("diff")), fmt_ci(p.get("diff_ci", (None, None))), {True: "yes", False: "no"}.get(p.get("beats"), "–")]
+              for network, points in sweep.curves.items() for p in points])
+    rules = list(sweep.grid)
+    best = sweep.langsam_best or {}
+    grid = (["prompt", "box threshold", *rules],
+            [[s.prompt, f"{s.box_threshold:g}",
+              *[fmt(sweep.grid[r].get(s)) + (" ★" if (r, s) == (best.get("rule"), best.get("setting")) else "")
+                for r in rules]]
+             for s in sweep.settings])
+    frontier = (["model", sweep.cost_unit, "training time", "mean IoU", "Pareto-optimal"],
+                [[p["model"], fmt(p["cost"], 4), _time(_train_time(sweep, p["model"])), fmt(p["mean_iou"]),
+                  "yes" if p.get("pareto") else ""] for p in sweep.frontier])
+    default = sweep.langsam_default
+    langsam_note = "" if not sweep.grid else (
+        f"Mean IoU on the selection half per rule (columns) and prompt × box threshold (rows); ★ marks the best "
+        f"configuration, {best['name']}" + (f": on the held-out half {fmt(sweep.langsam_best['mean_iou'])}, and the default "
+                                    f"{default['name']} {fmt(default['mean_iou'])} ({default['gap']:+.3f} IoU from the "
+                                    f"best, 95% CI {fmt_ci(default['gap_ci'])})." if default else "."))
+    return [
+        ("How much labelled data does a trained network need?",
+         f"{held} Each training on a share of the train split uses a nested, seeded "
+         "subset (each smaller one inside the larger ones) and goes over it about 1/share times per epoch, so every "
+         "training takes as many steps; *beats it* means the paired 95% bootstrap CI of the difference is above zero.",
+         curve, "learning_curve"),
+        ("LangSAM's sensitivity to prompt, box threshold and rule", langsam_note, grid, "langsam_sensitivity"),
+        ("Cost and accuracy", f"{held} Cost is {sweep.cost_unit}, measured as in *Speed and cost*; in a LangSAM sweep "
+         "it is the sweep's (every setting shares its forwards), more than one configuration alone costs. "
+         "Pareto-optimal: no other model is both cheaper and more accurate.", frontier, "cost_frontier"),
+    ]
+
+
+def _train_time(sweep: Sweep, model: str) -> float | None:
+    return next((p["train_time_s"] for p in sweep.training_frontier if p["model"] == model), None)
+
+
+def _time(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds / 60:.1f} min"
