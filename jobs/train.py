@@ -2,7 +2,7 @@
 
     python jobs/train.py --preset demo --output runs --run-id demo-train
 
-Writes OUTPUT/RUN_ID/train/<model>/ (checkpoints, one per epoch, best by validation IoU
+Writes OUTPUT/RUN_ID/train/<training>/ (checkpoints, one per epoch, best by validation IoU
 kept) and OUTPUT/RUN_ID/training.json, which jobs/evaluate.py --checkpoints-from reads.
 With --checkpoint-store URI, each trained model's best checkpoint is also recorded in the
 checkpoint store as version RUN_ID (segray/models/store.py); a failure to record exits 1.

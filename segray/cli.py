@@ -10,12 +10,14 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from segray import storage
 from segray.config import PRESETS, BenchmarkConfig, preset
+from segray.models.checkpoint import split_training_name, training_name
 from segray.models.selection import TrainedModels
 
 SECTIONS = ("run", "training", "langsam", "evaluation")
@@ -105,10 +107,11 @@ def add_training_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (torch.autocast + GradScaler) when training on GPU [default: on]")
     g.add_argument("--train-fractions", type=comma_list(fraction), metavar="F[,F...]",
-                   help="a label-efficiency sweep: each trainable model also trains on these shares of the train "
-                   "split (0 < F <= 1), nested subsets drawn by --seed, each evaluated as its own model "
-                   "unet[frac=F]; a subset goes over its images about 1/F times per epoch, so each training takes "
-                   "as many steps as the whole split's [default: the whole train split only]")
+                   help="a label-efficiency sweep: each trainable model trains on each of these shares of the train "
+                   "split (0 < F <= 1; 1 is the whole split, the plain model), nested subsets drawn by --seed, each "
+                   "evaluated as its own model unet[frac=F]; a subset goes over its images round(1/F) times per "
+                   "epoch, so each training takes about as many steps as the whole split's (0.3: 3 passes, 90%%) "
+                   "[default: the whole train split only]")
     g.add_argument("--unet-base-width", type=int, help="unet's first-layer width; the seeds' is 64 (64..1024)")
     g.add_argument("--resnet-encoder-weights", help="resnet34_unet encoder init: imagenet (downloads "
                    "smp-hub/resnet34.imagenet), none, or a local .pth/.safetensors ResNet34 state dict")
@@ -167,9 +170,16 @@ def comma_list(parse: Callable[[str], Any]) -> Callable[[str], list]:
     return parse_list
 
 
+def model_and_value(item: str) -> tuple[str, str]:
+    """`MODEL=VALUE` -> (MODEL, VALUE); MODEL may be a training name, whose `=` is its own
+    (`unet[frac=0.25]=latest`). ("", item) when there is no MODEL."""
+    match = re.fullmatch(r"([^=\[\]]+(?:\[[^\]]*\])?)=(.*)", item, re.DOTALL)
+    return (match[1], match[2]) if match else ("", item)
+
+
 def per_model(item: str, models: list[str], parse, flag: str, form: str) -> list[tuple[str, Any]]:
     """`MODEL=VALUE` -> [(MODEL, value)]; a bare `VALUE` applies to every model in `models`."""
-    model, _, text = item.rpartition("=")
+    model, text = model_and_value(item)
     try:
         value = parse(text)
     except ValueError:
@@ -178,10 +188,12 @@ def per_model(item: str, models: list[str], parse, flag: str, form: str) -> list
 
 
 def fraction(text: str) -> float:
-    """A share of the train split: 0 < F <= 1."""
+    """A share of the train split: 0 < F <= 1, as its training's name writes it (`unet[frac=F]`)."""
     value = float(text)
     if not 0 < value <= 1:
         raise ValueError(f"{text} is not in (0, 1]")
+    if split_training_name(training_name("unet", value))[1] not in (None, value):
+        raise ValueError(f"{text} has more digits than a training's name keeps (6 significant)")
     return value
 
 
@@ -234,7 +246,7 @@ def trained_models_from_args(p: argparse.ArgumentParser, args: argparse.Namespac
     a malformed option is a usage error (exit 2)."""
     selectors = {}
     for item in args.version or []:
-        model, _, selector = item.partition("=")
+        model, selector = model_and_value(item)
         if not model or not selector:
             p.error(f"--version expects MODEL=SELECTOR, got {item!r}")
         selectors[model] = selector
@@ -245,7 +257,7 @@ def trained_models_from_args(p: argparse.ArgumentParser, args: argparse.Namespac
         training = json.loads(storage.read_bytes(storage.join(args.checkpoints_from, "training.json")))
     checkpoints = {}
     for item in getattr(args, "checkpoint", None) or []:
-        model, _, directory = item.partition("=")
+        model, directory = model_and_value(item)
         if not model or not directory:
             p.error(f"--checkpoint expects MODEL=DIR, got {item!r}")
         checkpoints[model] = directory
@@ -304,8 +316,8 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         for model, share in per_model(item, config.models, float, "--gpus-per-actor", "[MODEL=]F"):
             evaluation.gpus_per_actor[model] = share
     for item in given("eval_batch_size") or []:
-        model, _, size = item.partition("=")
-        if not size.isdigit():
+        model, size = model_and_value(item)
+        if not model or not size.isdigit():
             usage_error(f"--eval-batch-size expects MODEL=N, got {item!r}")
         evaluation.batch_size[model] = int(size)
     # The models' inference input is the training size (stored in checkpoints for trained ones).

@@ -4,7 +4,7 @@ Run layout under `<output>/<run_id>/`:
   run.json            written first: the run id was claimed and the location is writable;
                       then its status (running, interrupted, failed), stage, attempts and
                       what a resumed attempt must share with the first (`RESUMED_SETTINGS`)
-  train/<model>/      Ray Train's storage (checkpoints, metrics) per trained model
+  train/<training>/   Ray Train's storage (checkpoints, metrics) per training (unet, unet[frac=0.25])
   training.json       the best checkpoint, version and per-epoch history of each trained model
   predictions/        the long-format Parquet rows (`segray.schema.ROW_SCHEMA`)
   summary.json        written last: a run without it did not finish

@@ -138,7 +138,7 @@ def test_record_json_is_plain_json(tmp_path):
     write_checkpoint(tmp_path / "ckpt", 0)
     record(store, tmp_path / "ckpt", "run-a", 0.5)
     stored = json.loads((tmp_path / "store" / "unet" / "run-a" / "record.json").read_text())
-    assert set(stored) == {"model", "version", "run_id", "created_at", "config", "metrics", "dataset",
+    assert set(stored) == {"model", "train_fraction", "version", "run_id", "created_at", "config", "metrics", "dataset",
                            "checkpoint_source"}
 
 

@@ -10,8 +10,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from segray.cli import add_checkpoint_options, config_from_args, parser, trained_models_from_args
+from segray.config import preset
 from segray.models.checkpoint import read_meta
 from segray.models.langsam_rules import DEFAULT_SETTING, Setting
+from segray.models.selection import TrainedModels, models_to_evaluate
 from segray.pipeline import print_summary
 from segray.report.analysis import analyze
 from segray.report.sweep import analyze_sweep, halves, pareto
@@ -180,3 +183,26 @@ def test_the_console_leaves_the_other_sweep_settings_to_the_report(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[3:6]] == ["langsam/union[person.@0.3]", "unet", "unet[frac=0.5]"]
     assert lines[6] == "(and 2 variants of LangSAM's other sweep settings: in summary.json and the report)"
+
+
+def test_a_training_name_is_one_model_name_in_every_option(tmp_path):
+    p = parser("t")
+    add_checkpoint_options(p)
+    args = p.parse_args(["--checkpoint-store", str(tmp_path), "--version", "unet[frac=0.25]=latest",
+                         "--checkpoint", "unet[frac=0.5]=/ckpt/a=b", "--train-fractions", "0.1,1"])
+    trained = trained_models_from_args(p, args, "all")
+    assert trained.selectors == {"unet[frac=0.25]": "latest"}
+    assert trained.checkpoints == {"unet[frac=0.5]": "/ckpt/a=b"}
+    assert config_from_args(args).train.fractions == [0.1, 1.0]
+    with pytest.raises(SystemExit):  # a name keeps 6 significant digits: 0.1234567 would train as 0.123457
+        p.parse_args(["--train-fractions", "0.1234567"])
+    with pytest.raises(SystemExit):
+        p.parse_args(["--train-fractions", "0,0.5"])
+
+    config = preset("demo")
+    config.models = ["langsam[frac=0.5]", "unet[frac=x]"]
+    specs, unavailable = models_to_evaluate(config, TrainedModels())
+    assert specs == []
+    assert unavailable == {"langsam[frac=0.5]": "langsam is not trained, so it has no training on a share of a "
+                                                 "train split",
+                           "unet[frac=x]": "'unet[frac=x]' is not a training name: expected MODEL or MODEL[frac=F]"}

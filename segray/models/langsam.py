@@ -47,6 +47,7 @@ from segray.models.langsam_rules import (
     keep_top_boxes,
     no_detection,
     normalize_prompt,
+    run_setting,
     select,
     variants,
 )
@@ -90,8 +91,7 @@ class LangSAMConfig:
     box_thresholds: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.prompt = normalize_prompt(str(self.prompt))
-        self.box_threshold = float(self.box_threshold)
+        self.prompt, self.box_threshold = run_setting({"prompt": self.prompt, "box_threshold": self.box_threshold})
         self.prompts = [normalize_prompt(prompt) for prompt in _as_list(self.prompts)]
         self.box_thresholds = [float(threshold) for threshold in _as_list(self.box_thresholds)]
         self.text_threshold = float(self.text_threshold)

@@ -46,10 +46,17 @@ def models_to_evaluate(config: BenchmarkConfig, trained: TrainedModels) -> tuple
     merely absent from the store is reported as unavailable)."""
     specs, unavailable = [], {}
     for name in config.models:
-        model, _ = split_training_name(name)
+        try:
+            model, fraction = split_training_name(name)
+        except ValueError as error:
+            unavailable[name] = str(error)
+            continue
         params = config.model_params.get(model, {})
         if model not in SEGMENTERS:
             unavailable[name] = f"unknown model; known: {sorted(SEGMENTERS)}"
+            continue
+        if fraction is not None and model not in TRAINABLE:
+            unavailable[name] = f"{model} is not trained, so it has no training on a share of a train split"
             continue
         try:
             found = _trained_specs(name, model, params, trained) if model in TRAINABLE else [ModelSpec(model, params)]

@@ -13,6 +13,7 @@ import pandas as pd
 
 from segray import storage
 from segray.report.analysis import Analysis, worst_images
+from segray.report.formats import fmt_minutes
 from segray.results.read import read_masks
 from segray.results.scoring import in_split, split_label
 
@@ -119,7 +120,7 @@ def figure_training(analysis: Analysis) -> bytes | None:
     fig, (loss_ax, iou_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for j, (model, t) in enumerate(trained.items()):
         epochs = [h.get("epoch", i + 1) for i, h in enumerate(t["history"])]
-        label = model + (f" ({t['train_time_s'] / 60:.1f} min)" if t.get("train_time_s") else "")
+        label = model + (f" ({fmt_minutes(t['train_time_s'])})" if t.get("train_time_s") else "")
         style = {"marker": "o", "ms": 3, "label": label, "color": series_color(j)}
         loss_ax.plot(epochs, [h.get("train_loss") for h in t["history"]], **style)
         iou_ax.plot(epochs, [h.get("val_iou") for h in t["history"]], **style)

@@ -27,3 +27,7 @@ def fmt_ci(ci: tuple[float | None, float | None]) -> str:
 
 def fmt_pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def fmt_minutes(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds / 60:.1f} min"

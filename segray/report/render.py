@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from segray.report.analysis import Analysis
-from segray.report.formats import fmt, fmt_ci, fmt_p, fmt_pct
+from segray.report.formats import fmt, fmt_ci, fmt_minutes, fmt_p, fmt_pct
 from segray.report.sweep import Sweep, sweep_sections
 from segray.results.scoring import split_label
 
@@ -45,7 +45,7 @@ def tables(analysis: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
     out["training"] = (
         ["model", "epochs", "best epoch", "best val IoU", "time to train", "checkpoint / error"],
         [[m, fmt(t["epochs"]), fmt(t["best_epoch"]), fmt(t["best_val_iou"]),
-          (f"{t['train_time_s'] / 60:.1f} min" if t.get("train_time_s") is not None else "–"),
+          fmt_minutes(t.get("train_time_s")),
           t["error"] or t["checkpoint"] or "–"] for m, t in analysis.training.items()],
     )
     out["timeline"] = (

@@ -4,8 +4,9 @@ network needs to beat LangSAM, and how much LangSAM gains from tuning.
 
 - **Held-out choice.** LangSAM's best configuration (rule, prompt, box threshold) is
   chosen on one half of the scored images (the *selection* half, drawn by the run's seed)
-  and every figure of the section is measured on the other half (*held out*), so that the
-  choice does not flatter it. A run without LangSAM holds out every image.
+  and the learning curve and the frontier are measured on the other half (*held out*), so
+  that the choice does not flatter it; the sensitivity map shows the selection half, where
+  the choice is made. A run without LangSAM holds out every image.
 - **The learning curve.** Each trained network's mean IoU (95% bootstrap CI) against its
   number of training images, LangSAM's best and default configurations as bands, and the
   smallest size at which a network beats LangSAM's best with a paired CI above zero.
@@ -25,7 +26,7 @@ import numpy as np
 from segray.models.checkpoint import split_training_name
 from segray.models.langsam_rules import DEFAULT_RULE, Setting, parse_variant
 from segray.report.analysis import Analysis, bootstrap_means, mean_of, percentile_ci
-from segray.report.formats import fmt, fmt_ci
+from segray.report.formats import fmt, fmt_ci, fmt_minutes
 
 
 @dataclass
@@ -63,6 +64,8 @@ def pareto(points: list[tuple[float, float]]) -> list[bool]:
 def analyze_sweep(analysis: Analysis, default: Setting) -> Sweep | None:
     """The section's numbers, or None when the run swept nothing (one training per network
     and one LangSAM setting). `default` is the run's own LangSAM setting."""
+    if not len(analysis.iou):  # no image scored by every model: nothing to compare
+        return None
     langsam = {m: parse_variant(m) for m in analysis.models if parse_variant(m)}
     settings = sorted({setting or default for _, setting in langsam.values()},
                       key=lambda s: (s.prompt != default.prompt, s.prompt, s.box_threshold))
@@ -165,7 +168,7 @@ def verdict(sweep: Sweep) -> str:
 
 
 def sweep_sections(sweep: Sweep) -> list[tuple[str, str, tuple[list[str], list[list[str]]], str]]:
-    """The section's parts: (heading, note, table, figure name)."""
+    """The section's parts that have something to show: (heading, note, table, figure name)."""
     held = (f"Measured on {sweep.held_out_images} held-out images: LangSAM's best configuration was chosen on the "
             f"other {sweep.selection_images} (a seeded half of the scored images), so the choice does not flatter it."
             if sweep.selection_images else f"Measured on all {sweep.held_out_images} scored images.")
@@ -182,7 +185,7 @@ def sweep_sections(sweep: Sweep) -> list[tuple[str, str, tuple[list[str], list[l
                 for r in rules]]
              for s in sweep.settings])
     frontier = (["model", sweep.cost_unit, "training time", "mean IoU", "Pareto-optimal"],
-                [[p["model"], fmt(p["cost"], 4), _time(_train_time(sweep, p["model"])), fmt(p["mean_iou"]),
+                [[p["model"], fmt(p["cost"], 4), fmt_minutes(_train_time(sweep, p["model"])), fmt(p["mean_iou"]),
                   "yes" if p.get("pareto") else ""] for p in sweep.frontier])
     default = sweep.langsam_default
     langsam_note = "" if not sweep.grid else (
@@ -190,22 +193,22 @@ def sweep_sections(sweep: Sweep) -> list[tuple[str, str, tuple[list[str], list[l
         f"configuration, {best['name']}" + (f": on the held-out half {fmt(sweep.langsam_best['mean_iou'])}, and the default "
                                     f"{default['name']} {fmt(default['mean_iou'])} ({default['gap']:+.3f} IoU from the "
                                     f"best, 95% CI {fmt_ci(default['gap_ci'])})." if default else "."))
-    return [
+    parts = [
         ("How much labelled data does a trained network need?",
          f"{held} Each training on a share of the train split uses a nested, seeded "
-         "subset (each smaller one inside the larger ones) and goes over it about 1/share times per epoch, so every "
-         "training takes as many steps; *beats it* means the paired 95% bootstrap CI of the difference is above zero.",
+         "subset (each smaller one inside the larger ones) and goes over it round(1/share) times per epoch, so every "
+         "training takes about as many steps. *Beats it* means the paired 95% bootstrap CI of the difference is "
+         "above zero, each size tested on its own (no correction for testing several); the first size that does is "
+         "named, whether or not every larger one does too. Each network's checkpoint (its best epoch) was chosen "
+         "on the whole validation split, as the seeds did, so that choice has seen the held-out half.",
          curve, "learning_curve"),
         ("LangSAM's sensitivity to prompt, box threshold and rule", langsam_note, grid, "langsam_sensitivity"),
         ("Cost and accuracy", f"{held} Cost is {sweep.cost_unit}, measured as in *Speed and cost*; in a LangSAM sweep "
          "it is the sweep's (every setting shares its forwards), more than one configuration alone costs. "
          "Pareto-optimal: no other model is both cheaper and more accurate.", frontier, "cost_frontier"),
     ]
+    return [part for part in parts if part[2][1]]
 
 
 def _train_time(sweep: Sweep, model: str) -> float | None:
     return next((p["train_time_s"] for p in sweep.training_frontier if p["model"] == model), None)
-
-
-def _time(seconds: float | None) -> str:
-    return "–" if seconds is None else f"{seconds / 60:.1f} min"

@@ -107,6 +107,6 @@ def figure_cost_frontier(sweep: Sweep) -> bytes | None:
     return png(fig)
 
 
-def _value(cells: dict, prompt: str, threshold: float) -> float:
-    value = next((v for s, v in cells.items() if s.prompt == prompt and s.box_threshold == threshold), None)
+def _value(cells: dict[Setting, float | None], prompt: str, threshold: float) -> float:
+    value = cells.get(Setting(prompt, threshold))
     return np.nan if value is None else value
