@@ -187,6 +187,14 @@ def per_model(item: str, models: list[str], parse, flag: str, form: str) -> list
     return [(model, value)] if model else [(m, value) for m in models]
 
 
+def absolute_if_here(value: str) -> str:
+    """A relative path that exists here, made absolute; anything else as it is. Ray's workers
+    do not run in the job's directory (`uv run` and `ray job submit --working-dir` give them a
+    copy of it, without its ignored files), so a folder named relative to it is not found there."""
+    path = os.path.expanduser(value)
+    return os.path.abspath(path) if os.path.exists(path) else value
+
+
 def fraction(text: str) -> float:
     """A share of the train split: 0 < F <= 1, as its training's name writes it (`unet[frac=F]`)."""
     value = float(text)
@@ -277,6 +285,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     for flag in ("dataset", "mask_person_values", "output", "run_id", "overwrite", "resume", "cache_dir"):
         if given(flag) is not None:
             setattr(config, flag, given(flag))
+    config.dataset = absolute_if_here(config.dataset)
     if config.resume and config.overwrite:
         usage_error("--resume and --overwrite exclude each other: continue the run, or replace it")
     if config.resume and not given("run_id"):
@@ -303,6 +312,9 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     for flag, key in LANGSAM_FLAGS.items():
         if given(flag) is not None:
             params.setdefault("langsam", {})[key] = given(flag)
+    for key in ("detector", "sam"):
+        if key in params.get("langsam", {}):
+            params["langsam"][key] = absolute_if_here(params["langsam"][key])
 
     evaluation = config.eval
     evaluation.use_gpu = train.use_gpu

@@ -206,3 +206,20 @@ def test_a_training_name_is_one_model_name_in_every_option(tmp_path):
     assert unavailable == {"langsam[frac=0.5]": "langsam is not trained, so it has no training on a share of a "
                                                  "train split",
                            "unet[frac=x]": "'unet[frac=x]' is not a training name: expected MODEL or MODEL[frac=F]"}
+
+
+def test_a_relative_dataset_or_weights_folder_reaches_the_workers_as_an_absolute_path(tmp_path, monkeypatch):
+    """Under `uv run` (and `ray job submit --working-dir`), Ray's workers run in a copy of the
+    job's directory without its ignored files: the README's `weights/tiny` was not found there."""
+    for folder in ("weights/tiny/grounding-dino", "weights/tiny/sam2", "mads"):
+        (tmp_path / folder).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    config = config_from_args(parser("t").parse_args(
+        ["--dataset", "mads", "--langsam-detector", "weights/tiny/grounding-dino", "--langsam-sam", "weights/tiny/sam2"]))
+    assert config.dataset == str(tmp_path / "mads")
+    langsam = config.model_params["langsam"]
+    assert (langsam["detector"], langsam["sam"]) == (str(tmp_path / "weights/tiny/grounding-dino"),
+                                                     str(tmp_path / "weights/tiny/sam2"))
+    hub = config_from_args(parser("t").parse_args(["--langsam-sam", "facebook/sam2.1-hiera-small"]))
+    assert hub.model_params["langsam"]["sam"] == "facebook/sam2.1-hiera-small"
+    assert hub.dataset == "kaggle:tapakah68/segmentation-full-body-mads-dataset"
