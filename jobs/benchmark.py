@@ -11,21 +11,26 @@ is "partial") or recording in the checkpoint store failed, 2 on bad arguments or
 dataset/output. A model that cannot run for lack of weights (LangSAM offline) is reported as
 unavailable in the summary and does not fail the run. Ctrl-C or SIGTERM stops the run
 (exit 130 or 143; run.json says "interrupted"); --resume then finishes it.
+With --mlflow-tracking-uri, the finished run is logged in MLflow and each trained model
+registered there (segray/tracking.py); a server that cannot take it is a warning, not a
+failure: jobs/log_mlflow.py logs the run later.
 """
 
 from __future__ import annotations
 
 import sys
 
-from segray.cli import config_from_args, parser
+from segray.cli import config_from_args, mlflow_tracking, parser
 from segray.errors import DatasetError, RunError
 from segray.pipeline import print_summary, run_benchmark
-from segray.run import stop_on_signals
+from segray.run import run_uri, stop_on_signals
+from segray.tracking import log_finished
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.split("\n\n")[0]).parse_args(argv)
     config = config_from_args(args)
+    tracking = mlflow_tracking(args)
     try:
         with stop_on_signals(config):
             summary = run_benchmark(config, args.ray_address, args.checkpoint_store)
@@ -34,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print_summary(summary)
     print(f"run written to {config.output}/{config.run_id}")
+    log_finished(run_uri(config), *tracking)
     return 0 if summary["status"] == "complete" and summary.get("recorded", True) else 1
 
 

@@ -3,10 +3,13 @@
     python jobs/evaluate.py --preset demo --checkpoints-from runs/demo-train --output runs --run-id demo-eval
     python jobs/evaluate.py --dataset DIR --checkpoint unet=CKPT_DIR --models unet,langsam
     python jobs/evaluate.py --dataset DIR --checkpoint-store STORE_URI --version unet=best
+    python jobs/evaluate.py --dataset DIR --mlflow-tracking-uri http://HOST:5000 --version unet=models:/segray-unet@champion
 
 Trained models come from a checkpoint directory (--checkpoint MODEL=DIR), the checkpoint store
-(--checkpoint-store URI, with --version MODEL=latest|best|VERSION, latest by default), or a
-training run's training.json (--checkpoints-from), in that order of precedence. Every row
+(--checkpoint-store URI, with --version MODEL=latest|best|VERSION, latest by default), an MLflow
+registered version (--version MODEL=models:/segray-unet/3 or models:/segray-unet@champion, with
+--mlflow-tracking-uri), or a training run's training.json (--checkpoints-from), in that order of
+precedence (a models:/ version before the store). Every row
 names its weights in `model_version`. Writes OUTPUT/RUN_ID/predictions/, OUTPUT/RUN_ID/summary.json
 and the report (OUTPUT/RUN_ID/report/) into a new run. Exits 1 when rows are missing, any row
 has status error (the run is "partial") or no model could run, 2 on bad arguments, an unusable
@@ -19,11 +22,12 @@ from __future__ import annotations
 import sys
 import time
 
-from segray.cli import add_checkpoint_options, config_from_args, parser, trained_models_from_args
+from segray.cli import add_checkpoint_options, config_from_args, mlflow_tracking, parser, trained_models_from_args
 from segray.errors import CheckpointStoreError, DatasetError, RunError
 from segray.models.selection import models_to_evaluate
 from segray.pipeline import evaluate_and_summarize, print_summary, write_report_logged
 from segray.run import enter_stage, open_run, run_uri, stop_on_signals
+from segray.tracking import log_finished
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     add_checkpoint_options(p)
     args = p.parse_args(argv)
     config = config_from_args(args)
+    tracking = mlflow_tracking(args)
     started = time.perf_counter()
     trained = trained_models_from_args(p, args, default_selector="latest")
     try:
@@ -44,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, RunError, CheckpointStoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    log_finished(run_uri(config), *tracking)
     return 0 if summary["status"] == "complete" else 1
 
 

@@ -11,7 +11,9 @@ The new rows go to RESULTS/run=RUN_ID/, committed by RESULTS/run=RUN_ID/_COMMITT
 written last; RESULTS/report/ gets the trend of mean IoU per model version. A second run
 with nothing new computes and writes nothing. Runs must not overlap: RESULTS/_lock.json is
 created exclusively and refuses a second run, unless it is older than --lock-stale-after
-hours. See docs/REEVALUATE.md. The training options, --output and --overwrite do not apply.
+hours. See docs/REEVALUATE.md. With --mlflow-tracking-uri, a committed run is logged in MLflow
+(its versions' images and mean IoU, the trend report), and --version MODEL=models:/NAME/N picks
+a registered version. The training options, --output and --overwrite do not apply.
 
 Exit status: 0 every pair is in the table (including "nothing to compute"); 1 a model
 could not run, or rows are missing (the partition is left uncommitted and redone next
@@ -24,9 +26,10 @@ from __future__ import annotations
 import sys
 
 from segray import storage
-from segray.cli import config_from_args, parser, trained_models_from_args
+from segray.cli import config_from_args, mlflow_tracking, parser, trained_models_from_args
 from segray.errors import CheckpointStoreError, DatasetError, LockHeld, RunError
 from segray.reevaluate import run_reevaluation
+from segray.tracking import log_finished
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="take over a lock older than this (its run is presumed dead)")
     args = p.parse_args(argv)
     config = config_from_args(args)
-    selectors = trained_models_from_args(p, args, default_selector="all").selectors
+    trained = trained_models_from_args(p, args, default_selector="all")
+    tracking = mlflow_tracking(args)
     try:
-        outcome, unavailable = run_reevaluation(config, args.results, args.checkpoint_store, selectors,
-                                                args.lock_stale_after, args.ray_address)
+        outcome, unavailable = run_reevaluation(config, args.results, trained, args.lock_stale_after, args.ray_address)
     except LockHeld as error:
         print(f"error: another run is going on: {error}", file=sys.stderr)
         return 3
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"computed {version}: {images} new images")
     print(f"rows written {outcome.rows_written} of {outcome.rows_expected} to {outcome.partition}: "
           + ("committed" if outcome.committed else "NOT committed, redone next run"))
+    if outcome.committed:
+        log_finished(outcome.partition, *tracking)
     return 0 if outcome.committed and not unavailable else 1
 
 

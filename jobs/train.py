@@ -10,7 +10,8 @@ Exits 1 when a model failed to train, 2 on bad arguments or an unusable dataset/
 Ctrl-C or SIGTERM stops it (exit 130 or 143); --resume then reuses the trainings that
 finished and resumes the others from their latest checkpoints. A run that ended has its
 status in run.json (complete, or partial when a model failed or was not recorded) and
-nothing to resume.
+nothing to resume. With --mlflow-tracking-uri, the run is logged in MLflow and each trained
+model registered as a version of segray-MODEL (see jobs/benchmark.py).
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 
-from segray.cli import config_from_args, parser
+from segray.cli import config_from_args, mlflow_tracking, parser
 from segray.errors import DatasetError, RunError
 from segray.pipeline import record_trained
 from segray.run import enter_stage, open_run, run_uri, stop_on_signals, update_record
+from segray.tracking import log_finished
 from segray.trainings import train_models
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.split("\n\n")[0]).parse_args(argv)
     config = config_from_args(args)
+    tracking = mlflow_tracking(args)
     try:
         with stop_on_signals(config):
             manifest = open_run(config, args.ray_address)
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{model}: best val IoU {result['best_val_iou']:.4f} at epoch {result['best_epoch']}, "
                   f"{result['train_time_s']:.0f} s; checkpoint {result['checkpoint']}")
+    log_finished(run_uri(config), *tracking)
     return 1 if failed else 0
 
 

@@ -7,6 +7,7 @@ consistent starting point and flags override single values.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -17,10 +18,13 @@ from typing import Any, NoReturn
 
 from segray import storage
 from segray.config import PRESETS, BenchmarkConfig, preset
+from segray.data.manifest import DEFAULT_CACHE_DIR
 from segray.models.checkpoint import split_training_name, training_name
+from segray.models.mlflow_registry import is_registered
 from segray.models.selection import TrainedModels
 
 SECTIONS = ("run", "training", "langsam", "evaluation")
+EXPERIMENT = "segray"  # the MLflow experiment when neither --mlflow-experiment nor MLFLOW_EXPERIMENT_NAME names one
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -51,9 +55,11 @@ def parser(description: str, sections: tuple[str, ...] = SECTIONS) -> argparse.A
                    "record each trained model's best checkpoint there as version RUN_ID; evaluate, reevaluate "
                    "and serve load versions from it")
     g.add_argument("--version", action="append", metavar="MODEL=SELECTOR",
-                   help="with --checkpoint-store, the version of a trained model to use, repeatable: latest, "
-                   "best, all, or a version name (RUN_ID or the rows' MODEL@RUN_ID) [default: evaluate and serve "
-                   "latest, reevaluate all]")
+                   help="the version of a trained model to use, repeatable: with --checkpoint-store latest, "
+                   "best, all, or a version name (RUN_ID or the rows' MODEL@RUN_ID); with --mlflow-tracking-uri a "
+                   "registered version, models:/segray-unet/3 or models:/segray-unet@champion [default: evaluate "
+                   "and serve latest, reevaluate all]")
+    add_mlflow_options(g)
     g.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     if "training" in sections:
         add_training_options(p.add_argument_group("training (Ray Train)"))
@@ -62,6 +68,16 @@ def parser(description: str, sections: tuple[str, ...] = SECTIONS) -> argparse.A
     if "evaluation" in sections:
         add_evaluation_options(p.add_argument_group("evaluation (Ray Data)"))
     return p
+
+
+def add_mlflow_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--mlflow-tracking-uri", metavar="URI",
+                   help="an MLflow tracking server (http://host:5000, databricks, ...): the run is logged there as a "
+                   "run of --mlflow-experiment and each trained model is registered as a version of segray-MODEL; "
+                   "--version MODEL=models:/NAME/N or models:/NAME@ALIAS picks a registered version; needs "
+                   "segray[mlflow] [default: MLFLOW_TRACKING_URI if set, else no tracking]")
+    g.add_argument("--mlflow-experiment", metavar="NAME",
+                   help=f"the MLflow experiment of the run [default: MLFLOW_EXPERIMENT_NAME if set, else {EXPERIMENT}]")
 
 
 def add_run_options(g: argparse._ArgumentGroup) -> None:
@@ -258,8 +274,13 @@ def trained_models_from_args(p: argparse.ArgumentParser, args: argparse.Namespac
         if not model or not selector:
             p.error(f"--version expects MODEL=SELECTOR, got {item!r}")
         selectors[model] = selector
-    if selectors and not args.checkpoint_store:
-        p.error("--version needs --checkpoint-store")
+    tracking_uri = mlflow_tracking(args)[0]
+    stored = [model for model, selector in selectors.items() if not is_registered(selector)]
+    if stored and not args.checkpoint_store:
+        p.error(f"--version {stored[0]}={selectors[stored[0]]} needs --checkpoint-store (a registered version is "
+                "models:/NAME/VERSION or models:/NAME@ALIAS)")
+    if len(stored) < len(selectors) and not tracking_uri:
+        p.error("--version MODEL=models:/... needs --mlflow-tracking-uri (or MLFLOW_TRACKING_URI)")
     training = {}
     if getattr(args, "checkpoints_from", None):
         training = json.loads(storage.read_bytes(storage.join(args.checkpoints_from, "training.json")))
@@ -270,7 +291,16 @@ def trained_models_from_args(p: argparse.ArgumentParser, args: argparse.Namespac
             p.error(f"--checkpoint expects MODEL=DIR, got {item!r}")
         checkpoints[model] = directory
     return TrainedModels(training=training, checkpoints=checkpoints, store=args.checkpoint_store,
-                         selectors=selectors, default_selector=default_selector)
+                         selectors=selectors, default_selector=default_selector, tracking_uri=tracking_uri,
+                         cache_dir=getattr(args, "cache_dir", None) or DEFAULT_CACHE_DIR)
+
+
+def mlflow_tracking(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(tracking URI or None: no tracking, experiment) from the options, else the environment."""
+    uri = getattr(args, "mlflow_tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI") or None
+    if uri and importlib.util.find_spec("mlflow") is None:
+        usage_error(f"MLflow tracking ({uri}) needs MLflow's client: pip install 'segray[mlflow]'")
+    return uri, getattr(args, "mlflow_experiment", None) or os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
 
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:

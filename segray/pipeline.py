@@ -56,6 +56,7 @@ def record_trained(store: str, config: BenchmarkConfig, manifest: Manifest,
         return False
     for record in records:
         print(f"recorded {record['model']} version {record['version']} in {store}")
+    update_record(run_uri(config), checkpoint_store=store)  # for the run's MLflow versions (segray.tracking)
     return True
 
 

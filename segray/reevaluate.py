@@ -38,7 +38,7 @@ from segray.models.selection import TrainedModels, models_to_evaluate
 from segray.results.read import COMMIT_FILE, committed_files, partition_uri, partitions, read_rows
 from segray.results.resume import pending
 from segray.results.scoring import SERIES, common_rows
-from segray.run import check_nodes_see, dataset_probe, load_manifest, new_run_id, start_ray
+from segray.run import check_nodes_see, dataset_probe, git_sha, load_manifest, new_run_id, start_ray
 from segray.schema import PAIR_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,7 @@ def reevaluate(
         "dataset": dataset,
         "images": len(manifest),
         "versions": outcome.versions,  # every version brought up to date: the trend compares these
+        "git_sha": git_sha(),
         "computed": outcome.computed,
         "rows": outcome.rows_written,
         "rows_per_version": {str(k): int(v) for k, v in written["model_version"].value_counts().items()},
@@ -212,15 +213,14 @@ def reevaluate(
     return outcome
 
 
-def run_reevaluation(config: BenchmarkConfig, results: str, store: str | None, selectors: dict[str, str],
-                     stale_after_h: float, ray_address: str | None = None) -> tuple[Outcome, dict[str, str]]:
-    """The scheduled job: read the dataset, pick the model versions (every version in the
-    checkpoint store unless `selectors` says otherwise), take the lock, compute the missing
+def run_reevaluation(config: BenchmarkConfig, results: str, trained: TrainedModels, stale_after_h: float,
+                     ray_address: str | None = None) -> tuple[Outcome, dict[str, str]]:
+    """The scheduled job: read the dataset, pick the model versions from `trained` (the
+    checkpoint store's every version unless its selectors say otherwise), take the lock, compute the missing
     pairs, commit, redraw the trend report, release the lock. Returns the outcome and the
     models that could not run. Raises DatasetError, LockHeld, RunError (RunExists; a node
     that cannot see the dataset or RESULTS), CheckpointStoreError or OSError."""
     manifest = load_manifest(config)
-    trained = TrainedModels(store=store, selectors=selectors, default_selector="all")
     specs, unavailable = models_to_evaluate(config, trained)
     run_id = config.run_id or new_run_id()
     dataset = manifest.description(config.dataset)

@@ -2,8 +2,9 @@
 
 Run layout under `<output>/<run_id>/`:
   run.json            written first: the run id was claimed and the location is writable;
-                      then its status (running, interrupted, failed), stage, attempts and
-                      what a resumed attempt must share with the first (`RESUMED_SETTINGS`)
+                      then its status (running, interrupted, failed), stage, attempts, the
+                      code's git commit, what a resumed attempt must share with the first
+                      (`RESUMED_SETTINGS`), and where else it was recorded (checkpoint_store)
   train/<training>/   Ray Train's storage (checkpoints, metrics) per training (unet, unet[frac=0.25])
   training.json       the best checkpoint, version and per-epoch history of each trained model
   predictions/        the long-format Parquet rows (`segray.schema.ROW_SCHEMA`)
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -77,6 +79,21 @@ def prepare_run_dir(uri: str, overwrite: bool, resume: bool = False,
     except OSError as error:
         raise RunError(f"{uri}: cannot write the run there: {storage.describe(error)}") from error
     return previous
+
+
+def git_sha() -> str | None:
+    """The source tree's commit, with "-dirty" when it has local changes; None outside git
+    (`ray job submit --working-dir` sends a copy without .git)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def read_record(uri: str) -> dict[str, Any]:
@@ -225,7 +242,7 @@ def open_run(config: BenchmarkConfig, ray_address: str | None = None) -> Manifes
         else:
             write_record(uri, previous)
         raise
-    write_record(uri, {**record, "dataset_fingerprint": manifest.fingerprint})
+    write_record(uri, {**record, "dataset_fingerprint": manifest.fingerprint, "git_sha": git_sha()})
     return manifest
 
 

@@ -4,9 +4,11 @@ evaluate and re-evaluate (and the jobs built on them) all call `models_to_evalua
 
 A trained model's checkpoints come from, in this order of precedence:
   1. a checkpoint folder given for it (`--checkpoint MODEL=DIR`);
-  2. the checkpoint store (`--checkpoint-store URI`), by selector (`--version MODEL=SELECTOR`:
+  2. an MLflow registered model version (`--version MODEL=models:/segray-unet/3` or
+     `models:/segray-unet@champion`, with `--mlflow-tracking-uri`: `segray.models.mlflow_registry`);
+  3. the checkpoint store (`--checkpoint-store URI`), by selector (`--version MODEL=SELECTOR`:
      latest, best, all or a version name; the default selector is the job's);
-  3. a training run's results (this run's training, or `--checkpoints-from RUN`'s training.json).
+  4. a training run's results (this run's training, or `--checkpoints-from RUN`'s training.json).
 Every spec carries its `model_version`: the store's or the training run's name for it, or
 what the weights say of themselves (`segray.models.catalogue.version_of`).
 """
@@ -18,10 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segray.config import BenchmarkConfig
+from segray.data.manifest import DEFAULT_CACHE_DIR
 from segray.errors import CheckpointStoreError
 from segray.models.base import ModelSpec
 from segray.models.catalogue import SEGMENTERS, TRAINABLE, check_available, version_of
 from segray.models.checkpoint import read_meta, split_training_name, version_key
+from segray.models.mlflow_registry import is_registered, resolve_registered
 from segray.models.store import select_versions
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,8 @@ class TrainedModels:
     store: str | None = None
     selectors: dict[str, str] = field(default_factory=dict)  # model -> selector given by the user
     default_selector: str = "latest"
+    tracking_uri: str | None = None  # the MLflow server that `models:/` selectors name versions of
+    cache_dir: str = DEFAULT_CACHE_DIR  # where a registered version's checkpoint is downloaded
 
 
 def models_to_evaluate(config: BenchmarkConfig, trained: TrainedModels) -> tuple[list[ModelSpec], dict[str, str]]:
@@ -88,6 +94,10 @@ def _trained_specs(name: str, model: str, params: dict[str, Any], trained: Train
         meta = read_meta(checkpoint)
         return [ModelSpec(model, params=params, checkpoint=checkpoint, trained_on=meta.get("dataset_fingerprint"),
                           train_fraction=meta.get("train_fraction"))]
+    if is_registered(trained.selectors.get(name, "")):
+        found = resolve_registered(trained.selectors[name], name, trained.tracking_uri, trained.cache_dir)
+        return [ModelSpec(model, params=params, checkpoint=found["checkpoint"], version=found["version"],
+                          trained_on=found["dataset_fingerprint"], train_fraction=found["train_fraction"])]
     if trained.store:
         selector = trained.selectors.get(name, trained.default_selector)
         return [ModelSpec(model, params=params, checkpoint=record["checkpoint"],

@@ -7,7 +7,9 @@ Inputs (all through `segray.storage`, so a run on s3:// works the same):
   training.json   per trained model: history, train_time_s, best_epoch, checkpoint
 
 Outputs, in RUN_URI/report/: report.md, a self-contained report.html (figures embedded as
-base64 PNG), and the figures as PNG files.
+base64 PNG), the figures as PNG files, and report.json: the split, each model variant's
+headline numbers (`analysis.tracked_metrics`, what `segray.tracking` logs) and the
+reproducibility section.
 
 Statistics, on one split (validation by default), every model on the same images, by the
 one rule of `segray.results.scoring` (so n and mean IoU are summary.json's):
@@ -45,7 +47,7 @@ from typing import Any
 from segray import storage
 from segray.errors import IncompleteRun
 from segray.models.langsam_rules import other_settings, run_setting
-from segray.report.analysis import analyze
+from segray.report.analysis import analyze, tracked_metrics
 from segray.report.figures import (
     figure_categories,
     figure_ecdf,
@@ -61,6 +63,8 @@ from segray.report.render import render_html, render_markdown
 from segray.report.sweep import analyze_sweep
 from segray.report.sweep_figures import figure_cost_frontier, figure_langsam_sensitivity, figure_learning_curve
 from segray.results.read import read_rows
+
+REPORT_JSON = "report.json"
 
 
 def write_report(
@@ -142,6 +146,10 @@ def write_report(
     markdown = render_markdown(analysis, repro, {name: f"{name}.png" for name in pngs}, title, sweep)
     storage.write_bytes(storage.join(out, "report.md"), markdown.encode())
     written["report.md"] = storage.join(out, "report.md")
+    numbers = {"split": analysis.split, "settings": analysis.settings, "models": tracked_metrics(analysis),
+               "reproducibility": repro}
+    storage.write_bytes(storage.join(out, REPORT_JSON), json.dumps(numbers, indent=2, default=str).encode())
+    written[REPORT_JSON] = storage.join(out, REPORT_JSON)
     page = render_html(analysis, repro, pngs, title, sweep)
     storage.write_bytes(storage.join(out, "report.html"), page.encode())
     written["report.html"] = storage.join(out, "report.html")

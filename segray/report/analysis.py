@@ -190,6 +190,32 @@ def analyze(
     )
 
 
+def tracked_metrics(analysis: Analysis) -> dict[str, dict[str, float | int | None]]:
+    """Per model variant (every one, shown or not), the numbers an experiment tracker keeps
+    (`segray.tracking`): mean IoU strict and the seeds', its 95% CI, median and pooled IoU,
+    Dice, boundary IoU, latency p50/p95, images/s and $ per 1,000 images."""
+    metrics = {}
+    for model in analysis.models:
+        scores, latency = analysis.per_model[model], analysis.latency[model]
+        low, high = scores["mean_iou_ci"]
+        metrics[model] = {
+            "scored_images": scores["scored_images"],
+            "mean_iou": scores["mean_iou"],
+            "mean_iou_seeds": scores["mean_iou_seeds"],
+            "mean_iou_ci_low": low,
+            "mean_iou_ci_high": high,
+            "median_iou": scores["median_iou"],
+            "pooled_iou": scores["pooled_iou"],
+            "mean_dice": scores["mean_dice"],
+            "mean_boundary_iou": scores["mean_boundary_iou"],
+            "latency_p50_ms": latency["p50_ms"],
+            "latency_p95_ms": latency["p95_ms"],
+            "images_per_s": latency["images_per_s"],
+            "usd_per_1000": latency["usd_per_1000"],
+        }
+    return metrics
+
+
 def training_table(training: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per trained model, from training.json: history, time to train, best epoch, or its error."""
     table = {}

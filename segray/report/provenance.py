@@ -6,13 +6,13 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import subprocess
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from segray.models.base import cpu_model
 from segray.models.checkpoint import weights_sha256
+from segray.run import git_sha
 
 PACKAGES = ["torch", "ray", "transformers", "segmentation_models_pytorch", "numpy", "pyarrow", "scipy", "matplotlib"]
 
@@ -31,7 +31,7 @@ def reproducibility(summary: dict[str, Any], training: dict[str, Any],
         "dataset_fingerprint": summary.get("dataset_fingerprint"),
         "dataset_images": (summary.get("manifest") or {}).get("images"),
         "model_versions": model_versions,
-        "git_sha": git_sha(),
+        "git_sha": git_sha(),  # the code writing the report; run.json has the run's
         "packages": package_versions(),
         "python": platform.python_version(),
         "checkpoints": checkpoint_hashes(training),
@@ -49,20 +49,6 @@ def package_versions(names: list[str] = PACKAGES) -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def git_sha() -> str | None:
-    """The source tree's commit, with "-dirty" when it has local changes; None outside git."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10)
-        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def checkpoint_hashes(training: dict[str, Any]) -> dict[str, str | None]:

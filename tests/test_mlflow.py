@@ -1,0 +1,266 @@
+"""Runs, metrics, reports and trained models in MLflow (issue #18), against a real MLflow
+tracking server on loopback (SQLite backend, local artifact root) started by this module."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import requests
+
+from segray.models.store import resolve_version
+from segray.tracking import flatten, metric_key
+from tests.conftest import S3Proxy, job
+
+SERVER_START_S = 120  # the server took about 22 s to answer on this 2-core machine
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> str:
+    """`mlflow server` (the dev group's mlflow-skinny with its server's packages) on a free
+    loopback port; its URL."""
+    root = tmp_path_factory.mktemp("mlflow")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(root / "server.log", "wb")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts")],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_S
+    while True:
+        try:
+            if requests.get(url + "/health", timeout=2).ok:
+                break
+        except requests.RequestException:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            os.killpg(server.pid, signal.SIGKILL)
+            pytest.fail(f"the MLflow server did not start: {(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(1)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def client(mlflow_server):
+    from segray.models.mlflow_registry import mlflow_client
+
+    return mlflow_client(mlflow_server)
+
+
+def tracking(url: str, experiment: str) -> list[str]:
+    return ["--mlflow-tracking-uri", url, "--mlflow-experiment", experiment]
+
+
+@pytest.fixture(scope="module")
+def tracked_run(ray_session, mlflow_server, tmp_path_factory):
+    """A demo-sized benchmark logged in MLflow: the UNet on half and all of the train split,
+    two epochs each at 32 px, recorded in a checkpoint store too."""
+    out = tmp_path_factory.mktemp("runs")
+    argv = ["--preset", "demo", "--dataset", "synthetic:16", "--cache-dir", str(out / "cache"), "--output", str(out),
+            "--run-id", "tracked", "--models", "unet", "--image-size", "32", "--unet-epochs", "2",
+            "--train-fractions", "0.5,1", "--checkpoint-store", str(out / "store"),
+            *tracking(mlflow_server, "benchmarks")]
+    assert job("benchmark")(argv) == 0
+    return out
+
+
+def runs_of(client, experiment: str, role: str | None = None) -> list:
+    found = client.get_experiment_by_name(experiment)
+    where = f"tags.`segray.role` = '{role}'" if role else ""
+    return client.search_runs([found.experiment_id], where) if found else []
+
+
+def test_the_benchmark_is_one_parent_run_with_summary_and_report_metrics(tracked_run, client):
+    summary = json.loads((tracked_run / "tracked" / "summary.json").read_text())
+    report = json.loads((tracked_run / "tracked" / "report" / "report.json").read_text())
+    (parent,) = runs_of(client, "benchmarks", "run")
+    assert parent.info.status == "FINISHED"
+    tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
+    assert tags["segray.run_id"] == "tracked" and tags["segray.kind"] == "benchmark"
+    assert tags["segray.dataset_fingerprint"] == summary["dataset_fingerprint"]
+    assert tags["mlflow.source.git.commit"] == json.loads((tracked_run / "tracked" / "run.json").read_text())["git_sha"]
+    assert tags["segray.predictions"] == str(tracked_run / "tracked" / "predictions")
+    assert params["train.lr"] == str(summary["config"]["train"]["lr"])
+    assert json.loads(params["train.fractions"]) == [0.5, 1.0]
+    assert set(summary["models"]) == {"unet", "unet[frac=0.5]"}
+    for model, numbers in summary["models"].items():
+        key = metric_key(model)
+        assert metrics[f"{key}/mean_iou"] == pytest.approx(numbers["mean_iou"], abs=1e-12)
+        assert metrics[f"{key}/mean_iou_seeds"] == pytest.approx(numbers["mean_iou_seeds"], abs=1e-12)
+        for name in ("mean_iou_ci_low", "mean_iou_ci_high", "median_iou", "pooled_iou", "mean_dice",
+                     "mean_boundary_iou", "latency_p50_ms", "latency_p95_ms", "images_per_s"):
+            assert metrics[f"{key}/{name}"] == pytest.approx(report["models"][model][name], abs=1e-12)
+    assert metrics["rows_written"] == summary["rows"]["written"] == 32
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.json", "training.json", "run.json", "report"} <= artifacts
+    assert "report/report.html" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+
+
+def test_each_trained_model_is_a_child_run_with_its_epoch_curve(tracked_run, client):
+    training = json.loads((tracked_run / "tracked" / "training.json").read_text())
+    (parent,) = runs_of(client, "benchmarks", "run")
+    children = {run.info.run_name: run for run in runs_of(client, "benchmarks", "training")}
+    assert set(children) == set(training) == {"unet", "unet[frac=0.5]"}
+    for name, run in children.items():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["segray.version"] == training[name]["version"]
+        history = training[name]["history"]
+        for metric in ("val_iou", "train_loss"):
+            curve = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, metric))
+            assert curve == [(h["epoch"], pytest.approx(h[metric])) for h in history]
+        assert run.data.params["train_images"] == str(training[name]["train_images"])
+    assert children["unet[frac=0.5]"].data.params["train_fraction"] == "0.5"
+
+
+def test_each_trained_model_is_a_registered_version_that_names_its_store_version(tracked_run, client):
+    training = json.loads((tracked_run / "tracked" / "training.json").read_text())
+    summary = json.loads((tracked_run / "tracked" / "summary.json").read_text())
+    for name, registered in (("unet", "segray-unet"), ("unet[frac=0.5]", "segray-unet-frac-0.5")):
+        (version,) = client.search_model_versions(f"name = '{registered}'")
+        tags = version.tags
+        assert tags["segray.run_id"] == "tracked"
+        assert tags["segray.dataset_fingerprint"] == summary["dataset_fingerprint"]
+        assert float(tags["segray.best_val_iou"]) == pytest.approx(training[name]["best_val_iou"])
+        assert tags["segray.checkpoint_store"] == str(tracked_run / "store")
+        # either name finds the other: the store's version from MLflow's, MLflow's from the store's
+        model, _, stored = tags["segray.version"].rpartition("@")
+        assert resolve_version(tags["segray.checkpoint_store"], model, stored)["version"] == "tracked"
+        (found,) = client.search_model_versions(f"tags.`segray.version` = '{training[name]['version']}'")
+        assert (found.name, found.version) == (registered, version.version)
+
+
+def test_a_registered_version_evaluates_to_the_runs_own_rows(tracked_run, mlflow_server, client, capsys):
+    """`--version unet=models:/segray-unet@champion` in evaluate loads the registered checkpoint,
+    as a version number does for the subset's training, and their rows equal the benchmark's,
+    under the same version names."""
+    client.set_registered_model_alias("segray-unet", "champion", "1")
+    out = tracked_run
+    argv = ["--preset", "demo", "--dataset", "synthetic:16", "--cache-dir", str(out / "cache"), "--output", str(out),
+            "--run-id", "champion", "--models", "unet,unet[frac=0.5]", "--image-size", "32",
+            "--version", "unet=models:/segray-unet@champion", "--version", "unet[frac=0.5]=models:/segray-unet-frac-0.5/1",
+            *tracking(mlflow_server, "evaluations")]
+    assert job("evaluate")(argv) == 0
+    columns = ["image_id", "model", "model_version", "iou", "dice"]
+    before = pq.read_table(out / "tracked" / "predictions", columns=columns).to_pandas()
+    after = pq.read_table(out / "champion" / "predictions", columns=columns).to_pandas()
+    assert len(after) == len(before) == 32
+    joined = before.merge(after, on=["image_id", "model", "model_version"], suffixes=("", "_again"))
+    assert len(joined) == 32  # the same version names: unet@tracked, unet[frac=0.5]@tracked
+    assert (joined["iou"] - joined["iou_again"]).abs().max() < 1e-6
+    assert (joined["dice"] - joined["dice_again"]).abs().max() < 1e-6
+    (evaluation,) = runs_of(client, "evaluations", "run")
+    assert evaluation.data.tags["segray.kind"] == "evaluate"
+    assert "mlflow: logged as run" in capsys.readouterr().out
+
+
+def test_a_version_selector_that_names_nothing_is_an_error(tracked_run, mlflow_server, capsys):
+    out = tracked_run
+    base = ["--preset", "demo", "--dataset", "synthetic:16", "--cache-dir", str(out / "cache"), "--output", str(out),
+            "--models", "unet", "--image-size", "32"]
+    assert job("evaluate")([*base, "--run-id", "none", "--version", "unet=models:/segray-unet/99",
+                            *tracking(mlflow_server, "evaluations")]) == 2
+    assert "models:/segray-unet/99" in capsys.readouterr().err
+    assert job("evaluate")([*base, "--run-id", "other", "--version", "unet=models:/segray-unet-frac-0.5/1",
+                            *tracking(mlflow_server, "evaluations")]) == 2
+    assert "is a checkpoint of unet[frac=0.5], not of unet" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        job("evaluate")([*base, "--run-id", "nouri", "--version", "unet=models:/segray-unet/1"])
+    assert exit_.value.code == 2
+    assert "needs --mlflow-tracking-uri" in capsys.readouterr().err
+
+
+def test_serve_and_reevaluate_take_a_registered_version(tracked_run, mlflow_server, client):
+    from segray.serve.options import serve_parser, serve_settings
+
+    p = serve_parser("serve")
+    args = p.parse_args(["--models", "unet", "--version", "unet=models:/segray-unet@champion",
+                         *tracking(mlflow_server, "serving")])
+    (spec,) = serve_settings(p, args).specs
+    assert spec.version == "unet@tracked"
+
+    out = tracked_run
+    assert job("reevaluate")(["--preset", "demo", "--dataset", "synthetic:16", "--cache-dir", str(out / "cache"),
+                              "--results", str(out / "table"), "--run-id", "nightly", "--models", "unet",
+                              "--image-size", "32", "--version", "unet=models:/segray-unet/1",
+                              *tracking(mlflow_server, "nightly")]) == 0
+    rows = pq.read_table(out / "table" / "run=nightly", columns=["model_version"]).to_pandas()
+    assert set(rows["model_version"]) == {"unet@tracked"}
+    (nightly,) = runs_of(client, "nightly", "run")
+    assert nightly.data.tags["segray.kind"] == "reevaluate"
+    assert nightly.data.metrics["unet_at_tracked/images"] == 16
+
+
+def test_a_run_logged_again_is_not_duplicated(tracked_run, mlflow_server, client, capsys):
+    before = {run.info.run_id for run in runs_of(client, "benchmarks")}
+    assert job("log_mlflow")([str(tracked_run / "tracked"), *tracking(mlflow_server, "benchmarks")]) == 0
+    assert "was logged already" in capsys.readouterr().out
+    assert {run.info.run_id for run in runs_of(client, "benchmarks")} == before
+
+
+def test_a_tracking_server_that_is_down_loses_nothing(ray_session, mlflow_server, client, synthetic_root, tmp_path,
+                                                     capsys):
+    """The server is unreachable when the run ends: the benchmark completes, exit 0, with a
+    warning that says how to log it. The server then goes away in the middle of logging it:
+    that attempt fails and leaves an unfinished run. Once the server is back,
+    jobs/log_mlflow.py replaces that attempt: one finished run, one version per training."""
+    proxy = S3Proxy(int(mlflow_server.rsplit(":", 1)[1]))  # a loopback relay the test can cut
+    proxy.cut()
+    argv = ["--preset", "demo", "--dataset", str(synthetic_root), "--models", "unet", "--image-size", "32",
+            "--unet-epochs", "1", "--output", str(tmp_path), "--run-id", "offline", *tracking(proxy.url, "down")]
+    assert job("benchmark")(argv) == 0
+    said = capsys.readouterr().out
+    assert "warning: the run was not logged in MLflow" in said
+    assert f"python jobs/log_mlflow.py {tmp_path / 'offline'}" in said
+    assert json.loads((tmp_path / "offline" / "summary.json").read_text())["status"] == "complete"
+    assert runs_of(client, "down") == []
+
+    proxy.restore()
+    proxy.cut_on(b"/model-versions/create")  # the server goes away while the run is being logged
+    assert job("log_mlflow")([str(tmp_path / "offline"), *tracking(proxy.url, "down")]) == 1
+    assert [run.info.status for run in runs_of(client, "down", "run")] == ["RUNNING"]
+
+    proxy.restore()
+    assert job("log_mlflow")([str(tmp_path / "offline"), *tracking(proxy.url, "down")]) == 0
+    assert job("log_mlflow")([str(tmp_path / "offline"), *tracking(proxy.url, "down")]) == 0
+    (parent,) = runs_of(client, "down", "run")
+    assert parent.info.status == "FINISHED"
+    assert [run.info.run_name for run in runs_of(client, "down", "training")] == ["unet"]
+    versions = client.search_model_versions("tags.`segray.run_id` = 'offline'")
+    assert len(versions) == 1 and versions[0].run_id == runs_of(client, "down", "training")[0].info.run_id
+    proxy.cut()
+
+
+def test_without_a_tracking_uri_mlflow_is_not_imported(tmp_path):
+    code = ("import sys; import segray.pipeline, segray.tracking, segray.serve.options; "
+            "from segray.cli import parser, mlflow_tracking, trained_models_from_args; p = parser('x'); "
+            "a = p.parse_args(['--version', 'unet=latest', '--checkpoint-store', '" + str(tmp_path) + "']); "
+            "print(mlflow_tracking(a)[0], trained_models_from_args(p, a, 'latest').tracking_uri, "
+            "sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert answer.stdout.split() == ["None", "None", "[]"], answer.stderr
+
+
+def test_names_become_mlflow_keys():
+    assert metric_key("unet[frac=0.25]") == "unet.frac_0.25"
+    assert metric_key("langsam/union[people.@0.4]") == "langsam/union.people._at_0.4"
+    assert metric_key("langsam/sam_score[a, b@0.3]") == "langsam/sam_score.a_ b_at_0.3"
+    assert flatten({"train": {"lr": 0.001, "epochs": {"unet": 3}}, "models": ["unet", "langsam"]}) == {
+        "train.lr": "0.001", "train.epochs.unet": "3", "models": '["unet", "langsam"]'}
+    assert len(flatten({"prompt": "x" * 7000})["prompt"]) == 6000
