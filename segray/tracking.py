@@ -173,8 +173,12 @@ def server_answers(tracking_uri: str) -> str | None:
 
 def log_run(uri: str, tracking_uri: str, experiment: str) -> Logged:
     """Log the finished run at `uri` into `experiment` (module docstring). An unreachable or
-    refusing server is returned as `Logged.error`, never raised: the run stands without it."""
-    run = describe_run(uri)
+    refusing server, or a run folder that cannot be read, is returned as `Logged.error`,
+    never raised: the run stands without it. Raises ValueError when `uri` holds no finished run."""
+    try:
+        run = describe_run(uri)
+    except OSError as error:
+        return Logged(error=f"cannot read the run at {uri}: {storage.describe(error)}")
     reason = server_answers(tracking_uri)
     if reason:
         return Logged(error=reason)
@@ -236,11 +240,12 @@ def experiment_id_of(client, name: str) -> str:
 
 
 def forget_attempts(client, experiment_id: str, where: str) -> None:
-    """Delete what an unfinished attempt to log this run left: its runs (parent and children)
-    and the model versions it registered."""
-    for version in client.search_model_versions(where):
-        client.delete_model_version(version.name, version.version)
+    """Delete what an unfinished attempt to log this run into this experiment left: its runs
+    (parent and children) and the model versions they registered (only theirs: the same run
+    logged into another experiment keeps its own)."""
     for attempt in client.search_runs([experiment_id], where):
+        for version in client.search_model_versions(f"run_id = '{attempt.info.run_id}'"):
+            client.delete_model_version(version.name, version.version)
         client.delete_run(attempt.info.run_id)
 
 

@@ -207,10 +207,17 @@ def test_serve_and_reevaluate_take_a_registered_version(tracked_run, mlflow_serv
 
 
 def test_a_run_logged_again_is_not_duplicated(tracked_run, mlflow_server, client, capsys):
+    """Logged again into its experiment, a run is found there; logged into another
+    experiment, it is that one's too, and the first keeps its registered versions."""
     before = {run.info.run_id for run in runs_of(client, "benchmarks")}
     assert job("log_mlflow")([str(tracked_run / "tracked"), *tracking(mlflow_server, "benchmarks")]) == 0
     assert "was logged already" in capsys.readouterr().out
     assert {run.info.run_id for run in runs_of(client, "benchmarks")} == before
+    assert job("log_mlflow")([str(tracked_run / "tracked"), *tracking(mlflow_server, "copy")]) == 0
+    assert len(runs_of(client, "copy", "run")) == 1
+    versions = client.search_model_versions("name = 'segray-unet'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert client.get_model_version_by_alias("segray-unet", "champion").version == "1"
 
 
 def test_a_tracking_server_that_is_down_loses_nothing(ray_session, mlflow_server, client, synthetic_root, tmp_path,
@@ -264,3 +271,13 @@ def test_names_become_mlflow_keys():
     assert flatten({"train": {"lr": 0.001, "epochs": {"unet": 3}}, "models": ["unet", "langsam"]}) == {
         "train.lr": "0.001", "train.epochs.unet": "3", "models": '["unet", "langsam"]'}
     assert len(flatten({"prompt": "x" * 7000})["prompt"]) == 6000
+
+
+def test_log_mlflow_refuses_a_folder_without_a_finished_run(tmp_path, mlflow_server, capsys, monkeypatch):
+    (tmp_path / "run.json").write_text('{"status": "interrupted"}')
+    assert job("log_mlflow")([str(tmp_path), *tracking(mlflow_server, "nothing")]) == 2
+    assert "holds no finished run" in capsys.readouterr().err
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        job("log_mlflow")([str(tmp_path)])
+    assert exit_.value.code == 2
