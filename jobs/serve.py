@@ -2,6 +2,7 @@
 
     python jobs/serve.py --checkpoints-from runs/demo --models unet,resnet34_unet
     python jobs/serve.py --checkpoint-store s3://bucket/store --version resnet34_unet=best --host 0.0.0.0
+    python jobs/serve.py --mlflow-tracking-uri http://HOST:5000 --version unet=models:/segray-unet@champion --models unet
     curl -s -H 'Content-Type: image/png' --data-binary @image.png localhost:8000/segment/unet
 
 The models and versions are chosen as jobs/evaluate.py chooses them from the same options,
