@@ -106,7 +106,8 @@ def describe_run(uri: str) -> dict[str, Any]:
             model: {k: s[k] for k in ("scored_images", "mean_iou", "mean_iou_seeds", "mean_latency_ms")}
             for model, s in summary["models"].items()}
         rows = summary["rows"]
-        run = {"kind": "benchmark" if training else "evaluate", "run_id": summary["run_id"],
+        # a benchmark writes training.json, even when it trained nothing (LangSAM alone)
+        run = {"kind": "evaluate" if training is None else "benchmark", "run_id": summary["run_id"],
                "finished_at": summary["finished_at"], "status": summary["status"], "config": summary["config"],
                "fingerprint": summary["dataset_fingerprint"], "training": training or {},
                "metrics": {"rows_expected": rows["expected"], "rows_written": rows["written"],
