@@ -72,12 +72,14 @@ def parser(description: str, sections: tuple[str, ...] = SECTIONS) -> argparse.A
 
 def add_mlflow_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--mlflow-tracking-uri", metavar="URI",
-                   help="an MLflow tracking server (http://host:5000, databricks, ...): the run is logged there as a "
-                   "run of --mlflow-experiment and each trained model is registered as a version of segray-MODEL; "
-                   "--version MODEL=models:/NAME/N or models:/NAME@ALIAS picks a registered version; needs "
-                   "segray[mlflow] [default: MLFLOW_TRACKING_URI if set, else no tracking]")
+                   help="an MLflow tracking server (http://host:5000, databricks, ...): benchmark, train, evaluate and "
+                   "reevaluate log their finished run there in --mlflow-experiment, and register each model they "
+                   "trained as a version of segray-MODEL; --version MODEL=models:/NAME/N or models:/NAME@ALIAS picks "
+                   "a registered version (serve too); needs segray[mlflow] [default: MLFLOW_TRACKING_URI if set, "
+                   "else no tracking]")
     g.add_argument("--mlflow-experiment", metavar="NAME",
-                   help=f"the MLflow experiment of the run [default: MLFLOW_EXPERIMENT_NAME if set, else {EXPERIMENT}]")
+                   help="the MLflow experiment the run is logged in (serve logs nothing) "
+                   f"[default: MLFLOW_EXPERIMENT_NAME if set, else {EXPERIMENT}]")
 
 
 def add_run_options(g: argparse._ArgumentGroup) -> None:

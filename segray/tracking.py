@@ -26,14 +26,16 @@ and model versions, and logged again.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -46,9 +48,12 @@ from segray.models.mlflow_registry import (
     mlflow_client,
     registered_name,
 )
-from segray.report import REPORT_JSON
+from segray.report import REPORT_JSON, read_json
 from segray.results.read import COMMIT_FILE
 from segray.run import RUN_FILE, update_record
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ BATCH_PARAMS, BATCH_METRICS = 100, 1000  # MLflow's limits per log_batch
 EPOCH_METRICS = ("train_loss", "val_iou", "epoch_time_s")
 TRAINING_PARAMS = ("train_fraction", "train_images", "passes_per_epoch", "best_epoch")
 RUN_FILES = ("summary.json", "training.json", RUN_FILE)
+MAX_VERSION_IN_KEY = 80  # MLflow keys hold 250 characters, with the variant's name and the metric's
 
 
 @dataclass
@@ -87,10 +93,6 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     return {metric_key(prefix.rstrip(".")): text[:MAX_PARAM_LENGTH]}
 
 
-def read_json(uri: str) -> dict[str, Any] | None:
-    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
-
-
 def describe_run(uri: str) -> dict[str, Any]:
     """What is logged of the finished run at `uri`: kind, run_id, finished_at, status, tags,
     params, metrics, training (the trained models' results), artifacts ({artifact path:
@@ -101,7 +103,9 @@ def describe_run(uri: str) -> dict[str, Any]:
     files = {name: storage.join(uri, name) for name in RUN_FILES if storage.exists(storage.join(uri, name))}
     if storage.exists(storage.join(uri, "report", "report.md")):
         files.update(report_files(storage.join(uri, "report")))
+    metrics_from = REPORT_JSON if report else None
     if summary is not None:
+        metrics_from = metrics_from or "summary.json"  # the report was not drawn: mean IoU and latency only
         per_model = (report or {}).get("models") or {
             model: {k: s[k] for k in ("scored_images", "mean_iou", "mean_iou_seeds", "mean_latency_ms")}
             for model, s in summary["models"].items()}
@@ -117,6 +121,7 @@ def describe_run(uri: str) -> dict[str, Any]:
         results = uri.rstrip("/").rsplit("/", 1)[0]
         trend = storage.join(results, "report", "trend.csv")
         per_model = latest_trend(trend, commit["run_id"]) if storage.exists(trend) else {}
+        metrics_from = "trend.csv" if per_model else None
         files = {COMMIT_FILE: storage.join(uri, COMMIT_FILE)}
         if storage.exists(trend):
             files.update(report_files(storage.join(results, "report")))
@@ -136,6 +141,7 @@ def describe_run(uri: str) -> dict[str, Any]:
                          f"{COMMIT_FILE}): nothing to log")
     run["git_sha"] = record.get("git_sha") or (commit or {}).get("git_sha")
     run["checkpoint_store"] = record.get("checkpoint_store")
+    run["metrics_from"] = metrics_from
     run["artifacts"] = files
     for model, numbers in run.pop("per_model").items():
         run["metrics"].update({f"{metric_key(model)}/{name}": value for name, value in numbers.items()
@@ -154,9 +160,16 @@ def latest_trend(trend_csv: str, run_id: str) -> dict[str, dict[str, float]]:
     its images and mean IoU after that run."""
     points = pd.read_csv(io.BytesIO(storage.read_bytes(trend_csv)))
     mine = points[points["run_id"].astype(str) == run_id]
-    return {f"{r.model}@{str(r.model_version).partition('@')[2]}": {"images": int(r.images),
-                                                                     "mean_iou": float(r.mean_iou)}
+    return {f"{r.model}@{short_version(str(r.model_version))}": {"images": int(r.images), "mean_iou": float(r.mean_iou)}
             for r in mine.itertuples()}
+
+
+def short_version(version: str) -> str:
+    """The part of a rows' version after `@` (`unet@RUN` -> RUN), or, when it is too long for
+    a metric's key (LangSAM's names its weights' folders and settings), `sha-` and 12 hex
+    digits of it."""
+    label = version.partition("@")[2]
+    return label if len(label) <= MAX_VERSION_IN_KEY else "sha-" + hashlib.sha256(label.encode()).hexdigest()[:12]
 
 
 def server_answers(tracking_uri: str) -> str | None:
@@ -165,8 +178,11 @@ def server_answers(tracking_uri: str) -> str | None:
         return None
     import requests
 
+    # the client's own TLS settings (a private CA, or none checked)
+    verify = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true" and (
+        os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True)
     try:
-        requests.get(tracking_uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S).raise_for_status()
+        requests.get(tracking_uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S, verify=verify).raise_for_status()
     except requests.RequestException as error:
         return f"the tracking server does not answer: {error}"
     return None
@@ -176,6 +192,7 @@ def log_run(uri: str, tracking_uri: str, experiment: str) -> Logged:
     """Log the finished run at `uri` into `experiment` (module docstring). An unreachable or
     refusing server, or a run folder that cannot be read, is returned as `Logged.error`,
     never raised: the run stands without it. Raises ValueError when `uri` holds no finished run."""
+    uri = os.path.abspath(uri) if storage.is_local(uri) else uri  # the tags name it from anywhere
     try:
         run = describe_run(uri)
     except OSError as error:
@@ -183,11 +200,10 @@ def log_run(uri: str, tracking_uri: str, experiment: str) -> Logged:
     reason = server_answers(tracking_uri)
     if reason:
         return Logged(error=reason)
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow_client(tracking_uri)
     logged = Logged()
+    client = None
     try:
+        client = mlflow_client(tracking_uri)  # checks the URI's scheme
         experiment_id = experiment_id_of(client, experiment)
         identity = {TAG + "run_id": run["run_id"], TAG + "finished_at": run["finished_at"]}
         where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in identity.items())
@@ -196,10 +212,11 @@ def log_run(uri: str, tracking_uri: str, experiment: str) -> Logged:
         if done:
             return Logged(run_id=done[0].info.run_id, already=True)
         forget_attempts(client, experiment_id, where)
-        parent = client.create_run(experiment_id, run_name=f"{run['kind']} {run['run_id']}", tags={
-            **identity, TAG + "role": "run", TAG + "kind": run["kind"], TAG + "status": str(run["status"]),
-            TAG + "dataset_fingerprint": str(run["fingerprint"]), TAG + "run": uri,
-            TAG + "predictions": str(run["predictions"]), "mlflow.source.git.commit": str(run["git_sha"])})
+        tags = {TAG + "role": "run", TAG + "kind": run["kind"], TAG + "status": run["status"],
+                TAG + "dataset_fingerprint": run["fingerprint"], TAG + "run": uri, TAG + "predictions": run["predictions"],
+                TAG + "metrics_from": run["metrics_from"], "mlflow.source.git.commit": run["git_sha"]}
+        parent = client.create_run(experiment_id, run_name=f"{run['kind']} {run['run_id']}",
+                                   tags={**identity, **{k: str(v) for k, v in tags.items() if v is not None}})
         logged.run_id = parent.info.run_id
         log_values(client, logged.run_id, flatten(run["config"]), run["metrics"])
         for name, result in sorted(run["training"].items()):
@@ -208,23 +225,22 @@ def log_run(uri: str, tracking_uri: str, experiment: str) -> Logged:
                                                       result, run))
         with tempfile.TemporaryDirectory() as folder:
             for path, source in run["artifacts"].items():
-                local = os.path.join(folder, path)
-                os.makedirs(os.path.dirname(local), exist_ok=True)
-                with open(local, "wb") as out:
-                    out.write(storage.read_bytes(source))
+                storage.copy_file(source, os.path.join(folder, path))
             client.log_artifacts(logged.run_id, folder)
         client.set_terminated(logged.run_id, "FINISHED")
-    except (MlflowException, OSError, ValueError) as error:
+    # Whatever fails here (the server, its artifact store's S3 client, a bad URI) must not fail
+    # the run it reports on: it is said, and jobs/log_mlflow.py logs the run later.
+    except Exception as error:
         logged.error = f"{type(error).__name__}: {getattr(error, 'message', None) or error}"
         if logged.run_id:
             try:
                 client.set_terminated(logged.run_id, "FAILED")
-            except (MlflowException, OSError):
+            except Exception:
                 pass  # the server is gone: the next attempt finds this run unfinished and replaces it
     return logged
 
 
-def experiment_id_of(client, name: str) -> str:
+def experiment_id_of(client: MlflowClient, name: str) -> str:
     """The experiment called `name`, created when there is none (another job may create it meanwhile)."""
     from mlflow.exceptions import MlflowException
 
@@ -240,7 +256,7 @@ def experiment_id_of(client, name: str) -> str:
         return found.experiment_id
 
 
-def forget_attempts(client, experiment_id: str, where: str) -> None:
+def forget_attempts(client: MlflowClient, experiment_id: str, where: str) -> None:
     """Delete what an unfinished attempt to log this run into this experiment left: its runs
     (parent and children) and the model versions they registered (only theirs: the same run
     logged into another experiment keeps its own)."""
@@ -250,21 +266,22 @@ def forget_attempts(client, experiment_id: str, where: str) -> None:
         client.delete_run(attempt.info.run_id)
 
 
-def log_values(client, run_id: str, params: dict[str, str], metrics: dict[str, float],
-               steps: list[tuple[int, dict[str, float]]] = ()) -> None:
+def log_values(client: MlflowClient, run_id: str, params: dict[str, str], metrics: dict[str, float | None],
+               steps: list[tuple[int, dict[str, float | None]]] | None = None) -> None:
     """Params and metrics (and per-step metrics) in batches within MLflow's limits."""
     from mlflow.entities import Metric, Param
 
     items = sorted(params.items())
     for start in range(0, len(items), BATCH_PARAMS):
         client.log_batch(run_id, params=[Param(k, v) for k, v in items[start:start + BATCH_PARAMS]])
-    points = [Metric(k, float(v), 0, 0) for k, v in sorted(metrics.items()) if v is not None]
-    points += [Metric(k, float(v), 0, step) for step, values in steps for k, v in values.items() if v is not None]
+    now = int(time.time() * 1000)
+    points = [Metric(k, float(v), now, 0) for k, v in sorted(metrics.items()) if v is not None]
+    points += [Metric(k, float(v), now, step) for step, values in steps or [] for k, v in values.items() if v is not None]
     for start in range(0, len(points), BATCH_METRICS):
         client.log_batch(run_id, metrics=points[start:start + BATCH_METRICS])
 
 
-def log_training(client, experiment_id: str, parent_id: str, identity: dict[str, str], name: str,
+def log_training(client: MlflowClient, experiment_id: str, parent_id: str, identity: dict[str, str], name: str,
                  result: dict[str, Any], run: dict[str, Any]) -> str:
     """The child run of training `name`: its params, epoch curves and best checkpoint, which
     it registers as a version of `registered_name(name)`; returns `models:/NAME/VERSION`."""
@@ -311,7 +328,7 @@ def log_finished(uri: str, tracking_uri: str | None, experiment: str) -> bool:
     print(f"mlflow: {said} as run {logged.run_id} in experiment {experiment!r} at {tracking_uri}")
     for version in logged.registered:
         print(f"mlflow: registered {version}")
-    if storage.exists(storage.join(uri, RUN_FILE)):
+    if not logged.already and storage.exists(storage.join(uri, RUN_FILE)):
         update_record(uri, mlflow={"tracking_uri": tracking_uri, "experiment": experiment, "run_id": logged.run_id,
                                    "registered": logged.registered})
     return True

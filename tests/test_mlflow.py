@@ -213,6 +213,8 @@ def test_a_run_logged_again_is_not_duplicated(tracked_run, mlflow_server, client
     assert job("log_mlflow")([str(tracked_run / "tracked"), *tracking(mlflow_server, "benchmarks")]) == 0
     assert "was logged already" in capsys.readouterr().out
     assert {run.info.run_id for run in runs_of(client, "benchmarks")} == before
+    recorded = json.loads((tracked_run / "tracked" / "run.json").read_text())["mlflow"]
+    assert recorded["registered"] == ["models:/segray-unet/1", "models:/segray-unet-frac-0.5/1"]  # kept
     assert job("log_mlflow")([str(tracked_run / "tracked"), *tracking(mlflow_server, "copy")]) == 0
     assert len(runs_of(client, "copy", "run")) == 1
     versions = client.search_model_versions("name = 'segray-unet'")
@@ -281,3 +283,20 @@ def test_log_mlflow_refuses_a_folder_without_a_finished_run(tmp_path, mlflow_ser
     with pytest.raises(SystemExit) as exit_:
         job("log_mlflow")([str(tmp_path)])
     assert exit_.value.code == 2
+
+
+def test_a_version_registered_by_hand_is_named_by_its_number_not_its_alias(tracked_run, mlflow_server, client):
+    """A version without segray's tags (registered from the UI) names the rows by its number:
+    an alias moves, and a re-evaluation would take the next champion's rows for done."""
+    from segray.models.mlflow_registry import resolve_registered
+
+    first = client.get_model_version("segray-unet", "1")
+    by_hand = client.create_model_version("segray-unet", source=first.source, run_id=first.run_id)
+    client.set_registered_model_alias("segray-unet", "by-hand", by_hand.version)
+    found = resolve_registered("models:/segray-unet@by-hand", "unet", mlflow_server, str(tracked_run / "cache"))
+    assert found["version"] == f"models:/segray-unet/{by_hand.version}"
+
+
+def test_a_tracking_uri_mlflow_cannot_use_is_a_warning_not_a_failure(tracked_run, capsys):
+    assert job("log_mlflow")([str(tracked_run / "tracked"), "--mlflow-tracking-uri", "htp://127.0.0.1:1"]) == 1
+    assert "warning: the run was not logged in MLflow (htp://127.0.0.1:1)" in capsys.readouterr().out

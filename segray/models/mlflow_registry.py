@@ -74,7 +74,7 @@ def resolve_registered(selector: str, expected: str, tracking_uri: str | None, c
     """The checkpoint of the registered model version `selector` names, for training
     `expected` (`unet`, `unet[frac=0.25]`): {checkpoint, version, selector, train_fraction,
     dataset_fingerprint}. `version` is the rows' version the version was registered with
-    (its `segray.version` tag), else the selector itself. An artifact store the cluster
+    (its `segray.version` tag), else `models:/NAME/NUMBER`. An artifact store the cluster
     reads (s3://) is used in place; any other (the server's own, `mlflow-artifacts:`) is
     downloaded into CACHE_DIR/mlflow/NAME/VERSION. Raises CheckpointStoreError when there
     is no tracking URI, no such version, or it holds another model."""
@@ -103,15 +103,14 @@ def resolve_registered(selector: str, expected: str, tracking_uri: str | None, c
     found = training_name(meta["model"], meta.get("train_fraction"))
     if found != expected:
         raise CheckpointStoreError(f"{selector} is a checkpoint of {found}, not of {expected}")
-    return {"checkpoint": location, "version": version.tags.get(TAG + "version") or selector, "selector": selector,
+    # A version registered by hand has no tag: its own number, never an alias, which moves.
+    return {"checkpoint": location, "version": version.tags.get(TAG + "version") or f"models:/{name}/{version.version}",
             "train_fraction": meta.get("train_fraction"), "dataset_fingerprint": meta.get("dataset_fingerprint")}
 
 
 def checkpoint_files(checkpoint: str, folder: str) -> str:
     """Copy a checkpoint's weights and metadata (not its optimizer state) from any URI into
     the local `folder`, to log as the run's CHECKPOINT_ARTIFACT; returns the folder."""
-    os.makedirs(folder, exist_ok=True)
     for file in CHECKPOINT_FILES:
-        with open(os.path.join(folder, file), "wb") as out:
-            out.write(storage.read_bytes(storage.join(checkpoint, file)))
+        storage.copy_file(storage.join(checkpoint, file), os.path.join(folder, file))
     return folder
