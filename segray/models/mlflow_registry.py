@@ -72,7 +72,7 @@ def is_registered(selector: str) -> bool:
 
 def resolve_registered(selector: str, expected: str, tracking_uri: str | None, cache_dir: str) -> dict[str, Any]:
     """The checkpoint of the registered model version `selector` names, for training
-    `expected` (`unet`, `unet[frac=0.25]`): {checkpoint, version, selector, train_fraction,
+    `expected` (`unet`, `unet[frac=0.25]`): {checkpoint, version, train_fraction,
     dataset_fingerprint}. `version` is the rows' version the version was registered with
     (its `segray.version` tag), else `models:/NAME/NUMBER`. An artifact store the cluster
     reads (s3://) is used in place; any other (the server's own, `mlflow-artifacts:`) is
