@@ -320,7 +320,8 @@ def log_finished(uri: str, tracking_uri: str | None, experiment: str) -> bool:
         return True
     logged = log_run(uri, tracking_uri, experiment)
     if logged.error:
-        print(f"warning: the run was not logged in MLflow ({tracking_uri}): {logged.error}; it is complete here: "
+        print(f"warning: the run was not logged in MLflow ({tracking_uri}): {logged.error}; the run's own outputs are "
+              f"unaffected: "
               f"log it later with: python jobs/log_mlflow.py {uri} --mlflow-tracking-uri {tracking_uri} "
               f"--mlflow-experiment {experiment}")
         return False
