@@ -22,10 +22,10 @@ from __future__ import annotations
 import sys
 import time
 
-from segray.cli import add_checkpoint_options, config_from_args, mlflow_tracking, parser, trained_models_from_args
+from segray.cli import add_checkpoint_options, config_from_args, mlflow_tracking, parser, set_up, trained_models_from_args
 from segray.errors import CheckpointStoreError, DatasetError, RunError
 from segray.models.selection import models_to_evaluate
-from segray.pipeline import evaluate_and_summarize, print_summary, write_report_logged
+from segray.pipeline import Run, evaluate_models, print_summary, write_report_logged
 from segray.run import enter_stage, open_run, run_uri, stop_on_signals
 from segray.tracking import log_finished
 
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.split("\n\n")[0])
     add_checkpoint_options(p)
     args = p.parse_args(argv)
+    set_up(args)
     config = config_from_args(args)
     tracking = mlflow_tracking(args)
     started = time.perf_counter()
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         with stop_on_signals(config):
             specs, unavailable = models_to_evaluate(config, trained)
             manifest = open_run(config, args.ray_address)
-            summary = evaluate_and_summarize(config, manifest, specs, unavailable, trained.training, started)
+            summary = evaluate_models(Run(config, manifest, started), specs, unavailable, trained.training)
             print_summary(summary)
             enter_stage(run_uri(config), "report")
             write_report_logged(run_uri(config))

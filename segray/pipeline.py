@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
@@ -20,6 +20,7 @@ from segray import storage
 from segray.config import BenchmarkConfig
 from segray.data.manifest import Manifest
 from segray.errors import CheckpointStoreError
+from segray.evaluate import StreamModel, evaluate, stage_labels, variants
 from segray.evaluate.awaited import AwaitedModel, start_gate
 from segray.models.base import ModelSpec
 from segray.models.catalogue import TRAINABLE, variants_of, version_of
@@ -34,9 +35,6 @@ from segray.run import enter_stage, open_run, read_record, run_failed, run_uri, 
 from segray.schema import ERROR
 from segray.timeline import Progress, start_timeline, stop_timeline, summarize
 from segray.trainings import Trainings, plan, trainings_to_run, write_training
-
-if TYPE_CHECKING:
-    from segray.evaluate import StreamModel
 
 log = logging.getLogger(__name__)
 
@@ -60,75 +58,91 @@ def record_trained(store: str, config: BenchmarkConfig, manifest: Manifest,
     return True
 
 
-def evaluate_and_summarize(config: BenchmarkConfig, manifest: Manifest, models: list[StreamModel],
-                           unavailable: dict[str, str], training: dict[str, dict[str, Any]] | Trainings,
-                           started: float, reserve: dict[str, float] | None = None, timeline=None,
-                           reused: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate `models` into the run's predictions/, then write summary.json (last) and
-    return it. `training` may be the `Trainings` running beside the stream (whose models
-    are among `models`, awaited): they are joined once the stream ends. `timeline`: the
-    run's, when it started before (to see the trainings); it is stopped here. A resumed
-    run (`config.resume`) evaluates only the pairs without rows; `reused` names the
-    trainings it took from its earlier attempt, for the summary's `resumed`."""
+@dataclass
+class Run:
+    """One run as its stages share it: its settings, its dataset, and when it started
+    (`time.perf_counter`, which the summary's wall time and timeline count from)."""
+
+    config: BenchmarkConfig
+    manifest: Manifest
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def uri(self) -> str:
+        return run_uri(self.config)
+
+    @property
+    def predictions(self) -> str:
+        return storage.join(self.uri, "predictions")
+
+
+def evaluate_models(run: Run, specs: list[ModelSpec], unavailable: dict[str, str],
+                    training: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Evaluate models that need no training here (jobs/evaluate.py) into the run's
+    predictions/, then write summary.json (last) and return it. `training`: the
+    training.json the trained models came from, if any, for the summary."""
+    enter_stage(run.uri, "evaluate")
+    timeline = start_timeline(run.config.run_id)
+    to_do = pending_work(run, specs)
+    with Progress(timeline, len(run.manifest.table), stage_labels(specs), run.config.train.epochs):
+        stream_rows(run, specs, to_do, timeline)
+    return finish(run, specs, unavailable, training, timeline, to_do)
+
+
+def stream_rows(run: Run, models: list[StreamModel], to_do: list[pd.DataFrame] | None, timeline,
+                reserve: dict[str, float] | None = None) -> None:
+    """The evaluation stream (`segray.evaluate.evaluate`) into the run's predictions/: every
+    model over every image, or, resuming, each model over its own `to_do` rows (a model
+    with none left gets no pool). `reserve`: what trainings beside the stream hold."""
+    config = run.config
+    streamed = [i for i in range(len(models)) if to_do is None or len(to_do[i])]
+    if not streamed:
+        return
+    try:
+        evaluate(run.manifest.table, [models[i] for i in streamed], config.eval, run.predictions, config.run_id,
+                 manifest_per_spec=None if to_do is None else [to_do[i] for i in streamed],
+                 mask_person_values=config.mask_person_values, reserve=reserve, timeline=timeline)
+    except OSError as error:  # the output went away mid-run
+        raise run_failed(run.uri, f"{run.predictions}: cannot write the rows there: {describe_cause(error)}") from error
+
+
+def finish(run: Run, models: list[StreamModel], unavailable: dict[str, str], training: dict[str, dict[str, Any]],
+           timeline, to_do: list[pd.DataFrame] | None, reused: list[str] | None = None) -> dict[str, Any]:
+    """After the stream: the run's timeline summarized (and the timeline stopped), and
+    summary.json written and returned. `to_do` and `reused` say, for a resumed run, which
+    rows and trainings it took from its earlier attempt."""
     import ray
 
-    from segray.evaluate import evaluate, stage_labels, variants
-
-    uri = run_uri(config)
-    predictions = storage.join(uri, "predictions")
-    enter_stage(uri, "evaluate" if not isinstance(training, Trainings) or not training.names else "train+evaluate")
-    try:
-        to_do = pending_per_model(config, manifest, models, predictions) if config.resume else None
-    except OSError as error:
-        raise run_failed(uri, f"{predictions}: cannot read the rows of the earlier attempt: "
-                              f"{describe_cause(error)}") from error
-    timeline = timeline or start_timeline(config.run_id)
-    with Progress(timeline, len(manifest.table), stage_labels(models), config.train.epochs):
-        try:
-            # A resumed run streams only the models with pairs left: the others need no pool.
-            streamed = [i for i in range(len(models)) if to_do is None or len(to_do[i])]
-            if streamed:
-                evaluate(manifest.table, [models[i] for i in streamed], config.eval, predictions, config.run_id,
-                         manifest_per_spec=None if to_do is None else [to_do[i] for i in streamed],
-                         mask_person_values=config.mask_person_values, reserve=reserve, timeline=timeline)
-        except OSError as error:  # the output went away mid-run
-            raise run_failed(uri, f"{predictions}: cannot write the rows there: {describe_cause(error)}") from error
-        finally:
-            trained_here = isinstance(training, Trainings)
-            if trained_here:
-                trainings, training = training, training.join()
-                unavailable = {**unavailable, **trainings.unavailable}
-    if trained_here:  # written after the stream, which a failed write must not hide
-        try:
-            write_training(uri, training)
-        except OSError as error:
-            raise run_failed(uri, f"{storage.join(uri, 'training.json')}: cannot write it: "
-                                  f"{describe_cause(error)}") from error
+    table = run.manifest.table
     specs = [spec for spec in (m.wait() if isinstance(m, AwaitedModel) else m for m in models) if spec is not None]
-    expected = len(manifest.table) * sum(len(variants_of(spec)) for spec in specs)
-    origin = time.time() - (time.perf_counter() - started)  # the run's start, on the wall clock the stages use
+    expected = len(table) * sum(len(variants_of(spec)) for spec in specs)
+    origin = time.time() - (time.perf_counter() - run.started)  # the run's start, on the wall clock the stages use
     stages = summarize(ray.get(timeline.snapshot.remote()), origin)
     stop_timeline(timeline)
-    enter_stage(uri, "summary")
+    enter_stage(run.uri, "summary")
     resumed = None
-    if config.resume:
-        rows_reused = sum((len(manifest.table) - len(table)) * len(variants(model)) for table, model in zip(to_do, models))
-        resumed = {"attempts": read_record(uri).get("attempts", 1), "trainings_reused": sorted(reused or []),
+    if to_do is not None:
+        rows_reused = sum((len(table) - len(rows)) * len(variants(model)) for rows, model in zip(to_do, models))
+        resumed = {"attempts": read_record(run.uri).get("attempts", 1), "trainings_reused": sorted(reused or []),
                    "rows_reused": rows_reused}
-    return write_summary(config, manifest, expected, unavailable, training, started, scoring_split(specs, manifest),
-                         stages, resumed)
+    return write_summary(run, expected, unavailable, training, scoring_split(specs, run.manifest), stages, resumed)
 
 
-def pending_per_model(config: BenchmarkConfig, manifest: Manifest, models: list[StreamModel],
-                      predictions: str) -> list[pd.DataFrame]:
-    """Per stream model, the manifest rows whose (image, model version) pair has no rows yet
-    in `predictions` (`segray.results.resume.done_images`). A model trained in this run
-    has the version `<training name>@<run id>` before it finishes."""
-    from segray.evaluate import variants
-
-    versions = [version_of(m) if isinstance(m, ModelSpec) else version_key(m.training, config.run_id) for m in models]
-    done = done_images(predictions, {version: variants(m) for version, m in zip(versions, models)})
-    table = manifest.table
+def pending_work(run: Run, models: list[StreamModel]) -> list[pd.DataFrame] | None:
+    """For a resumed run (`config.resume`), per stream model, the manifest rows whose (image,
+    model version) pair has no rows yet (`segray.results.resume.done_images`); else None:
+    every pair. A model trained in this run has the version `<training name>@<run id>`
+    before it finishes."""
+    if not run.config.resume:
+        return None
+    versions = [version_of(m) if isinstance(m, ModelSpec) else version_key(m.training, run.config.run_id)
+                for m in models]
+    try:
+        done = done_images(run.predictions, {version: variants(m) for version, m in zip(versions, models)})
+    except OSError as error:
+        raise run_failed(run.uri, f"{run.predictions}: cannot read the rows of the earlier attempt: "
+                                  f"{describe_cause(error)}") from error
+    table = run.manifest.table
     to_do = pending(table, versions, done)
     for model, version, rows in zip(models, versions, to_do):
         print(f"resume: {model.name} ({version}) has rows for {len(table) - len(rows)} of {len(table)} images; "
@@ -149,19 +163,18 @@ def scoring_split(specs: list[ModelSpec], manifest: Manifest) -> str:
     return "val" if any(spec.trained_on == manifest.fingerprint for spec in specs) else ALL_SPLITS
 
 
-def write_summary(config: BenchmarkConfig, manifest: Manifest, expected_rows: int, unavailable: dict[str, str],
-                  training: dict[str, dict[str, Any]], started: float, split: str = "val",
-                  timeline: dict[str, Any] | None = None, resumed: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_summary(run: Run, expected_rows: int, unavailable: dict[str, str], training: dict[str, dict[str, Any]],
+                  split: str = "val", timeline: dict[str, Any] | None = None,
+                  resumed: dict[str, Any] | None = None) -> dict[str, Any]:
     """summary.json from the run's rows, as they are (written last: the run is finished),
     scored on `split` (`scoring_split`), with the run's `timeline` (`segray.timeline.summarize`)
     and, for a resumed run, what it reused (`resumed`: attempts, trainings_reused, rows_reused
     and rows_computed)."""
-    uri = run_uri(config)
-    predictions = storage.join(uri, "predictions")
+    config, manifest = run.config, run.manifest
     try:
-        rows = read_rows(predictions)
+        rows = read_rows(run.predictions)
     except OSError as error:
-        raise run_failed(uri, f"{predictions}: cannot read the rows back: {storage.describe(error)}") from error
+        raise run_failed(run.uri, f"{run.predictions}: cannot read the rows back: {storage.describe(error)}") from error
     # Rows with status "error", in every split, per model that has any: one makes the run partial.
     counts = rows.loc[rows["status"] == ERROR, "model"].astype(str).value_counts().sort_index()
     errors_by_model = {model: int(n) for model, n in counts.items()}
@@ -177,7 +190,7 @@ def write_summary(config: BenchmarkConfig, manifest: Manifest, expected_rows: in
         "dataset_root": manifest.root,
         "dataset_fingerprint": manifest.fingerprint,
         "finished_at": datetime.now(UTC).isoformat(),
-        "wall_time_s": round(time.perf_counter() - started, 1),
+        "wall_time_s": round(time.perf_counter() - run.started, 1),
         "manifest": {
             "images": len(table),
             "train": int((table["split"] == "train").sum()),
@@ -196,8 +209,8 @@ def write_summary(config: BenchmarkConfig, manifest: Manifest, expected_rows: in
     }
     if resumed is not None:
         summary["resumed"] = {**resumed, "rows_computed": len(rows) - resumed["rows_reused"]}
-    storage.write_bytes(storage.join(uri, "summary.json"), json.dumps(summary, indent=2, default=str).encode())
-    update_record(uri, status=summary["status"], finished_at=summary["finished_at"])
+    storage.write_bytes(storage.join(run.uri, "summary.json"), json.dumps(summary, indent=2, default=str).encode())
+    update_record(run.uri, status=summary["status"], finished_at=summary["finished_at"])
     return summary
 
 
@@ -213,29 +226,39 @@ def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None, store
     import ray
 
     started = time.perf_counter()
-    manifest = open_run(config, ray_address)
-    uri = run_uri(config)
+    run = Run(config, open_run(config, ray_address), started)
     timeline = start_timeline(config.run_id)  # before the trainings, which report their epochs to it
-    to_train, reused, failed = trainings_to_run(config, uri)
+    to_train, reused, failed = trainings_to_run(config, run.uri)
     untrained = [m for m in config.models if m not in TRAINABLE] + list(reused)  # LangSAM, reused trainings
     ready, unavailable = models_to_evaluate(replace(config, models=untrained), TrainedModels(training=reused))
     unavailable.update({name: result["error"] for name, result in failed.items()})
     gate = start_gate()
-    awaited = [AwaitedModel.of(name, gate) for name in to_train]
-    schedule = plan(config, len(to_train), [m.name for m in [*ready, *awaited]], ray.cluster_resources())
+    models = [*ready, *(AwaitedModel.of(name, gate) for name in to_train)]
+    schedule = plan(config, len(to_train), [m.name for m in models], ray.cluster_resources())
     log.info("trainings at once: %d; evaluation %s", schedule.at_once,
              "beside them" if schedule.overlap else "after them (the cluster cannot hold both)")
-    trainings = Trainings(config, manifest, uri, to_train, schedule.at_once, gate, {**failed, **reused}).start()
+    trainings = Trainings(config, run.manifest, run.uri, to_train, schedule.at_once, gate, {**failed, **reused}).start()
     if not schedule.overlap:
-        enter_stage(uri, "train")
+        enter_stage(run.uri, "train")
         trainings.join()
-    summary = evaluate_and_summarize(config, manifest, [*ready, *awaited], unavailable, trainings, started,
-                                     reserve=schedule.reserve, timeline=timeline, reused=list(reused))
+    enter_stage(run.uri, "train+evaluate" if to_train else "evaluate")
+    to_do = pending_work(run, models)
+    with Progress(timeline, len(run.manifest.table), stage_labels(models), config.train.epochs):
+        try:
+            stream_rows(run, models, to_do, timeline, schedule.reserve)
+        finally:
+            training = trainings.join()
+    try:  # written after the stream, which a failed write must not hide
+        write_training(run.uri, training)
+    except OSError as error:
+        raise run_failed(run.uri, f"{storage.join(run.uri, 'training.json')}: cannot write it: "
+                                  f"{describe_cause(error)}") from error
+    summary = finish(run, models, {**unavailable, **trainings.unavailable}, training, timeline, to_do, list(reused))
     if store:
-        enter_stage(uri, "checkpoint store")
-        summary["recorded"] = record_trained(store, config, manifest, summary["training"])
-    enter_stage(uri, "report")
-    write_report_logged(uri)
+        enter_stage(run.uri, "checkpoint store")
+        summary["recorded"] = record_trained(store, config, run.manifest, summary["training"])
+    enter_stage(run.uri, "report")
+    write_report_logged(run.uri)
     return summary
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,7 +17,7 @@ from segray.config import preset
 from segray.data.manifest import build_manifest
 from segray.models.checkpoint import save_checkpoint
 from segray.models.networks import build_network
-from segray.pipeline import print_summary, write_summary
+from segray.pipeline import Run, print_summary, write_summary
 from segray.report import write_report
 from segray.schema import ROW_SCHEMA
 from tests.conftest import job
@@ -68,7 +67,7 @@ def test_console_summary_and_report_agree_on_a_partial_run(ray_session, syntheti
     config = preset("demo")
     config.dataset, config.output, config.run_id, config.models = str(synthetic_root), str(runs), "partial", ["unet"]
     manifest = build_manifest(str(synthetic_root))
-    summary = write_summary(config, manifest, len(manifest.table) * 6, {}, {}, time.perf_counter())
+    summary = write_summary(Run(config, manifest), len(manifest.table) * 6, {}, {})
     capsys.readouterr()
     print_summary(summary)
     console = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[3:]
