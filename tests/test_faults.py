@@ -40,7 +40,10 @@ def actors(class_part: str, states=("ALIVE",)) -> list[dict]:
     """The actors whose class name contains `class_part` (Ray Data names its pool actors
     after the operator, e.g. MapWorker(MapBatches(PredictStage))), read from the GCS: the
     public state API needs the dashboard, which the test cluster does not start."""
-    from ray._private.state import actors as actor_table
+    try:
+        from ray._private.state import actors as actor_table
+    except ImportError as error:
+        pytest.fail(f"Ray moved its private actor table (ray._private.state.actors), which these tests read: {error}")
 
     return [a for a in actor_table().values() if class_part in a["ActorClassName"] and a["State"] in states]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pyarrow.parquet as pq
-from ray.data._internal.util import RetryingPyFileSystem
 from ray.data.block import BlockAccessor
 from ray.data.datasource import BlockBasedFileDatasink
 
@@ -18,7 +17,8 @@ class RowsDatasink(BlockBasedFileDatasink):
     the timeline as a batch of the `write` stage (Ray's own `write_parquet` has no hook for
     that). The write tasks open files on the filesystem `storage.resolve` makes in their
     own process: a pickled pyarrow S3FileSystem (pyarrow 26) loses its retry strategy, so
-    the driver's would arrive trying each request 3 times, not `storage.S3_ATTEMPTS`."""
+    the driver's would arrive trying each request 3 times, not `storage.S3_ATTEMPTS`. Ray
+    retries each file's whole write on the errors of `DataContext.retried_io_errors`."""
 
     def __init__(self, uri: str, min_rows_per_file: int, timeline=None):
         fs, path = storage.resolve(uri)
@@ -26,8 +26,7 @@ class RowsDatasink(BlockBasedFileDatasink):
         self.uri, self.timeline = uri, timeline
 
     def open_output_stream(self, path: str):
-        fs = RetryingPyFileSystem.wrap(storage.resolve(self.uri)[0], retryable_errors=self._data_context.retried_io_errors)
-        return fs.open_output_stream(path, **self.open_stream_args)
+        return storage.resolve(self.uri)[0].open_output_stream(path, **self.open_stream_args)
 
     def write_block_to_file(self, block: BlockAccessor, file) -> None:
         start = time.time()
