@@ -25,6 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # as the jobs: segray.cli.RAY_WORKER_ENV
 
 import requests
 import torch
@@ -77,7 +78,7 @@ def start_api(checkpoint: str, max_batch: int, wait_ms: float) -> str:
     from ray import serve
 
     from segray.run import start_ray
-    from segray.serve import APP_NAME, application
+    from segray.serve.app import APP_NAME, application
     from segray.serve.options import serve_parser, serve_settings
 
     start_ray()

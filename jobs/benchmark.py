@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-from segray.cli import config_from_args, mlflow_tracking, parser
+from segray.cli import config_from_args, mlflow_tracking, parser, set_up
 from segray.errors import DatasetError, RunError
 from segray.pipeline import print_summary, run_benchmark
 from segray.run import run_uri, stop_on_signals
@@ -29,6 +29,7 @@ from segray.tracking import log_finished
 
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    set_up(args)
     config = config_from_args(args)
     tracking = mlflow_tracking(args)
     try:

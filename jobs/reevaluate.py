@@ -26,7 +26,7 @@ from __future__ import annotations
 import sys
 
 from segray import storage
-from segray.cli import config_from_args, mlflow_tracking, parser, trained_models_from_args
+from segray.cli import config_from_args, mlflow_tracking, parser, set_up, trained_models_from_args
 from segray.errors import CheckpointStoreError, DatasetError, LockHeld, RunError
 from segray.reevaluate import run_reevaluation
 from segray.tracking import log_finished
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--lock-stale-after", type=float, default=6.0, metavar="HOURS",
                    help="take over a lock older than this (its run is presumed dead)")
     args = p.parse_args(argv)
+    set_up(args)
     config = config_from_args(args)
     trained = trained_models_from_args(p, args, default_selector="all")
     tracking = mlflow_tracking(args)

@@ -19,19 +19,20 @@ import signal
 import sys
 import threading
 
-from segray.cli import config_from_args
+from segray.cli import set_up
 from segray.errors import CheckpointStoreError, RunError
-from segray.run import start_ray
-from segray.serve import APP_NAME, application
 from segray.serve.options import serve_parser, serve_settings
 
 
 def main(argv: list[str] | None = None) -> int:
     p = serve_parser(__doc__.split("\n\n")[0])
     args = p.parse_args(argv)
-    config_from_args(args)  # logging and the S3 endpoint, before Ray starts
+    set_up(args)
     import ray
     from ray import serve
+
+    from segray.run import start_ray
+    from segray.serve.app import APP_NAME, application
 
     try:
         start_ray(args.ray_address)

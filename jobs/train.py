@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 
-from segray.cli import config_from_args, mlflow_tracking, parser
+from segray.cli import config_from_args, mlflow_tracking, parser, set_up
 from segray.errors import DatasetError, RunError
 from segray.pipeline import record_trained
 from segray.run import enter_stage, open_run, run_uri, stop_on_signals, update_record
@@ -29,6 +29,7 @@ from segray.trainings import train_models
 
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    set_up(args)
     config = config_from_args(args)
     tracking = mlflow_tracking(args)
     try:

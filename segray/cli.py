@@ -27,6 +27,14 @@ SECTIONS = ("run", "training", "langsam", "evaluation")
 EXPERIMENT = "segray"  # the MLflow experiment when neither --mlflow-experiment nor MLFLOW_EXPERIMENT_NAME names one
 
 
+# Ray's workers run in the job's own environment (a local Ray) or in the one the cluster's
+# nodes provide (`ray job submit`). Under `uv run`, Ray would otherwise build each worker a
+# copy of the project in a new environment, whose imports compile from source: every actor
+# and Ray Train worker then took twice as long to start (docs/PERFORMANCE.md). Read when
+# Ray is imported.
+RAY_WORKER_ENV = {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default when it has one; an option whose default is None or False
     says in its help what applies instead (`[default: ...]`)."""
@@ -305,14 +313,28 @@ def mlflow_tracking(args: argparse.Namespace) -> tuple[str | None, str]:
     return uri, getattr(args, "mlflow_experiment", None) or os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
 
 
+def set_up(args: argparse.Namespace) -> None:
+    """What a job sets up before it imports Ray: the console's log level (`-v`: INFO), the S3
+    endpoint (`--s3-endpoint-url`), which Ray's workers inherit, and Ray's workers' Python
+    (`RAY_WORKER_ENV`)."""
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.s3_endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint_url
+    set_ray_worker_env()
+
+
+def set_ray_worker_env() -> None:
+    """`RAY_WORKER_ENV` in this process's environment, before Ray is imported; a value the
+    user set wins."""
+    for name, value in RAY_WORKER_ENV.items():
+        os.environ.setdefault(name, value)
+
+
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     """The preset, with every flag that was given applied on top (a job without an option's
     section has none of its flags: the preset's value stays)."""
     given = vars(args).get
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if given("s3_endpoint_url"):
-        os.environ["AWS_ENDPOINT_URL"] = given("s3_endpoint_url")
     config = preset(given("preset", "seeds"))
     for flag in ("dataset", "mask_person_values", "output", "run_id", "overwrite", "resume", "cache_dir"):
         if given(flag) is not None:

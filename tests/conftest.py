@@ -1,7 +1,7 @@
 """Shared fixtures: one local Ray for the whole session, and small generated datasets.
 
 Ray gets more logical CPUs than this machine's cores: model actors holding every CPU
-would otherwise starve the decode tasks (see FIELD-NOTES). `ray.init` costs seconds, so
+would otherwise starve the decode tasks. `ray.init` costs seconds, so
 every test shares one cluster; a second cluster on the host confuses Ray Train.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # as the jobs: segray.cli.RAY_WORKER_ENV
 
 import pytest
 

@@ -1,8 +1,4 @@
-"""The benchmark's models as an HTTP API on Ray Serve: one deployment per model (batching
-the requests that wait, autoscaling between a minimum and a maximum of replicas) behind a
-FastAPI ingress. `jobs/serve.py` runs it; `serve deploy jobs/serve_config.yaml` deploys
-it on a cluster through `build_app`.
-"""
+"""The Serve application: a deployment per model behind the FastAPI ingress (`segray.serve.api`)."""
 
 from __future__ import annotations
 
@@ -51,6 +47,6 @@ def _replicas(bounds: tuple[int, int], target: int) -> dict[str, Any]:
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Serve's application builder (`import_path: segray.serve:build_app`): `args` are
+    """Serve's application builder (`import_path: segray.serve.app:build_app`): `args` are
     jobs/serve.py's options by their long names, e.g. {"checkpoints_from": "s3://b/runs/x"}."""
     return application(serve_settings_from_config(args))
