@@ -100,12 +100,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"batch_size": {"unet": 16, "resnet34_unet": 16, "langsam": 4}},
     },
 }
-# The demo as a sweep (#17): the UNet on 3 nested shares of the train split, LangSAM over
+# The demo as a sweep: the UNet on 3 nested shares of the train split, LangSAM over
 # 3 prompts x 5 box thresholds; the report answers how much data beats LangSAM. Each share
 # trains about as many steps as the whole split, so the UNet gets 12 epochs, and the
 # ResNet34-UNet is left out, for the sweep to take minutes on 2 CPU cores. One CPU (and torch
 # thread) per training lets each run beside the stream without two trainings' threads
-# fighting for the cores (docs/PERFORMANCE.md, b3).
+# fighting for the cores (docs/PERFORMANCE.md).
 PRESETS["demo-sweep"] = copy.deepcopy(PRESETS["demo"])
 PRESETS["demo-sweep"]["models"] = ["unet", "langsam"]
 PRESETS["demo-sweep"]["train"].update({"fractions": [0.1, 0.3, 1.0], "cpus_per_worker": 1})

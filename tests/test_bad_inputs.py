@@ -1,4 +1,4 @@
-"""The bad-input corpus (issue #7): every case of docs/RELIABILITY.md, generated here.
+"""The bad-input corpus: every case of docs/RELIABILITY.md, generated here.
 
 Pixel-level decode checks run on bytes in memory. The corpus then goes through
 jobs/evaluate.py once, on the shared Ray, with an untrained narrow UNet: each image must
@@ -31,7 +31,7 @@ from tests.conftest import job
 
 REPO = Path(__file__).parents[1]
 HEIGHT, WIDTH = 48, 64
-BIG = 8000  # the issue's "very large image"
+BIG = 8000  # a very large image
 
 
 def png(array: np.ndarray) -> bytes:
@@ -229,7 +229,7 @@ def corpus_cases() -> dict[str, dict]:
                              "error": None, "true_area": HEIGHT * WIDTH},
         # Of two images with one stem, the first by name pairs; the other is a pairing problem.
         "dup.jpg": {"image": cv2.imencode(".jpg", noise())[1].tobytes(), "mask": mask, **ok},
-        # Subfolders pair by their path (issue #16), as do OpenCV's other formats, any case.
+        # Subfolders pair by their path, as do OpenCV's other formats, any case.
         "day1/nested.png": {"image": good, "mask": mask, **ok},
         "webp.webp": {"image": encoded(".webp", noise()), "mask": encoded(".webp", box * 255), "mask_ext": ".webp", **ok},
         "bmp.bmp": {"image": encoded(".bmp", noise()), "mask": encoded(".bmp", box * 255), "mask_ext": ".bmp", **ok},

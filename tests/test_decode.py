@@ -52,7 +52,7 @@ def test_resize_mask_handles_empty_prediction_and_other_sizes():
     assert resize_mask(np.ones((2, 2), bool), (6, 8)).shape == (6, 8)
 
 
-# ---------------------------------------------------------------------------- odd data (issue #16)
+# ---------------------------------------------------------------------------- odd data
 
 
 def png(array: np.ndarray) -> bytes:

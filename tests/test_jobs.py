@@ -133,7 +133,7 @@ def test_benchmark_rows_name_the_stored_weights_and_join_a_reevaluation(demo_run
 
 def test_a_checkpoint_store_that_refuses_the_write_fails_the_benchmark(ray_session, synthetic_root, tmp_path, caplog):
     """The run itself completes, but its trained model is not where the team looks for it:
-    the job says so and exits 1 (before issue #15 it exited 0)."""
+    the job says so and exits 1."""
     store = tmp_path / "store"
     store.write_text("a file where the store's folder should be")
     argv = ["--preset", "demo", "--dataset", str(synthetic_root), "--models", "unet", "--image-size", "32",

@@ -94,7 +94,7 @@ def test_a_folder_without_images_and_masks_names_where_it_looked(tmp_path):
     assert MADS_FOLDER in str(error.value)
 
 
-# ---------------------------------------------------------------------------- odd data (issue #16)
+# ---------------------------------------------------------------------------- odd data
 
 
 def write(path, data: bytes = b"x") -> None:

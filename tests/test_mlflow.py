@@ -1,4 +1,4 @@
-"""Runs, metrics, reports and trained models in MLflow (issue #18), against a real MLflow
+"""Runs, metrics, reports and trained models in MLflow, against a real MLflow
 tracking server on loopback (SQLite backend, local artifact root) started by this module."""
 
 from __future__ import annotations

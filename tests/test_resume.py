@@ -29,7 +29,7 @@ from segray.trainings import Trainings
 from tests.conftest import JOBS, job, untrained_unet
 from tests.test_faults import assert_one_row_per_pair, wait_for
 
-STOP_S = 30  # the bound: from the signal to the process's exit
+STOP_S = 30  # the most a job may take from the signal to its exit
 
 
 def start(script: str, argv: list[str], ray_session, log: Path) -> subprocess.Popen:

@@ -1,4 +1,4 @@
-"""Security (issue #7): no code runs from a checkpoint, no read leaves the dataset folder,
+"""Security: no code runs from a checkpoint, no read leaves the dataset folder,
 no credential reaches an output, no shell is built from strings.
 
 Zip extraction (absolute paths, `..`, links, truncation) is tested in tests/test_kaggle.py.

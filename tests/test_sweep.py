@@ -1,4 +1,4 @@
-"""The data/tuning sweep (#17): trainings on nested subsets of the train split beside a
+"""The data/tuning sweep: trainings on nested subsets of the train split beside a
 LangSAM prompt x threshold sweep, and the report section that answers the seeds' question."""
 
 import html
