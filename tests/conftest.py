@@ -8,8 +8,11 @@ every test shares one cluster; a second cluster on the host confuses Ray Train.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -40,6 +43,17 @@ def untrained_unet(folder: Path, base_width: int, image_size: int) -> Path:
     return folder
 
 
+# A test that needs one of these set-ups is slow itself (`pytest_collection_modifyitems`).
+SLOW_FIXTURES = {"shared_run", "s3_run", "local_cluster", "mlflow_server"}
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: it mounts a file system or a mount namespace")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def job(name: str):
     """The `main` of jobs/<name>.py, to run a job in-process on the shared Ray."""
     spec = importlib.util.spec_from_file_location(f"job_{name}", JOBS / f"{name}.py")
@@ -56,14 +70,10 @@ class S3Proxy:
     `throttle_on(marker, count, status)` answers that request and the `count - 1` after
     it as a throttled or failing S3 does (503 SlowDown, 500 InternalError), itself."""
 
-    def __init__(self, target_port: int):
-        import socket
+    def __init__(self, target_port: int, port: int):
         import threading
 
-        self.target = ("127.0.0.1", target_port)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.target, self.port = ("127.0.0.1", target_port), port
         self.url = f"http://127.0.0.1:{self.port}"
         self.cuts = 0  # how many times the endpoint went away
         self._lock = threading.Lock()
@@ -75,7 +85,6 @@ class S3Proxy:
         self.restore()
 
     def restore(self) -> None:
-        import socket
         import threading
 
         with self._lock:
@@ -87,7 +96,6 @@ class S3Proxy:
         threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
 
     def cut(self) -> None:
-        import socket
 
         with self._lock:
             listener, self._listener = self._listener, None
@@ -124,7 +132,6 @@ class S3Proxy:
                 "Connection: close\r\n\r\n").encode() + body
 
     def _accept(self, listener) -> None:
-        import socket
         import threading
 
         while True:
@@ -166,30 +173,35 @@ class S3Proxy:
                 self._connections -= {source, destination}
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# The S3 endpoint every process of the session sees: the proxy's port is chosen now, before
+# Ray starts (its workers inherit the environment), and the server behind it starts only
+# when a test asks for it (`s3_server`).
+S3_PROXY_PORT = free_port()
+os.environ.update({
+    "AWS_ACCESS_KEY_ID": "segray-test-key",
+    "AWS_SECRET_ACCESS_KEY": "segray-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PROXY_PORT}",
+})
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> S3Proxy:
     """A real S3 HTTP endpoint on loopback (moto's server, in this process) behind an
-    `S3Proxy`, with test credentials. The proxy's URL is set before Ray starts, so that
-    Ray's workers inherit it."""
-    import socket
-
+    `S3Proxy` on the session's S3 port (AWS_ENDPOINT_URL), with test credentials."""
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    proxy = S3Proxy(port)
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "segray-test-key",
-            "AWS_SECRET_ACCESS_KEY": "segray-test-secret",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_ENDPOINT_URL": proxy.url,
-        }
-    )
+    proxy = S3Proxy(port, S3_PROXY_PORT)
     yield proxy
     proxy.cut()
     server.stop()
@@ -209,12 +221,23 @@ def s3_proxy(s3_server) -> S3Proxy:
 
 
 @pytest.fixture(scope="session")
-def ray_session(s3_endpoint):
+def ray_session():
     import ray
 
     ray.init(num_cpus=4, include_dashboard=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    """A multi-node Ray cluster of its own (`tests.cluster.LocalCluster`), beside the session's
+    Ray: a head with no CPUs, to which each test adds the nodes it needs and takes away."""
+    from tests.cluster import LocalCluster
+
+    cluster = LocalCluster(cpus=0)
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -240,3 +263,122 @@ def tiny_weights(tmp_path_factory):
     from segray.models.tiny_langsam import save_tiny_langsam
 
     return save_tiny_langsam(tmp_path_factory.mktemp("langsam"))
+
+
+def langsam_options(tiny_weights) -> list[str]:
+    """The options that run LangSAM on the tiny weights, keeping every box (threshold 0)."""
+    detector, sam = tiny_weights
+    return ["--langsam-detector", str(detector), "--langsam-sam", str(sam), "--langsam-box-threshold", "0"]
+
+
+@dataclass
+class SharedRun:
+    """The session's benchmark (`shared_run`): `out` holds the run `out/RUN_ID`, its
+    checkpoint store `out/store` and the dataset cache `out/cache`; `argv` ran it."""
+
+    out: Path
+    argv: list[str]
+    status: int
+    run_id: str = "shared"
+
+    @property
+    def run(self) -> Path:
+        return self.out / self.run_id
+
+    def read(self, name: str) -> dict:
+        return json.loads((self.run / name).read_text())
+
+    def dataset_options(self) -> list[str]:
+        """The options that name its dataset again (for another job on the same images)."""
+        return ["--dataset", SHARED_DATASET, "--cache-dir", str(self.out / "cache")]
+
+
+SHARED_DATASET = "synthetic:20"
+SHARED_LANGSAM_SWEEP = ["--langsam-prompts", "human.", "--langsam-box-thresholds", "0.999"]
+
+
+@pytest.fixture(scope="session")
+def shared_run(ray_session, tiny_weights, tmp_path_factory) -> SharedRun:
+    """One tiny benchmark, run once for every test that reads a finished run: the demo preset
+    on 20 generated images at 64 px; both networks, each on the whole train split and on half
+    of it (`--train-fractions 0.5,1`: four Ray Train fits, one CPU each, so that the stream's
+    five pools run beside them), the UNet for 2 epochs, the ResNet34-UNet for 1; tiny LangSAM
+    over 2 prompts x 2 box thresholds; every training recorded in a checkpoint store. Tests
+    must not change it: they write their own runs beside it, under other ids."""
+    out = tmp_path_factory.mktemp("shared")
+    argv = ["--preset", "demo", "--dataset", SHARED_DATASET, "--cache-dir", str(out / "cache"), "--output", str(out),
+            "--run-id", "shared", "--image-size", "64", "--models", "unet,resnet34_unet,langsam",
+            "--unet-epochs", "2", "--resnet-epochs", "1", "--train-fractions", "0.5,1", "--cpus-per-worker", "1",
+            *langsam_options(tiny_weights), *SHARED_LANGSAM_SWEEP, "--checkpoint-store", str(out / "store")]
+    return SharedRun(out, argv, job("benchmark")(argv))
+
+
+@dataclass
+class S3Run:
+    """The session's benchmark on S3 (`s3_run`) and the local evaluation of its checkpoint."""
+
+    bucket: str
+    local_data: Path  # the same 12 images as s3://BUCKET/mads
+    local_runs: Path  # where the local evaluation wrote its run, `local`
+    secrets: list[str]  # planted in the environment while both ran
+    said: dict[str, str]  # what they printed (stdout, stderr) and logged (log records, at INFO)
+    status: tuple[int, int]  # the two jobs' exit codes
+
+    @property
+    def run(self) -> str:
+        return f"s3://{self.bucket}/runs/s3"
+
+
+@pytest.fixture(scope="session")
+def s3_run(ray_session, s3_endpoint, synthetic_root, tiny_weights, tmp_path_factory) -> S3Run:
+    """A benchmark whose data and output are both on S3 (the UNet, 1 epoch at 64 px, and tiny
+    LangSAM, on 12 images), then jobs/evaluate.py of its checkpoint on a local copy of the
+    data, into a local folder. Canary secrets (AWS, Kaggle) are in the environment while they
+    run, and everything they print or log is kept, for the secret scan."""
+    import contextlib
+    import io
+    import logging
+
+    import boto3
+    import pyarrow.fs as pafs
+
+    from segray import storage
+
+    root = tmp_path_factory.mktemp("s3-run")
+    data = root / "mads"
+    for folder in ("images", "masks"):
+        (data / folder).mkdir(parents=True)
+        for name in sorted(os.listdir(synthetic_root / folder))[:12]:
+            shutil.copy(synthetic_root / folder / name, data / folder / name)
+    bucket = "segray-s3-run"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    fs, path = storage.resolve(f"s3://{bucket}/mads")
+    pafs.copy_files(str(data), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+    # The moto endpoint accepts any secret; the Ray workers keep the session's.
+    secrets = [os.environ["AWS_SECRET_ACCESS_KEY"], "CANARY-aws-secret-4d1f", "CANARY-aws-session-8b2e",
+               "CANARY-kaggle-key-51c7", "CANARY-kaggle-token-93aa"]
+    out, err, records = io.StringIO(), io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(records)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    common = ["--preset", "demo", "--image-size", "64", "--models", "unet,langsam", *langsam_options(tiny_weights),
+              "-v"]
+    with pytest.MonkeyPatch.context() as env, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        for name, value in (("AWS_SECRET_ACCESS_KEY", secrets[1]), ("AWS_SESSION_TOKEN", secrets[2]),
+                            ("KAGGLE_USERNAME", "segray-canary"), ("KAGGLE_KEY", secrets[3]),
+                            ("KAGGLE_API_TOKEN", secrets[4])):
+            env.setenv(name, value)
+        root_logger = logging.getLogger()
+        level = root_logger.level
+        root_logger.addHandler(handler)
+        root_logger.setLevel(logging.INFO)
+        try:
+            status = (job("benchmark")([*common, "--dataset", f"s3://{bucket}/mads", "--output", f"s3://{bucket}/runs",
+                                        "--run-id", "s3", "--unet-epochs", "1"]),
+                      job("evaluate")([*common, "--dataset", str(data), "--output", str(root / "runs"),
+                                       "--run-id", "local", "--checkpoints-from", f"s3://{bucket}/runs/s3"]))
+        finally:
+            root_logger.removeHandler(handler)
+            root_logger.setLevel(level)
+    said = {"stdout": out.getvalue(), "stderr": err.getvalue(), "log records": records.getvalue()}
+    return S3Run(bucket, data, root / "runs", secrets, said, status)

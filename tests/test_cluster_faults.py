@@ -21,24 +21,17 @@ import pytest
 
 from segray.results.read import read_rows
 from tests.cluster import LocalCluster
-from tests.conftest import JOBS, untrained_unet
+from tests.conftest import JOBS, needs_root, untrained_unet
 from tests.test_faults import assert_one_row_per_pair, wait_for
 
 JOB_S = 420  # the longest a job here may take, lost node included
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    cluster = LocalCluster(cpus=0)
-    yield cluster
-    cluster.stop()
-
-
 @pytest.fixture
-def nodes(cluster):
-    """The cluster; the nodes a test adds are stopped after it."""
-    yield cluster
-    cluster.stop(keep_head=True)
+def nodes(local_cluster):
+    """The session's cluster; the nodes a test adds are stopped after it."""
+    yield local_cluster
+    local_cluster.stop(keep_head=True)
 
 
 def start(cluster: LocalCluster, script: str, argv: list[str], log: Path) -> subprocess.Popen:
@@ -57,6 +50,7 @@ def finish(driver: subprocess.Popen, log: Path) -> str:
     return log.read_text()
 
 
+@needs_root
 @pytest.mark.parametrize("hidden_option", ["--dataset", "--output"])
 def test_a_local_path_a_node_cannot_see_stops_the_run_before_any_work(nodes, synthetic_root, tmp_path, hidden_option):
     hidden = tmp_path / "only-on-the-head"

@@ -3,8 +3,8 @@ beside it (`ray start --address`, its own logical CPUs), the demo benchmark subm
 the Jobs API with `--working-dir` and a runtime env, exactly as the README tells users to run
 it on a cluster; the run's own timeline shows that its work ran on both nodes.
 
-The cluster (`tests.cluster.LocalCluster`) is its own, beside the session's: the job's
-driver joins it by the RAY_ADDRESS the job supervisor sets.
+The cluster (`tests.cluster.LocalCluster`, the session's `local_cluster`) is its own,
+beside the session's Ray: the job's driver joins it by the RAY_ADDRESS the job supervisor sets.
 """
 
 from __future__ import annotations
@@ -17,21 +17,21 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.cluster import BIN, LocalCluster
+from tests.cluster import BIN
 
 ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    """A Ray head on loopback with the Jobs API, and a second node joined to it; yields the
-    head's HTTP address and the environment to submit with."""
-    cluster = LocalCluster(cpus=4)
+def ray_head(local_cluster):
+    """The session's Ray head on loopback with the Jobs API, and two nodes joined to it for
+    the work; yields the head's HTTP address and the environment to submit with."""
     try:
-        cluster.add_node("second", cpus=2)
-        yield cluster.http, cluster.env
+        local_cluster.add_node("first", cpus=4)
+        local_cluster.add_node("second", cpus=2)
+        yield local_cluster.http, local_cluster.env
     finally:
-        cluster.stop()
+        local_cluster.stop(keep_head=True)
 
 
 def submit(address: str, env: dict, job_args: list[str]) -> subprocess.CompletedProcess:
