@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import requests
 
 from segray.models.store import resolve_version
 from segray.tracking import flatten, metric_key
-from tests.conftest import S3Proxy, job
+from tests.conftest import S3Proxy, SharedRun, free_port, job
 
 SERVER_START_S = 120  # the server took about 22 s to answer on this 2-core machine
 
@@ -28,9 +27,7 @@ def mlflow_server(tmp_path_factory) -> str:
     """`mlflow server` (the dev group's mlflow-skinny with its server's packages) on a free
     loopback port; its URL."""
     root = tmp_path_factory.mktemp("mlflow")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = open(root / "server.log", "wb")
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
@@ -68,16 +65,16 @@ def tracking(url: str, experiment: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tracked_run(ray_session, mlflow_server, tmp_path_factory):
-    """A demo-sized benchmark logged in MLflow: the UNet on half and all of the train split,
-    two epochs each at 32 px, recorded in a checkpoint store too."""
-    out = tmp_path_factory.mktemp("runs")
-    argv = ["--preset", "demo", "--dataset", "synthetic:16", "--cache-dir", str(out / "cache"), "--output", str(out),
-            "--run-id", "tracked", "--models", "unet", "--image-size", "32", "--unet-epochs", "2",
-            "--train-fractions", "0.5,1", "--checkpoint-store", str(out / "store"),
-            *tracking(mlflow_server, "benchmarks")]
-    assert job("benchmark")(argv) == 0
-    return out
+def tracked_run(shared_run, mlflow_server) -> SharedRun:
+    """The session's shared benchmark, logged in MLflow from its folder (jobs/log_mlflow.py,
+    what a benchmark run with --mlflow-tracking-uri calls when it ends): four trainings,
+    each registered as a version of its model."""
+    assert job("log_mlflow")([str(shared_run.run), *tracking(mlflow_server, "benchmarks")]) == 0
+    return shared_run
+
+
+TRAININGS = {"unet": "segray-unet", "unet[frac=0.5]": "segray-unet-frac-0.5", "resnet34_unet": "segray-resnet34_unet",
+             "resnet34_unet[frac=0.5]": "segray-resnet34_unet-frac-0.5"}
 
 
 def runs_of(client, experiment: str, role: str | None = None) -> list:
@@ -87,18 +84,18 @@ def runs_of(client, experiment: str, role: str | None = None) -> list:
 
 
 def test_the_benchmark_is_one_parent_run_with_summary_and_report_metrics(tracked_run, client):
-    summary = json.loads((tracked_run / "tracked" / "summary.json").read_text())
-    report = json.loads((tracked_run / "tracked" / "report" / "report.json").read_text())
+    summary = json.loads((tracked_run.run / "summary.json").read_text())
+    report = json.loads((tracked_run.run / "report" / "report.json").read_text())
     (parent,) = runs_of(client, "benchmarks", "run")
     assert parent.info.status == "FINISHED"
     tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
-    assert tags["segray.run_id"] == "tracked" and tags["segray.kind"] == "benchmark"
+    assert tags["segray.run_id"] == "shared" and tags["segray.kind"] == "benchmark"
     assert tags["segray.dataset_fingerprint"] == summary["dataset_fingerprint"]
-    assert tags["mlflow.source.git.commit"] == json.loads((tracked_run / "tracked" / "run.json").read_text())["git_sha"]
-    assert tags["segray.predictions"] == str(tracked_run / "tracked" / "predictions")
+    assert tags["mlflow.source.git.commit"] == json.loads((tracked_run.run / "run.json").read_text())["git_sha"]
+    assert tags["segray.predictions"] == str(tracked_run.run / "predictions")
     assert params["train.lr"] == str(summary["config"]["train"]["lr"])
     assert json.loads(params["train.fractions"]) == [0.5, 1.0]
-    assert set(summary["models"]) == {"unet", "unet[frac=0.5]"}
+    assert set(TRAININGS) < set(summary["models"])
     for model, numbers in summary["models"].items():
         key = metric_key(model)
         assert metrics[f"{key}/mean_iou"] == pytest.approx(numbers["mean_iou"], abs=1e-12)
@@ -106,17 +103,17 @@ def test_the_benchmark_is_one_parent_run_with_summary_and_report_metrics(tracked
         for name in ("mean_iou_ci_low", "mean_iou_ci_high", "median_iou", "pooled_iou", "mean_dice",
                      "mean_boundary_iou", "latency_p50_ms", "latency_p95_ms", "images_per_s"):
             assert metrics[f"{key}/{name}"] == pytest.approx(report["models"][model][name], abs=1e-12)
-    assert metrics["rows_written"] == summary["rows"]["written"] == 32
+    assert metrics["rows_written"] == summary["rows"]["written"] == 20 * len(summary["models"])
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"summary.json", "training.json", "run.json", "report"} <= artifacts
     assert "report/report.html" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
 
 
 def test_each_trained_model_is_a_child_run_with_its_epoch_curve(tracked_run, client):
-    training = json.loads((tracked_run / "tracked" / "training.json").read_text())
+    training = json.loads((tracked_run.run / "training.json").read_text())
     (parent,) = runs_of(client, "benchmarks", "run")
     children = {run.info.run_name: run for run in runs_of(client, "benchmarks", "training")}
-    assert set(children) == set(training) == {"unet", "unet[frac=0.5]"}
+    assert set(children) == set(training) == set(TRAININGS)
     for name, run in children.items():
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags["segray.version"] == training[name]["version"]
@@ -129,18 +126,18 @@ def test_each_trained_model_is_a_child_run_with_its_epoch_curve(tracked_run, cli
 
 
 def test_each_trained_model_is_a_registered_version_that_names_its_store_version(tracked_run, client):
-    training = json.loads((tracked_run / "tracked" / "training.json").read_text())
-    summary = json.loads((tracked_run / "tracked" / "summary.json").read_text())
-    for name, registered in (("unet", "segray-unet"), ("unet[frac=0.5]", "segray-unet-frac-0.5")):
+    training = json.loads((tracked_run.run / "training.json").read_text())
+    summary = json.loads((tracked_run.run / "summary.json").read_text())
+    for name, registered in TRAININGS.items():
         (version,) = client.search_model_versions(f"name = '{registered}'")
         tags = version.tags
-        assert tags["segray.run_id"] == "tracked"
+        assert tags["segray.run_id"] == "shared"
         assert tags["segray.dataset_fingerprint"] == summary["dataset_fingerprint"]
         assert float(tags["segray.best_val_iou"]) == pytest.approx(training[name]["best_val_iou"])
-        assert tags["segray.checkpoint_store"] == str(tracked_run / "store")
+        assert tags["segray.checkpoint_store"] == str(tracked_run.out / "store")
         # either name finds the other: the store's version from MLflow's, MLflow's from the store's
         model, _, stored = tags["segray.version"].rpartition("@")
-        assert resolve_version(tags["segray.checkpoint_store"], model, stored)["version"] == "tracked"
+        assert resolve_version(tags["segray.checkpoint_store"], model, stored)["version"] == "shared"
         (found,) = client.search_model_versions(f"tags.`segray.version` = '{training[name]['version']}'")
         assert (found.name, found.version) == (registered, version.version)
 
@@ -150,18 +147,19 @@ def test_a_registered_version_evaluates_to_the_runs_own_rows(tracked_run, mlflow
     as a version number does for the subset's training, and their rows equal the benchmark's,
     under the same version names."""
     client.set_registered_model_alias("segray-unet", "champion", "1")
-    out = tracked_run
-    argv = ["--preset", "demo", "--dataset", "synthetic:16", "--cache-dir", str(out / "cache"), "--output", str(out),
-            "--run-id", "champion", "--models", "unet,unet[frac=0.5]", "--image-size", "32",
+    out = tracked_run.out
+    argv = ["--preset", "demo", *tracked_run.dataset_options(), "--output", str(out),
+            "--run-id", "champion", "--models", "unet,unet[frac=0.5]", "--image-size", "64",
             "--version", "unet=models:/segray-unet@champion", "--version", "unet[frac=0.5]=models:/segray-unet-frac-0.5/1",
             *tracking(mlflow_server, "evaluations")]
     assert job("evaluate")(argv) == 0
     columns = ["image_id", "model", "model_version", "iou", "dice"]
-    before = pq.read_table(out / "tracked" / "predictions", columns=columns).to_pandas()
+    before = pq.read_table(tracked_run.run / "predictions", columns=columns).to_pandas()
+    before = before[before["model"].isin(["unet", "unet[frac=0.5]"])]
     after = pq.read_table(out / "champion" / "predictions", columns=columns).to_pandas()
-    assert len(after) == len(before) == 32
+    assert len(after) == len(before) == 40
     joined = before.merge(after, on=["image_id", "model", "model_version"], suffixes=("", "_again"))
-    assert len(joined) == 32  # the same version names: unet@tracked, unet[frac=0.5]@tracked
+    assert len(joined) == 40  # the same version names: unet@shared, unet[frac=0.5]@shared
     assert (joined["iou"] - joined["iou_again"]).abs().max() < 1e-6
     assert (joined["dice"] - joined["dice_again"]).abs().max() < 1e-6
     (evaluation,) = runs_of(client, "evaluations", "run")
@@ -170,9 +168,9 @@ def test_a_registered_version_evaluates_to_the_runs_own_rows(tracked_run, mlflow
 
 
 def test_a_version_selector_that_names_nothing_is_an_error(tracked_run, mlflow_server, capsys):
-    out = tracked_run
-    base = ["--preset", "demo", "--dataset", "synthetic:16", "--cache-dir", str(out / "cache"), "--output", str(out),
-            "--models", "unet", "--image-size", "32"]
+    out = tracked_run.out
+    base = ["--preset", "demo", *tracked_run.dataset_options(), "--output", str(out), "--models", "unet",
+            "--image-size", "64"]
     assert job("evaluate")([*base, "--run-id", "none", "--version", "unet=models:/segray-unet/99",
                             *tracking(mlflow_server, "evaluations")]) == 2
     assert "models:/segray-unet/99" in capsys.readouterr().err
@@ -192,30 +190,30 @@ def test_serve_and_reevaluate_take_a_registered_version(tracked_run, mlflow_serv
     args = p.parse_args(["--models", "unet", "--version", "unet=models:/segray-unet@champion",
                          *tracking(mlflow_server, "serving")])
     (spec,) = serve_settings(p, args).specs
-    assert spec.version == "unet@tracked"
+    assert spec.version == "unet@shared"
 
-    out = tracked_run
-    assert job("reevaluate")(["--preset", "demo", "--dataset", "synthetic:16", "--cache-dir", str(out / "cache"),
-                              "--results", str(out / "table"), "--run-id", "nightly", "--models", "unet",
-                              "--image-size", "32", "--version", "unet=models:/segray-unet/1",
+    out = tracked_run.out
+    assert job("reevaluate")(["--preset", "demo", *tracked_run.dataset_options(), "--results",
+                              str(out / "registered-table"), "--run-id", "nightly", "--models", "unet",
+                              "--image-size", "64", "--version", "unet=models:/segray-unet/1",
                               *tracking(mlflow_server, "nightly")]) == 0
-    rows = pq.read_table(out / "table" / "run=nightly", columns=["model_version"]).to_pandas()
-    assert set(rows["model_version"]) == {"unet@tracked"}
+    rows = pq.read_table(out / "registered-table" / "run=nightly", columns=["model_version"]).to_pandas()
+    assert set(rows["model_version"]) == {"unet@shared"}
     (nightly,) = runs_of(client, "nightly", "run")
     assert nightly.data.tags["segray.kind"] == "reevaluate"
-    assert nightly.data.metrics["unet_at_tracked/images"] == 16
+    assert nightly.data.metrics["unet_at_shared/images"] == 20
 
 
 def test_a_run_logged_again_is_not_duplicated(tracked_run, mlflow_server, client, capsys):
     """Logged again into its experiment, a run is found there; logged into another
     experiment, it is that one's too, and the first keeps its registered versions."""
     before = {run.info.run_id for run in runs_of(client, "benchmarks")}
-    assert job("log_mlflow")([str(tracked_run / "tracked"), *tracking(mlflow_server, "benchmarks")]) == 0
+    assert job("log_mlflow")([str(tracked_run.run), *tracking(mlflow_server, "benchmarks")]) == 0
     assert "was logged already" in capsys.readouterr().out
     assert {run.info.run_id for run in runs_of(client, "benchmarks")} == before
-    recorded = json.loads((tracked_run / "tracked" / "run.json").read_text())["mlflow"]
-    assert recorded["registered"] == ["models:/segray-unet/1", "models:/segray-unet-frac-0.5/1"]  # kept
-    assert job("log_mlflow")([str(tracked_run / "tracked"), *tracking(mlflow_server, "copy")]) == 0
+    recorded = json.loads((tracked_run.run / "run.json").read_text())["mlflow"]
+    assert sorted(recorded["registered"]) == sorted(f"models:/{name}/1" for name in TRAININGS.values())  # kept
+    assert job("log_mlflow")([str(tracked_run.run), *tracking(mlflow_server, "copy")]) == 0
     assert len(runs_of(client, "copy", "run")) == 1
     versions = client.search_model_versions("name = 'segray-unet'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
@@ -228,7 +226,7 @@ def test_a_tracking_server_that_is_down_loses_nothing(ray_session, mlflow_server
     warning that says how to log it. The server then goes away in the middle of logging it:
     that attempt fails and leaves an unfinished run. Once the server is back,
     jobs/log_mlflow.py replaces that attempt: one finished run, one version per training."""
-    proxy = S3Proxy(int(mlflow_server.rsplit(":", 1)[1]))  # a loopback relay the test can cut
+    proxy = S3Proxy(int(mlflow_server.rsplit(":", 1)[1]), free_port())  # a loopback relay the test can cut
     proxy.cut()
     argv = ["--preset", "demo", "--dataset", str(synthetic_root), "--models", "unet", "--image-size", "32",
             "--unet-epochs", "1", "--output", str(tmp_path), "--run-id", "offline", *tracking(proxy.url, "down")]
@@ -293,10 +291,10 @@ def test_a_version_registered_by_hand_is_named_by_its_number_not_its_alias(track
     first = client.get_model_version("segray-unet", "1")
     by_hand = client.create_model_version("segray-unet", source=first.source, run_id=first.run_id)
     client.set_registered_model_alias("segray-unet", "by-hand", by_hand.version)
-    found = resolve_registered("models:/segray-unet@by-hand", "unet", mlflow_server, str(tracked_run / "cache"))
+    found = resolve_registered("models:/segray-unet@by-hand", "unet", mlflow_server, str(tracked_run.out / "cache"))
     assert found["version"] == f"models:/segray-unet/{by_hand.version}"
 
 
 def test_a_tracking_uri_mlflow_cannot_use_is_a_warning_not_a_failure(tracked_run, capsys):
-    assert job("log_mlflow")([str(tracked_run / "tracked"), "--mlflow-tracking-uri", "htp://127.0.0.1:1"]) == 1
+    assert job("log_mlflow")([str(tracked_run.run), "--mlflow-tracking-uri", "htp://127.0.0.1:1"]) == 1
     assert "warning: the run was not logged in MLflow (htp://127.0.0.1:1)" in capsys.readouterr().out

@@ -2,7 +2,6 @@
 LangSAM prompt x threshold sweep, and the report section that answers the seeds' question."""
 
 import html
-import json
 import re
 
 import numpy as np
@@ -20,7 +19,6 @@ from segray.report.analysis import analyze
 from segray.report.sweep import analyze_sweep, halves, pareto
 from segray.train import passes_per_epoch, training_rows
 from tests.conftest import job
-from tests.test_jobs import langsam_options
 from tests.test_report import crafted_rows
 
 
@@ -52,45 +50,34 @@ def test_a_subset_trains_as_many_steps_as_the_whole_split():
     assert [passes_per_epoch(f) for f in (None, 1.0, 0.5, 0.25, 0.3, 0.05)] == [1, 1, 2, 4, 3, 20]
 
 
-@pytest.fixture(scope="module")
-def sweep_run(ray_session, tiny_weights, tmp_path_factory):
-    """A tiny sweep: unet on 3 nested fractions beside a 2-prompt x 2-threshold LangSAM sweep,
-    its trainings recorded in a checkpoint store."""
-    out = tmp_path_factory.mktemp("sweep")
-    argv = ["--preset", "demo", "--dataset", "synthetic:20", "--cache-dir", str(out / "cache"),
-            "--output", str(out), "--run-id", "sweep", "--image-size", "32", "--models", "unet,langsam",
-            "--unet-epochs", "1", "--train-fractions", "0.25,0.5,1", *langsam_options(tiny_weights),
-            "--langsam-prompts", "human.", "--langsam-box-thresholds", "0.5",
-            "--checkpoint-store", str(out / "store")]
-    return job("benchmark")(argv), out
-
-
-def test_each_fraction_is_its_own_model_in_the_rows_the_training_and_the_store(sweep_run, tmp_path):
-    status, out = sweep_run
-    assert status == 0
-    summary = json.loads((out / "sweep" / "summary.json").read_text())
+def test_each_fraction_is_its_own_model_in_the_rows_the_training_and_the_store(shared_run, tmp_path):
+    """The shared run trains each network on the whole train split and on half of it."""
+    out = shared_run.out
+    assert shared_run.status == 0
+    summary = shared_run.read("summary.json")
     assert summary["status"] == "complete"
-    names = {"unet": (16, 1), "unet[frac=0.5]": (8, 2), "unet[frac=0.25]": (4, 4)}  # 16 train images of 20
-    training = json.loads((out / "sweep" / "training.json").read_text())
+    train = summary["manifest"]["train"]
+    names = {"unet": (train, 1), "unet[frac=0.5]": (train // 2, 2),
+             "resnet34_unet": (train, 1), "resnet34_unet[frac=0.5]": (train // 2, 2)}
+    training = shared_run.read("training.json")
     assert set(training) == set(names)
     for name, (images, passes) in names.items():
         assert (training[name]["train_images"], training[name]["passes_per_epoch"]) == (images, passes)
-        assert training[name]["version"] == f"{name}@sweep"
-        assert summary["models"][name]["model_version"] == f"{name}@sweep"
-        assert (out / "store" / name / "sweep" / "record.json").exists()
-    assert read_meta(training["unet[frac=0.25]"]["checkpoint"])["train_fraction"] == 0.25
-    rows = pq.read_table(out / "sweep" / "predictions").to_pandas()
+        assert training[name]["version"] == f"{name}@shared"
+        assert summary["models"][name]["model_version"] == f"{name}@shared"
+        assert (out / "store" / name / "shared" / "record.json").exists()
+    assert read_meta(training["unet[frac=0.5]"]["checkpoint"])["train_fraction"] == 0.5
+    rows = pq.read_table(shared_run.run / "predictions").to_pandas()
     assert rows.groupby("model")["image_id"].nunique().eq(20).all()
 
     # The store's subset version evaluates again under its own name, with the same rows.
     again = tmp_path / "again"
-    assert job("evaluate")(["--dataset", "synthetic:20", "--cache-dir", str(out / "cache"), "--output", str(again),
-                            "--run-id", "frac", "--models", "unet[frac=0.25]",
-                            "--checkpoint-store", str(out / "store")]) == 0
+    assert job("evaluate")([*shared_run.dataset_options(), "--output", str(again), "--run-id", "frac",
+                            "--models", "unet[frac=0.5]", "--checkpoint-store", str(out / "store")]) == 0
     evaluated = pq.read_table(again / "frac" / "predictions").to_pandas()
-    assert set(evaluated["model"]) == {"unet[frac=0.25]"}
-    assert set(evaluated["model_version"]) == {"unet[frac=0.25]@sweep"}
-    mine = rows[rows["model"] == "unet[frac=0.25]"].set_index("image_id")["iou"].sort_index()
+    assert set(evaluated["model"]) == {"unet[frac=0.5]"}
+    assert set(evaluated["model_version"]) == {"unet[frac=0.5]@shared"}
+    mine = rows[rows["model"] == "unet[frac=0.5]"].set_index("image_id")["iou"].sort_index()
     assert evaluated.set_index("image_id")["iou"].sort_index().to_numpy() == pytest.approx(mine.to_numpy())
 
 
@@ -154,22 +141,23 @@ def test_pareto_keeps_what_nothing_else_beats_on_both_cost_and_accuracy():
     assert pareto([(1, 0.5), (2, 0.7), (3, 0.6), (2, 0.7), (0.5, 0.1)]) == [True, True, False, True, True]
 
 
-def test_the_sweeps_report_answers_with_three_figures_and_a_verdict(sweep_run):
-    status, out = sweep_run
-    assert status == 0
-    page = (out / "sweep" / "report" / "report.html").read_text()
+def test_the_sweeps_report_answers_with_three_figures_and_a_verdict(shared_run):
+    assert shared_run.status == 0
+    report = shared_run.run / "report"
+    page = (report / "report.html").read_text()
     for figure in ("learning_curve", "langsam_sensitivity", "cost_frontier"):
         assert f"<img alt='{figure}' src='data:image/png;base64," in page
-        assert (out / "sweep" / "report" / f"{figure}.png").stat().st_size > 1000
+        assert (report / f"{figure}.png").stat().st_size > 1000
     text = html.unescape(page)
     verdict = re.search(r"<b>Verdict:</b> (.*?) On the val split", text).group(1)
     assert verdict.startswith(("Against LangSAM's best configuration, langsam/", "No trained network beats LangSAM's"))
-    assert "on the 2 held-out images" in verdict and "unet" in verdict
-    assert "LangSAM's best configuration was chosen on the other 2" in text
+    val = shared_run.read("summary.json")["manifest"]["val"]
+    assert f"on the {val - val // 2} held-out images" in verdict and "unet" in verdict
+    assert f"LangSAM's best configuration was chosen on the other {val // 2}" in text
     # The sweep's other settings are in its own section, not in every table and gallery.
     assert "alt='worst_langsam-sam_score-person.-0.0-'" in page and "alt='worst_langsam-sam_score-human" not in page
     accuracy = text.split("<h2>Accuracy per model</h2>")[1].split("<h2>")[0]
-    assert "langsam/union[person.@0.0]" in accuracy and "langsam/union[human.@0.5]" not in accuracy
+    assert "langsam/union[person.@0.0]" in accuracy and "langsam/union[human.@0.999]" not in accuracy
 
 
 def test_the_console_leaves_the_other_sweep_settings_to_the_report(capsys):
