@@ -23,6 +23,8 @@ from segray.models.base import ModelSpec
 from segray.results.read import read_rows
 from tests.conftest import JOBS, job
 
+pytestmark = pytest.mark.slow  # every test here runs a job or a server
+
 WAIT_S = 120  # a signal that has not come by then will not come: fail instead of hanging
 
 

@@ -23,6 +23,7 @@ from segray.report import IncompleteRun, write_report
 from segray.report.analysis import analyze, bootstrap_means, wilcoxon_p
 from segray.report.figures import figure_name
 from segray.schema import ROW_SCHEMA
+from tests.conftest import job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -243,20 +244,17 @@ def test_end_to_end_report(tmp_path):
     assert repro["config"]["models"] == MODELS
 
 
-def test_job_regenerates_and_refuses_an_incomplete_run(tmp_path):
+def test_job_regenerates_and_refuses_an_incomplete_run(tmp_path, capsys):
     run = fake_run(tmp_path)
-    done = subprocess.run([sys.executable, str(REPO / "jobs" / "report.py"), str(run), "--gpu-hour-usd", "3"],
-                          capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 0, done.stderr
-    assert str(run / "report" / "report.html") in done.stdout
+    assert job("report")([str(run), "--gpu-hour-usd", "3"]) == 0
+    assert str(run / "report" / "report.html") in capsys.readouterr().out
     assert "$3/GPU-hour" in (run / "report" / "report.md").read_text()
 
     (run / "summary.json").unlink()
     with pytest.raises(IncompleteRun):
         write_report(str(run))
-    failed = subprocess.run([sys.executable, str(REPO / "jobs" / "report.py"), str(run)],
-                            capture_output=True, text=True, cwd=REPO)
-    assert failed.returncode == 1 and "incomplete run" in failed.stderr
+    assert job("report")([str(run)]) == 1
+    assert "incomplete run" in capsys.readouterr().err
 
 
 def test_import_stays_light():

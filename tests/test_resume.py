@@ -26,7 +26,7 @@ from segray.results.read import read_rows
 from segray.results.resume import done_images
 from segray.run import mark_interrupted, open_run, update_record
 from segray.trainings import Trainings
-from tests.conftest import JOBS, job, untrained_unet
+from tests.conftest import JOBS, job, needs_root, untrained_unet
 from tests.test_faults import assert_one_row_per_pair, wait_for
 
 STOP_S = 30  # the most a job may take from the signal to its exit
@@ -52,6 +52,7 @@ def stop(process: subprocess.Popen, signum: int, log: Path) -> tuple[float, str]
     return time.monotonic() - sent, log.read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_training_stops_the_run_and_resume_finishes_it(ray_session, synthetic_root, tmp_path, capsys):
     argv = ["--preset", "demo", "--dataset", str(synthetic_root), "--models", "unet", "--image-size", "64",
             "--unet-epochs", "12", "--output", str(tmp_path), "--run-id", "r"]  # epochs of about a second
@@ -93,6 +94,7 @@ def test_ctrl_c_mid_training_stops_the_run_and_resume_finishes_it(ray_session, s
     assert "nothing to resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigterm_mid_evaluation_then_resume_evaluates_only_the_missing_pairs(ray_session, synthetic_root, tmp_path):
     checkpoint = untrained_unet(tmp_path / "unet", base_width=32, image_size=256)  # slow enough to be caught
     argv = ["--preset", "demo", "--dataset", str(synthetic_root), "--models", "unet", "--checkpoint",
@@ -188,6 +190,8 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "--lazy", str(disk)], check=True)
 
 
+@pytest.mark.slow
+@needs_root
 def test_a_full_disk_fails_the_run_naming_the_path_and_resume_finishes_it(ray_session, synthetic_root, tmp_path,
                                                                            small_disk, capsys):
     disk, grow = small_disk

@@ -13,7 +13,7 @@ from segray.data.manifest import build_manifest
 from segray.errors import DatasetError, RunError
 from segray.results.read import read_rows
 from segray.run import prepare_run_dir
-from tests.conftest import job
+from tests.conftest import free_port, job
 
 _buckets = itertools.count()
 
@@ -30,24 +30,15 @@ def upload(local_dir, uri: str) -> None:
     pafs.copy_files(str(local_dir), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
-def test_benchmark_with_data_and_results_on_s3_matches_a_local_run(ray_session, dataset_copy, bucket, tiny_weights, tmp_path):
-    upload(dataset_copy, f"s3://{bucket}/mads")
-    detector, sam = tiny_weights
-    common = ["--preset", "demo", "--image-size", "64", "--models", "unet,langsam",
-              "--langsam-detector", str(detector), "--langsam-sam", str(sam), "--langsam-box-threshold", "0"]
-    assert job("benchmark")([*common, "--dataset", f"s3://{bucket}/mads", "--output", f"s3://{bucket}/runs",
-                             "--run-id", "s3", "--unet-epochs", "1"]) == 0
-
-    run = f"s3://{bucket}/runs/s3"
-    summary = json.loads(storage.read_bytes(f"{run}/summary.json"))
+def test_benchmark_with_data_and_results_on_s3_matches_a_local_run(s3_run):
+    assert s3_run.status == (0, 0)
+    summary = json.loads(storage.read_bytes(f"{s3_run.run}/summary.json"))
     assert summary["status"] == "complete" and summary["rows"]["written"] == 12 * 6
-    assert summary["training"]["unet"]["checkpoint"].startswith(f"s3://{bucket}/runs/s3/train/unet/")
-    on_s3 = read_rows(f"{run}/predictions")
+    assert summary["training"]["unet"]["checkpoint"].startswith(f"{s3_run.run}/train/unet/")
+    on_s3 = read_rows(f"{s3_run.run}/predictions")
 
     # The same checkpoint evaluated locally, on the local copy of the data, gives the same rows.
-    assert job("evaluate")([*common, "--dataset", str(dataset_copy), "--output", str(tmp_path),
-                            "--run-id", "local", "--checkpoints-from", run]) == 0
-    local = read_rows(str(tmp_path / "local" / "predictions"))
+    local = read_rows(str(s3_run.local_runs / "local" / "predictions"))
     columns = ["image_id", "model", "status", "iou"]
     key = ["image_id", "model"]
     assert on_s3[columns].sort_values(key).reset_index(drop=True).equals(
@@ -55,11 +46,7 @@ def test_benchmark_with_data_and_results_on_s3_matches_a_local_run(ray_session, 
     )
 
 
-def test_a_missing_bucket_fails_before_any_work(s3_endpoint):
-    with pytest.raises(RunError, match="s3://no-such-bucket-here/runs/x: cannot write the run there"):
-        prepare_run_dir("s3://no-such-bucket-here/runs/x", overwrite=False)
-
-
+@pytest.mark.slow  # the client's retries take seconds
 def test_an_unreachable_endpoint_names_the_uri_and_the_cause(s3_endpoint, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(DatasetError, match="s3://anything/mads: cannot read the dataset"):
@@ -86,9 +73,7 @@ def s3_with_keys(tmp_path_factory):
     import sys
     import time
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

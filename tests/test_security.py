@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import io
-import logging
 import os
 import pickle
 from pathlib import Path
@@ -23,7 +22,6 @@ from segray import storage
 from segray.data.manifest import build_manifest
 from segray.models.checkpoint import OPTIMIZER_FILE, load_network, load_optimizer_state, save_checkpoint
 from segray.models.networks import build_network
-from tests.conftest import job
 
 REPO = Path(__file__).parents[1]
 
@@ -169,38 +167,21 @@ def test_secret_leaks_finds_a_secret_in_raw_and_parquet_bytes():
     assert secret_leaks("log.txt", b"x CANARY-1234 y", ["CANARY-1234", "other"]) == ["log.txt: CANARY-1234"]
 
 
-def test_no_credential_reaches_logs_outputs_or_s3(ray_session, dataset_copy, tmp_path, monkeypatch, caplog, capsys):
-    import boto3
-
-    # The shared moto endpoint accepts any secret; the Ray workers keep the session's.
-    secrets = [os.environ["AWS_SECRET_ACCESS_KEY"], "CANARY-aws-secret-4d1f", "CANARY-aws-session-8b2e",
-               "CANARY-kaggle-key-51c7", "CANARY-kaggle-token-93aa"]
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secrets[1])
-    monkeypatch.setenv("AWS_SESSION_TOKEN", secrets[2])
-    monkeypatch.setenv("KAGGLE_USERNAME", "segray-canary")
-    monkeypatch.setenv("KAGGLE_KEY", secrets[3])
-    monkeypatch.setenv("KAGGLE_API_TOKEN", secrets[4])
-    caplog.set_level(logging.INFO)
-    boto3.client("s3").create_bucket(Bucket="segray-secrets")
-    common = ["--preset", "demo", "--models", "unet", "--image-size", "32", "--unet-base-width", "4", "-v"]
-
-    trained = job("benchmark")([*common, "--dataset", str(dataset_copy), "--output", "s3://segray-secrets/runs",
-                                "--run-id", "s3", "--unet-epochs", "1"])
-    evaluated = job("evaluate")([*common, "--dataset", str(dataset_copy), "--output", str(tmp_path / "runs"),
-                                 "--run-id", "local", "--checkpoints-from", "s3://segray-secrets/runs/s3"])
-    assert (trained, evaluated) == (0, 0)
-
+def test_no_credential_reaches_logs_outputs_or_s3(ray_session, s3_run):
+    """The session's S3 benchmark and its local evaluation ran with canary secrets in the
+    environment: none is in a file they wrote (on S3 or locally), what they printed or logged,
+    or Ray's logs."""
+    assert s3_run.status == (0, 0)
     files = {}
-    fs, path = storage.resolve("s3://segray-secrets/runs")
+    fs, path = storage.resolve(f"s3://{s3_run.bucket}/runs")
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
         if info.type == pafs.FileType.File:
             files[f"s3://{info.path}"] = storage.read_bytes(f"s3://{info.path}")
-    for file in (tmp_path / "runs").rglob("*"):
+    for file in s3_run.local_runs.rglob("*"):
         if file.is_file():
             files[str(file)] = file.read_bytes()
-    captured = capsys.readouterr()
-    files["log records"] = caplog.text.encode()
-    files["stdout"], files["stderr"] = captured.out.encode(), captured.err.encode()
+    files.update({name: text.encode() for name, text in s3_run.said.items()})
+    assert "INFO" in s3_run.said["log records"]  # logged at INFO (-v)
     # Ray's own logs of this session: the workers' output and the runtime environment.
     ray_logs = Path("/tmp/ray") / ray_session.get_runtime_context().get_session_name() / "logs"
     assert ray_logs.is_dir()
@@ -210,7 +191,7 @@ def test_no_credential_reaches_logs_outputs_or_s3(ray_session, dataset_copy, tmp
 
     assert any(name.endswith(".parquet") for name in files) and any("summary.json" in name for name in files)
     assert any(name.endswith("model.safetensors") for name in files)
-    assert [leak for name, data in files.items() for leak in secret_leaks(name, data, secrets)] == []
+    assert [leak for name, data in files.items() for leak in secret_leaks(name, data, s3_run.secrets)] == []
 
 
 # ---------------------------------------------------------------------------- shell

@@ -6,7 +6,6 @@ import base64
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,13 @@ import torch
 
 from segray.models.checkpoint import save_checkpoint
 from segray.models.networks import build_network
-from tests.conftest import JOBS, job
+from tests.conftest import JOBS, free_port, job
+
+pytestmark = pytest.mark.slow  # every test here runs a job or a server
 
 MAX_PIXELS = 600_000  # the synthetic images are 512x384 = 196,608 pixels
 MAX_BYTES = 2 << 20
 IMAGES = 6  # compared with the evaluation's rows
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_checkpoints(root: Path) -> dict[str, Path]:

@@ -51,6 +51,7 @@ def val_iou(segmenter, manifest) -> float:
     return float(np.mean(scores))
 
 
+@pytest.mark.slow
 def test_training_clearly_beats_the_untrained_network(small_sets, tmp_path):
     manifest, datasets = small_sets
     config = TrainConfig(image_size=64, batch_size=4, lr=3e-3, epochs={"unet": 15}, num_workers=1, cpus_per_worker=2)
