@@ -262,11 +262,19 @@ def check_nodes_see(paths: dict[str, str]) -> None:
     answers = {f"{node['NodeManagerAddress']} (node {node['NodeID'][:8]})": probe.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(list(local.values()))
         for node in nodes}
-    try:
-        missing = dict(zip(answers, ray.get(list(answers.values()), timeout=NODE_CHECK_TIMEOUT_S)))
-    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as error:
-        log.warning("could not check that every node sees %s: %s", ", ".join(local.values()), error)
-        return
+    # A node that died a moment ago is still listed alive: check the nodes that answer.
+    ready, _ = ray.wait(list(answers.values()), num_returns=len(answers), timeout=NODE_CHECK_TIMEOUT_S)
+    missing = {}
+    for node, answer in answers.items():
+        try:
+            if answer in ready:
+                missing[node] = ray.get(answer)
+        except ray.exceptions.RayError:
+            pass
+    silent = [node for node in answers if node not in missing]
+    if silent:
+        log.warning("could not check that %s see %s: no answer within %d s", ", ".join(silent),
+                    ", ".join(local.values()), NODE_CHECK_TIMEOUT_S)
     unseen = [f"{option} {path} is not on {', '.join(n for n, paths in missing.items() if path in paths)}"
               for option, path in local.items() if any(path in paths for paths in missing.values())]
     if unseen:

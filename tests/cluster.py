@@ -115,12 +115,16 @@ class LocalCluster:
 
     def stop(self, keep_head: bool = False) -> None:
         """Stop the nodes, the head too unless `keep_head`: killed whole, as `kill` does (a
-        `ray start --block` given SIGTERM took up to 30 s to stop its processes)."""
+        `ray start --block` given SIGTERM took up to 30 s to stop its processes). With the head
+        kept, until it has seen them go: a node it still lists as alive would be given work."""
         for node in reversed(self.nodes[1:] if keep_head else self.nodes):
             if node.poll() is None:
                 self.kill(node)
         self.nodes = self.nodes[:1] if keep_head else []
         if keep_head:
+            deadline = time.monotonic() + 120
+            while self.alive_workers() and time.monotonic() < deadline:
+                time.sleep(0.5)
             return
         leftover = str(self.root).encode()
         for entry in Path("/proc").iterdir():  # anything the nodes left behind
@@ -157,6 +161,16 @@ class LocalCluster:
             return False
         raylets = [n.get("raylet", {}) for n in summary]
         return any(r.get("tempDir") == str(self.root / name) and r.get("state") == "ALIVE" for r in raylets)
+
+    def alive_workers(self) -> list[str]:
+        """The temp dirs of the nodes other than the head that the head lists as alive."""
+        try:
+            with urllib.request.urlopen(f"{self.http}/nodes?view=summary", timeout=2) as answer:
+                summary = json.loads(answer.read())["data"]["summary"]
+        except (OSError, KeyError, ValueError):
+            return []
+        raylets = [n.get("raylet", {}) for n in summary]
+        return [r["tempDir"] for r in raylets if r.get("state") == "ALIVE" and r.get("tempDir") != str(self.root / "head")]
 
     def wait_until_alive(self, name: str, node: subprocess.Popen, timeout: float = 120) -> None:
         """Until the node `name` is alive; fails if its `ray start` exits."""
