@@ -295,18 +295,20 @@ def missing_paths(paths: list[str]) -> list[str]:
 @contextmanager
 def stop_on_signals(config: BenchmarkConfig) -> Iterator[None]:
     """While in the block, Ctrl-C (SIGINT) and SIGTERM (what `ray job stop` and Kubernetes
-    send) end the job at once, wherever its main thread waits: `interrupted` runs (for at
-    most SHUTDOWN_WAIT_S), then the process exits 128 + the signal (130, 143) without
-    waiting for its threads, which may be waiting on Ray for hours. `--resume` takes the
-    run up again. A second signal while it stops exits at once. The previous handlers come
-    back after the block."""
+    send) end the job at once, wherever its main thread waits: `mark_interrupted` runs (for
+    at most SHUTDOWN_WAIT_S), then the process exits 128 + the signal (130, 143) without
+    waiting for its threads, which may be waiting on Ray for hours. Ray ends the job's
+    trainers and actor pools with their owner, this process; a `ray.shutdown()` here would
+    race those threads, and Ray exits a process with code 1 when a thread calls it after
+    shutdown. `--resume` takes the run up again. A second signal while it stops exits at
+    once. The previous handlers come back after the block."""
     stopping = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
         if stopping.is_set():
             os._exit(128 + signum)
         stopping.set()
-        stopper = threading.Thread(target=interrupted, args=(config, signum), daemon=True)
+        stopper = threading.Thread(target=mark_interrupted, args=(config, signum), daemon=True)
         stopper.start()
         stopper.join(SHUTDOWN_WAIT_S)
         sys.stdout.flush()
@@ -319,14 +321,6 @@ def stop_on_signals(config: BenchmarkConfig) -> Iterator[None]:
     finally:
         for signum, before in previous.items():
             signal.signal(signum, before)
-
-
-def interrupted(config: BenchmarkConfig, signum: int) -> None:
-    """`mark_interrupted`; then Ray is shut down, and the job's trainers and actor pools with it."""
-    mark_interrupted(config, signum)
-    import ray
-
-    ray.shutdown()
 
 
 def mark_interrupted(config: BenchmarkConfig, signum: int) -> None:
