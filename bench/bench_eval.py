@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="every model's batch size, both sides (default 16)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads of the plain loop (default: torch's, one per core)")
-    parser.add_argument("--cpus-per-actor", type=float, default=EvalConfig.cpus_per_actor,
+    parser.add_argument("--cpus-per-actor", type=float, default=EvalConfig().cpus_per_actor,
                         help="Ray CPUs of each model actor (default: EvalConfig's)")
     parser.add_argument("--max-actors", type=int, help="each pool's maximum actors (default: EvalConfig's, as many as fit)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
@@ -119,7 +119,7 @@ def main() -> None:
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     config = EvalConfig(batch_size=dict.fromkeys(names, args.batch_size), cpus_per_actor=args.cpus_per_actor,
                         decode_batch_size=args.batch_size,
-                        max_actors=dict.fromkeys(names, args.max_actors) if args.max_actors else {})
+                        actors=dict.fromkeys(names, f"1-{args.max_actors}") if args.max_actors else {})
     with tempfile.TemporaryDirectory() as tmp:
         detector, sam = save_tiny_langsam(Path(tmp) / "tiny")
         params = {"unet": {**MODEL_PARAMS["unet"], "image_size": args.image_size},

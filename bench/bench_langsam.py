@@ -1,9 +1,9 @@
-"""Batched LangSAM vs the seeds' loop: images/s of each, same models, same images, one run.
+"""Batched LangSAM vs the article's loop: images/s of each, same models, same images, one run.
 
-The seeds called `LangSAM().predict([image], [prompt])` once per image. Here the same
+The article called `LangSAM().predict([image], [prompt])` once per image. Here the same
 `LangSAMSegmenter` is driven two ways:
 
-  loop     predict([image]) for each image (what the seeds did);
+  loop     predict([image]) for each image (what the article did);
   batched  predict(images[i:i+B]) (one GroundingDINO and one SAM2 forward per batch).
 
 By default it writes the tiny random models (segray.models.tiny_langsam) to a temp dir
@@ -27,14 +27,14 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from segray.config import LangSAMConfig
 from segray.models.base import ModelSpec, resolve_device
-from segray.models.langsam import LangSAMConfig, LangSAMSegmenter
+from segray.models.langsam import LangSAMSegmenter
 from segray.models.langsam_rules import RULES
 from segray.models.tiny_langsam import save_tiny_langsam
 from segray.report.provenance import hardware
@@ -133,7 +133,7 @@ def main() -> None:
     print(f"hardware:  {hw['cpu']}, {hw['cores']} cores, torch threads {torch.get_num_threads()}; "
           f"GPUs: {hw['gpus'] or 'none'}; device: {device}; torch {torch.__version__}")
     print(f"images:    {len(images)} x {sizes if len(sizes) > 1 else sizes[0]}, best of {args.repeats} passes")
-    print(f"loop:      {loop_rate:8.2f} images/s   (predict([image]) per image, as the seeds)")
+    print(f"loop:      {loop_rate:8.2f} images/s   (predict([image]) per image, as the article did)")
     print(f"batched:   {batch_rate:8.2f} images/s   (batch size {args.batch_size})")
     print(f"ratio:     {batch_rate / loop_rate:8.2f} x")
 
@@ -143,8 +143,9 @@ def measure_sweep(model: LangSAMSegmenter, images: list[np.ndarray], args: argpa
     """The default setting alone, the sweep from shared forwards, and every setting on its
     own, batched, alternating pass by pass; best pass of each."""
     single = model.config
-    sweep = LangSAMConfig.from_params({**{f: getattr(single, f) for f in ("detector", "sam", "bf16")},
-                                       "prompts": args.prompts or [], "box_thresholds": args.box_thresholds or []})
+    listed = {key: [item for item in (getattr(args, key) or "").split(",") if item]
+              for key in ("prompts", "box_thresholds")}
+    sweep = LangSAMConfig.model_validate({**single.model_dump(), **listed})
     settings = sweep.settings
 
     def batched(config: LangSAMConfig, imgs: list[np.ndarray]) -> None:
@@ -154,7 +155,7 @@ def measure_sweep(model: LangSAMSegmenter, images: list[np.ndarray], args: argpa
 
     def each_alone(imgs: list[np.ndarray]) -> None:
         for setting in settings:
-            batched(replace(single, prompt=setting.prompt, box_threshold=setting.box_threshold), imgs)
+            batched(single.model_copy(update={"prompt": setting.prompt, "box_threshold": setting.box_threshold}), imgs)
 
     batched(sweep, images[: args.batch_size])  # warm-up
     rates = {"single": 0.0, "sweep": 0.0, "each alone": 0.0}

@@ -9,7 +9,7 @@ utilisation is reported. The table is printed, and written as Markdown with `--m
     python bench/bench_models.py --size 256 --batch 32 --device cuda \
         --langsam-detector weights/tiny/grounding-dino --langsam-sam weights/tiny/sam2 --bf16
 
-The UNet is the seeds' (width 64) unless `--unet-base-width` says otherwise; the
+The UNet is the article's (width 64) unless `--unet-base-width` says otherwise; the
 ResNet34-UNet's encoder is random (`encoder_weights=none`): throughput does not depend on
 the weights. LangSAM runs only when its two folders (or hub ids) are given.
 """
@@ -87,11 +87,11 @@ def throughput(spec: ModelSpec, images: list[np.ndarray], batch: int, batches: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=96, help="model input size (default 96; the seeds' is 256)")
+    parser.add_argument("--size", type=int, default=96, help="model input size (default 96; the article's is 256)")
     parser.add_argument("--batch", type=int, default=8, help="images per predict call (default 8)")
     parser.add_argument("--batches", type=int, default=4, help="timed batches per model (default 4)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--unet-base-width", type=int, default=64, help="the UNet's first width (default 64, the seeds')")
+    parser.add_argument("--unet-base-width", type=int, default=64, help="the UNet's first width (default 64, the article's)")
     parser.add_argument("--langsam-detector", help="GroundingDINO folder or hub id (LangSAM is skipped without it)")
     parser.add_argument("--langsam-sam", help="SAM2 folder or hub id")
     parser.add_argument("--bf16", action="store_true", help="LangSAM under bf16 autocast (CUDA only)")

@@ -79,17 +79,17 @@ def start_api(checkpoint: str, max_batch: int, wait_ms: float) -> str:
 
     from segray.run import start_ray
     from segray.serve.app import APP_NAME, application
-    from segray.serve.options import serve_parser, serve_settings
+    from segray.serve.options import serve_settings
+    from segray.settings import load
 
     start_ray()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = serve_parser("bench")
-    args = p.parse_args(["--models", "unet", "--checkpoint", f"unet={checkpoint}", "--replicas", "1",
-                         "--max-batch-size", str(max_batch), "--batch-wait-ms", str(wait_ms)])
+    config = load("serve", ["--models", "unet", "--checkpoint", f"unet={checkpoint}", "--replicas", "1",
+                            "--max-batch-size", str(max_batch), "--batch-wait-ms", str(wait_ms)])
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(application(serve_settings(p, args, {})), name=APP_NAME, route_prefix="/")
+    serve.run(application(serve_settings(config, {})), name=APP_NAME, route_prefix="/")
     return f"http://127.0.0.1:{port}"
 
 

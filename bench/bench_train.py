@@ -36,7 +36,7 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # as the jobs: segr
 import numpy as np
 import torch
 
-from segray.config import TrainConfig
+from segray.config import Config
 from segray.data.manifest import read_folder
 from segray.data.synthetic import write_synthetic
 from segray.data.transforms import train_augment, val_augment
@@ -56,16 +56,17 @@ def cached_arrays(manifest, split: str, size: int) -> dict[str, np.ndarray]:
     return load_resized({"image_uri": rows["image_uri"].to_numpy(), "mask_uri": rows["mask_uri"].to_numpy()}, size)
 
 
-def plain_epochs(model: str, params: dict, train: dict, val: dict, config: TrainConfig, epochs: int) -> list[float]:
-    """The seeds' loop without Ray, on the cached arrays: seconds per epoch (train + validation)."""
-    torch.manual_seed(config.seed)
+def plain_epochs(model: str, train: dict, val: dict, settings: Config, epochs: int) -> list[float]:
+    """The article's loop without Ray, on the cached arrays: seconds per epoch (train + validation)."""
+    config = settings.train
+    torch.manual_seed(settings.seed)
     torch.set_num_threads(max(1, int(config.cpus_per_worker)))
-    network = build_network(model, params)
+    network = build_network(model, settings.params(model))
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
     criterion = torch.nn.BCEWithLogitsLoss()
     to_train = Augment(train_augment(), "cpu")
     to_val = Augment(val_augment(), "cpu")
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(settings.seed)
     times = []
     for _ in range(epochs):
         started = time.perf_counter()
@@ -106,15 +107,9 @@ def main() -> None:
     import ray
 
     params = MODEL_PARAMS[args.model]
-    config = TrainConfig(
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        lr=1e-3,
-        epochs={args.model: args.epochs},
-        num_workers=1,
-        cpus_per_worker=args.cpus_per_worker,
-        use_gpu=False,
-    )
+    config = Config(train={"image_size": args.image_size, "batch_size": args.batch_size, "lr": 1e-3,
+                           "cpus_per_worker": args.cpus_per_worker},
+                    cluster={"gpu": False}, **{args.model: {**params, "epochs": args.epochs}})
     with tempfile.TemporaryDirectory() as tmp:
         manifest = read_folder(str(write_synthetic(Path(tmp) / "set", args.images, seed=0))).table
         train, val = (cached_arrays(manifest, split, args.image_size) for split in ("train", "val"))
@@ -125,11 +120,10 @@ def main() -> None:
         polls = args.poll_s.split(",")
         plain_runs, ray_runs = [], {poll: [] for poll in polls}
         for repeat in range(args.repeats):
-            plain_runs.append(plain_epochs(args.model, params, train, val, config, args.epochs))
+            plain_runs.append(plain_epochs(args.model, train, val, config, args.epochs))
             for poll in polls:
                 os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = poll  # read by each fit's controller
-                result = train_model(args.model, params, datasets, config, str(Path(tmp) / "ray"),
-                                     f"bench-{repeat}-poll-{poll}")
+                result = train_model(args.model, config, datasets, str(Path(tmp) / f"bench-{repeat}-poll-{poll}"))
                 epochs = [entry["epoch_time_s"] for entry in result.history]
                 ray_runs[poll].append((epochs, result.train_time_s - sum(epochs)))
         ray.shutdown()

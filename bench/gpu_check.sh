@@ -2,7 +2,7 @@
 # The GPU check, one prepared command (under 8 minutes on one GPU):
 #   1. the demo-sized benchmark on CUDA: AMP training of both UNets, GPU actor pools,
 #      LangSAM with tiny weights in bf16, LangSAM evaluated while the UNets train;
-#   2. images/s of each model alone at the seeds' size (256 px, batch 32) with GPU
+#   2. images/s of each model alone at the article's size (256 px, batch 32) with GPU
 #      utilisation (bench/bench_models.py);
 # and writes both as Markdown to $OUT/gpu_check.md (OUT defaults to ./gpu-check).
 #

@@ -1,35 +1,33 @@
 """Log a finished run in MLflow afterwards, from its folder alone (e.g. the tracking server was down).
 
-    python jobs/log_mlflow.py runs/demo --mlflow-tracking-uri http://127.0.0.1:5000
-    python jobs/log_mlflow.py s3://bucket/results/run=20261204-0300 --mlflow-experiment nightly
+    python jobs/log_mlflow.py runs/demo --tracking.uri http://127.0.0.1:5000
+    python jobs/log_mlflow.py s3://bucket/results/run=20261204-0300 --tracking.experiment nightly
 
 RUN is a run folder (OUTPUT/RUN_ID of benchmark, evaluate or train) or a re-evaluation's
 committed partition (RESULTS/run=RUN_ID). It is logged as the job that wrote it would have:
-its config, metrics and report, one child run per trained model with its epoch curve, and
+its settings, metrics and report, one child run per trained model with its epoch curve, and
 each trained model's best checkpoint registered as a version of segray-MODEL (segray/tracking.py).
 A run logged already is not logged again. Exits 1 when the server cannot take it, 2 when
-RUN holds no finished run or no tracking URI is given.
+RUN holds no finished run or no tracking server is given.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from segray.cli import add_mlflow_options, mlflow_tracking
+from segray.cli import job_config, mlflow_tracking
 from segray.tracking import log_finished
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run_uri", metavar="RUN", help="a finished run's folder (local path or s3://)")
-    add_mlflow_options(p.add_argument_group("MLflow"))
-    args = p.parse_args(argv)
-    tracking_uri, experiment = mlflow_tracking(args)
+    config = job_config("log_mlflow", argv)
+    tracking_uri, experiment = mlflow_tracking(config)
     if not tracking_uri:
-        p.error("no tracking server: pass --mlflow-tracking-uri or set MLFLOW_TRACKING_URI")
+        print("error: no tracking server: set tracking.uri (--tracking.uri) or MLFLOW_TRACKING_URI",
+              file=sys.stderr)
+        return 2
     try:
-        logged = log_finished(args.run_uri, tracking_uri, experiment)
+        logged = log_finished(config.tracking.run, tracking_uri, experiment)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,15 +1,16 @@
 """Serve the benchmark's models as an HTTP API on Ray Serve, until Ctrl-C or SIGTERM.
 
     python jobs/serve.py --checkpoints-from runs/demo --models unet,resnet34_unet
-    python jobs/serve.py --checkpoint-store s3://bucket/store --version resnet34_unet=best --host 0.0.0.0
-    python jobs/serve.py --mlflow-tracking-uri http://HOST:5000 --version unet=models:/segray-unet@champion --models unet
+    python jobs/serve.py --checkpoints.store s3://bucket/store --checkpoints.versions resnet34_unet=best --serve.host 0.0.0.0
+    python jobs/serve.py --tracking.uri http://HOST:5000 --checkpoints.versions unet=models:/segray-unet@champion --models unet
     curl -s -H 'Content-Type: image/png' --data-binary @image.png localhost:8000/segment/unet
 
-The models and versions are chosen as jobs/evaluate.py chooses them from the same options,
-so the API's mask for an image is the mask_png an evaluation of those weights stores.
+The models and versions are chosen as jobs/evaluate.py chooses them from the same settings,
+so the API's mask for an image is the mask_png an evaluation of those weights stores. A
+Serve config file (jobs/serve_config.yaml) gives the same settings as its `args`.
 Routes: GET /healthz, GET /models, POST /segment/{model}[?variant=V|all]; docs at /docs.
-Joins the cluster of --ray-address or RAY_ADDRESS, else starts a local Ray. Exits 0 after a
-clean shutdown, 2 on bad arguments or when no model can be served.
+Joins the cluster of cluster.ray_address or RAY_ADDRESS, else starts a local Ray. Exits 0
+after a clean shutdown, 2 on bad settings or when no model can be served.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ import signal
 import sys
 import threading
 
-from segray.cli import set_up
-from segray.errors import CheckpointStoreError, RunError
-from segray.serve.options import serve_parser, serve_settings
+from segray.cli import job_config, set_up
+from segray.errors import CheckpointStoreError, RunError, SettingsError
+from segray.serve.options import serve_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = serve_parser(__doc__.split("\n\n")[0])
-    args = p.parse_args(argv)
-    set_up(args)
+    config = job_config("serve", argv)
+    set_up(config)
     import ray
     from ray import serve
 
@@ -35,24 +35,25 @@ def main(argv: list[str] | None = None) -> int:
     from segray.serve.app import APP_NAME, application
 
     try:
-        start_ray(args.ray_address)
-        settings = serve_settings(p, args, ray.cluster_resources())
-    except (RunError, CheckpointStoreError) as error:
+        start_ray(config.cluster.ray_address)
+        settings = serve_settings(config, ray.cluster_resources())
+    except (SettingsError, RunError, CheckpointStoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    serve.start(http_options={"host": args.host, "port": args.port})
+    host, port = config.serve.host, config.serve.port
+    serve.start(http_options={"host": host, "port": port})
     serve.run(application(settings), name=APP_NAME, route_prefix="/")
     served = ", ".join(f"{spec.name} ({spec.version})" for spec in settings.specs)
-    print(f"serving {served} at http://{args.host}:{args.port} (docs: /docs); Ctrl-C stops", flush=True)
+    print(f"serving {served} at http://{host}:{port} (docs: /docs); Ctrl-C stops", flush=True)
     for model, why in settings.unavailable.items():
         print(f"not served: {model}: {why}", flush=True)
     while not stop.wait(1):
         pass
     print("stopping", flush=True)
-    if args.ray_address or os.environ.get("RAY_ADDRESS"):
+    if config.cluster.ray_address or os.environ.get("RAY_ADDRESS"):
         serve.delete(APP_NAME)  # a shared cluster's other Serve applications keep running
     else:
         serve.shutdown()

@@ -30,3 +30,7 @@ class LockHeld(RuntimeError):
 class IncompleteRun(FileNotFoundError):
     """The run directory has no summary.json: the run did not finish."""
 
+
+
+class SettingsError(ValueError):
+    """A setting the job cannot take: where it came from, the key, and what is allowed (exit 2)."""

@@ -10,20 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 
 from segray import storage
-from segray.config import BenchmarkConfig
+from segray.config import TRAINABLE, Config
 from segray.data.manifest import Manifest
 from segray.errors import CheckpointStoreError
 from segray.evaluate import StreamModel, evaluate, stage_labels, variants
 from segray.evaluate.awaited import AwaitedModel, start_gate
 from segray.models.base import ModelSpec
-from segray.models.catalogue import TRAINABLE, variants_of, version_of
+from segray.models.catalogue import variants_of, version_of
 from segray.models.checkpoint import version_key
 from segray.models.langsam_rules import other_settings, run_setting
 from segray.models.selection import TrainedModels, models_to_evaluate
@@ -41,14 +41,14 @@ log = logging.getLogger(__name__)
 AMBIGUOUS_SHOWN = 5  # image ids the console's mask warning names
 
 
-def record_trained(store: str, config: BenchmarkConfig, manifest: Manifest,
+def record_trained(store: str, config: Config, manifest: Manifest,
                    training: dict[str, dict[str, Any]]) -> bool:
     """Record each trained model's best checkpoint in the checkpoint store, as version
-    `config.run_id`. False, with the reason logged, when that failed (the run's own
+    `config.output.run_id`. False, with the reason logged, when that failed (the run's own
     outputs are unaffected)."""
     try:
-        records = record_training(store, training, config.run_id, config.to_dict(),
-                                  manifest.description(config.dataset))
+        records = record_training(store, training, config.output.run_id, config.to_dict(),
+                                  manifest.description(config.data.dataset))
     except (CheckpointStoreError, OSError) as error:
         log.error("recording the trained models in %s failed: %s", store, error)
         return False
@@ -63,7 +63,7 @@ class Run:
     """One run as its stages share it: its settings, its dataset, and when it started
     (`time.perf_counter`, which the summary's wall time and timeline count from)."""
 
-    config: BenchmarkConfig
+    config: Config
     manifest: Manifest
     started: float = field(default_factory=time.perf_counter)
 
@@ -82,9 +82,9 @@ def evaluate_models(run: Run, specs: list[ModelSpec], unavailable: dict[str, str
     predictions/, then write summary.json (last) and return it. `training`: the
     training.json the trained models came from, if any, for the summary."""
     enter_stage(run.uri, "evaluate")
-    timeline = start_timeline(run.config.run_id)
+    timeline = start_timeline(run.config.output.run_id)
     to_do = pending_work(run, specs)
-    with Progress(timeline, len(run.manifest.table), stage_labels(specs), run.config.train.epochs):
+    with Progress(timeline, len(run.manifest.table), stage_labels(specs), run.config.epochs):
         stream_rows(run, specs, to_do, timeline)
     return finish(run, specs, unavailable, training, timeline, to_do)
 
@@ -99,9 +99,9 @@ def stream_rows(run: Run, models: list[StreamModel], to_do: list[pd.DataFrame] |
     if not streamed:
         return
     try:
-        evaluate(run.manifest.table, [models[i] for i in streamed], config.eval, run.predictions, config.run_id,
+        evaluate(run.manifest.table, [models[i] for i in streamed], config.evaluation, run.predictions, config.output.run_id,
                  manifest_per_spec=None if to_do is None else [to_do[i] for i in streamed],
-                 mask_person_values=config.mask_person_values, reserve=reserve, timeline=timeline)
+                 mask_person_values=config.data.mask_person_values, reserve=reserve, timeline=timeline)
     except OSError as error:  # the output went away mid-run
         raise run_failed(run.uri, f"{run.predictions}: cannot write the rows there: {describe_cause(error)}") from error
 
@@ -129,13 +129,13 @@ def finish(run: Run, models: list[StreamModel], unavailable: dict[str, str], tra
 
 
 def pending_work(run: Run, models: list[StreamModel]) -> list[pd.DataFrame] | None:
-    """For a resumed run (`config.resume`), per stream model, the manifest rows whose (image,
+    """For a resumed run (`output.resume`), per stream model, the manifest rows whose (image,
     model version) pair has no rows yet (`segray.results.resume.done_images`); else None:
     every pair. A model trained in this run has the version `<training name>@<run id>`
     before it finishes."""
-    if not run.config.resume:
+    if not run.config.output.resume:
         return None
-    versions = [version_of(m) if isinstance(m, ModelSpec) else version_key(m.training, run.config.run_id)
+    versions = [version_of(m) if isinstance(m, ModelSpec) else version_key(m.training, run.config.output.run_id)
                 for m in models]
     try:
         done = done_images(run.predictions, {version: variants(m) for version, m in zip(versions, models)})
@@ -184,9 +184,9 @@ def write_summary(run: Run, expected_rows: int, unavailable: dict[str, str], tra
     table = manifest.table
     complete = expected_rows > 0 and len(rows) == expected_rows and not errors_by_model and not failed_training
     summary = {
-        "run_id": config.run_id,
+        "run_id": config.output.run_id,
         "status": "complete" if complete else "partial",
-        "dataset": config.dataset,
+        "dataset": config.data.dataset,
         "dataset_root": manifest.root,
         "dataset_fingerprint": manifest.fingerprint,
         "finished_at": datetime.now(UTC).isoformat(),
@@ -214,23 +214,24 @@ def write_summary(run: Run, expected_rows: int, unavailable: dict[str, str], tra
     return summary
 
 
-def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None, store: str | None = None) -> dict[str, Any]:
+def run_benchmark(config: Config) -> dict[str, Any]:
     """data -> (train | evaluate) -> summary -> report. Returns the summary (also in summary.json).
 
     The models that need no training are evaluated while the others train: each trained
     model's pool joins the stream when its training ends (`segray.trainings.plan` says
-    whether the cluster holds both; if not, training goes first). With `store`, each
-    trained model's best checkpoint is recorded there, under the version its rows carry, and
-    the returned summary (not the file, written before) says whether that worked: `recorded`.
-    With `config.resume`, the trainings an earlier attempt finished are reused."""
+    whether the cluster holds both; if not, training goes first). With a checkpoint store
+    (`checkpoints.store`), each trained model's best checkpoint is recorded there, under the
+    version its rows carry, and the returned summary (not the file, written before) says
+    whether that worked: `recorded`.
+    With `output.resume`, the trainings an earlier attempt finished are reused."""
     import ray
 
     started = time.perf_counter()
-    run = Run(config, open_run(config, ray_address), started)
-    timeline = start_timeline(config.run_id)  # before the trainings, which report their epochs to it
+    run = Run(config, open_run(config, job="benchmark"), started)
+    timeline = start_timeline(config.output.run_id)  # before the trainings, which report their epochs to it
     to_train, reused, failed = trainings_to_run(config, run.uri)
     untrained = [m for m in config.models if m not in TRAINABLE] + list(reused)  # LangSAM, reused trainings
-    ready, unavailable = models_to_evaluate(replace(config, models=untrained), TrainedModels(training=reused))
+    ready, unavailable = models_to_evaluate(config.model_copy(update={"models": untrained}), TrainedModels(training=reused))
     unavailable.update({name: result["error"] for name, result in failed.items()})
     gate = start_gate()
     models = [*ready, *(AwaitedModel.of(name, gate) for name in to_train)]
@@ -243,7 +244,7 @@ def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None, store
         trainings.join()
     enter_stage(run.uri, "train+evaluate" if to_train else "evaluate")
     to_do = pending_work(run, models)
-    with Progress(timeline, len(run.manifest.table), stage_labels(models), config.train.epochs):
+    with Progress(timeline, len(run.manifest.table), stage_labels(models), config.epochs):
         try:
             stream_rows(run, models, to_do, timeline, schedule.reserve)
         finally:
@@ -254,9 +255,9 @@ def run_benchmark(config: BenchmarkConfig, ray_address: str | None = None, store
         raise run_failed(run.uri, f"{storage.join(run.uri, 'training.json')}: cannot write it: "
                                   f"{describe_cause(error)}") from error
     summary = finish(run, models, {**unavailable, **trainings.unavailable}, training, timeline, to_do, list(reused))
-    if store:
+    if config.checkpoints.store:
         enter_stage(run.uri, "checkpoint store")
-        summary["recorded"] = record_trained(store, config, run.manifest, summary["training"])
+        summary["recorded"] = record_trained(config.checkpoints.store, config, run.manifest, summary["training"])
     enter_stage(run.uri, "report")
     write_report_logged(run.uri)
     return summary
@@ -275,7 +276,7 @@ def write_report_logged(uri: str) -> None:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    langsam = run_setting(summary["config"]["model_params"].get("langsam") or {})
+    langsam = run_setting(summary["config"].get("langsam") or {})
     swept = other_settings(summary["models"], langsam)
     print(format_table({m: s for m, s in summary["models"].items() if m not in swept}, summary.get("split", "val")))
     if swept:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from segray import storage
-from segray.config import BenchmarkConfig, EvalConfig
+from segray.config import Config, EvalConfig
 from segray.errors import LockHeld, RunExists
 from segray.models.base import ModelSpec
 from segray.models.catalogue import variants_of, version_of
@@ -158,13 +158,14 @@ def reevaluate(
     dataset: dict[str, Any],
     ray_address: str | None = None,
     mask_person_values: list[int] | None = None,
+    gpu: bool | None = None,
 ) -> Outcome:
     """Evaluate the (image, model version) pairs of `manifest` x `specs` that RESULTS lacks,
     into RESULTS/run=<run_id>/, and commit the partition when every row arrived. Ray is
     joined or started only when there is something to compute; every node must see the local
     dataset and RESULTS (`check_nodes_see`). The caller holds the lock
-    (`acquire_lock`). Every spec needs a version (`version_of`). `mask_person_values`:
-    as `segray.evaluate.evaluate`'s."""
+    (`acquire_lock`). Every spec needs a version (`version_of`). `mask_person_values` and
+    `gpu`: as `segray.evaluate.evaluate`'s."""
     from segray.evaluate import evaluate
 
     if any(version_of(spec) is None for spec in specs):
@@ -188,7 +189,7 @@ def reevaluate(
     start_ray(ray_address)
     check_nodes_see({**dataset_probe(manifest), "RESULTS": results})
     evaluate(manifest, [spec for spec, _ in todo], config, outcome.partition, run_id,
-             manifest_per_spec=[table for _, table in todo], mask_person_values=mask_person_values)
+             manifest_per_spec=[table for _, table in todo], mask_person_values=mask_person_values, gpu=gpu)
 
     written = read_rows(outcome.partition, ["model_version"])
     outcome.rows_written = len(written)
@@ -213,22 +214,23 @@ def reevaluate(
     return outcome
 
 
-def run_reevaluation(config: BenchmarkConfig, results: str, trained: TrainedModels, stale_after_h: float,
-                     ray_address: str | None = None) -> tuple[Outcome, dict[str, str]]:
+def run_reevaluation(config: Config, trained: TrainedModels) -> tuple[Outcome, dict[str, str]]:
     """The scheduled job: read the dataset, pick the model versions from `trained` (the
     checkpoint store's every version unless its selectors say otherwise), take the lock, compute the missing
-    pairs, commit, redraw the trend report, release the lock. Returns the outcome and the
+    pairs into the results table (`results.uri`), commit, redraw the trend report, release
+    the lock (taken over after `results.lock_stale_after` hours). Returns the outcome and the
     models that could not run. Raises DatasetError, LockHeld, RunError (RunExists; a node
     that cannot see the dataset or RESULTS), CheckpointStoreError or OSError."""
     manifest = load_manifest(config)
     specs, unavailable = models_to_evaluate(config, trained)
-    run_id = config.run_id or new_run_id()
-    dataset = manifest.description(config.dataset)
-    acquire_lock(results, run_id, stale_after_h)
+    run_id = config.output.run_id or new_run_id()
+    dataset = manifest.description(config.data.dataset)
+    results = config.results.uri
+    acquire_lock(results, run_id, config.results.lock_stale_after)
     try:
         with heartbeat(results, run_id):
-            outcome = reevaluate(manifest.table, specs, results, config.eval, run_id, dataset, ray_address,
-                                 config.mask_person_values)
+            outcome = reevaluate(manifest.table, specs, results, config.evaluation, run_id, dataset,
+                                 config.cluster.ray_address, config.data.mask_person_values, config.cluster.gpu)
             if outcome.committed:
                 try:
                     print(f"report: {write_trend_report(results)['trend.html']}")

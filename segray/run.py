@@ -5,6 +5,7 @@ Run layout under `<output>/<run_id>/`:
                       then its status (running, interrupted, failed), stage, attempts, the
                       code's git commit, what a resumed attempt must share with the first
                       (`RESUMED_SETTINGS`), and where else it was recorded (checkpoint_store)
+  settings.yaml       the job's effective settings, which `--config` takes back
   train/<training>/   Ray Train's storage (checkpoints, metrics) per training (unet, unet[frac=0.25])
   training.json       the best checkpoint, version and per-epoch history of each trained model
   predictions/        the long-format Parquet rows (`segray.schema.ROW_SCHEMA`)
@@ -29,16 +30,19 @@ from typing import Any
 import pandas as pd
 
 from segray import storage
-from segray.config import BenchmarkConfig
-from segray.data.manifest import DEFAULT_CACHE_DIR, Manifest, build_manifest
+from segray.config import MODEL_SECTIONS, Config
+from segray.data.manifest import Manifest, build_manifest
 from segray.errors import RunError, RunExists
+from segray.settings import dump
+from segray.settings.keys import value_at
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 # What the rows of a run depend on: a resumed attempt must have the same as the first.
 # How it runs (output, cache, the evaluation's pools and batches) may change between attempts.
-RESUMED_SETTINGS = ("dataset", "mask_person_values", "models", "model_params", "train")
+RESUMED_SETTINGS = ("data.dataset", "data.mask_person_values", "seed", "models", "train", *MODEL_SECTIONS)
+SETTINGS_FILE = "settings.yaml"
 SHUTDOWN_WAIT_S = 20  # after an interrupt, how long Ray gets to stop before the process exits
 FINISHED = ("complete", "partial")  # the statuses of a run that ended (run.json)
 NODE_CHECK_TIMEOUT_S = 60  # how long every node has to say which of the run's paths it sees
@@ -48,8 +52,8 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
-def run_uri(config: BenchmarkConfig) -> str:
-    return storage.join(config.output, config.run_id)
+def run_uri(config: Config) -> str:
+    return storage.join(config.output.path, config.output.run_id)
 
 
 def prepare_run_dir(uri: str, overwrite: bool, resume: bool = False,
@@ -60,7 +64,7 @@ def prepare_run_dir(uri: str, overwrite: bool, resume: bool = False,
     location works (endpoint, bucket, credentials) before any work starts. Returns the
     run.json of the attempt before (None for a new run)."""
     now = datetime.now(UTC).isoformat()
-    settings = {key: (config or {}).get(key) for key in RESUMED_SETTINGS}
+    settings = {key: value_at(config or {}, key) for key in RESUMED_SETTINGS}
     previous = None
     try:
         if storage.exists(uri) and resume:
@@ -208,25 +212,27 @@ def quiet_ray_data() -> None:
             handler.setLevel(logging.ERROR)
 
 
-def load_manifest(config: BenchmarkConfig) -> Manifest:
-    manifest = build_manifest(config.dataset, config.cache_dir or DEFAULT_CACHE_DIR)
+def load_manifest(config: Config) -> Manifest:
+    manifest = build_manifest(config.data.dataset, config.data.cache_dir)
     problems = {k: v for k, v in manifest.problems.counts().items() if v}
     if problems:
         log.warning("dataset pairing problems (named in summary.json): %s", problems)
     return manifest
 
 
-def open_run(config: BenchmarkConfig, ray_address: str | None = None) -> Manifest:
+def open_run(config: Config, job: str | None = None) -> Manifest:
     """Everything that can fail before work starts: claim the run id at a writable location
-    (or, with `config.resume`, take up the unfinished run), read the dataset into a
+    (or, with `output.resume`, take up the unfinished run), read the dataset into a
     manifest, join or start Ray, and check that every node sees the local paths the run
     reads and writes (`check_nodes_see`). Raises RunError or DatasetError (or Ray's error
     joining the cluster), leaving the run as it was: a new run gives its id back, a refused
     resume keeps its run.json. A resumed run must read the same dataset as before: its
-    fingerprint is in run.json."""
-    config.run_id = config.run_id or new_run_id()
+    fingerprint is in run.json. `job`: the job whose settings (`segray.settings.dump`) the
+    run's settings.yaml keeps."""
+    output = config.output
+    output.run_id = output.run_id or new_run_id()
     uri = run_uri(config)
-    previous = prepare_run_dir(uri, config.overwrite, config.resume, config.to_dict())
+    previous = prepare_run_dir(uri, output.overwrite, output.resume, config.to_dict())
     record = read_record(uri)
     try:
         manifest = load_manifest(config)
@@ -234,7 +240,7 @@ def open_run(config: BenchmarkConfig, ray_address: str | None = None) -> Manifes
         if before and before != manifest.fingerprint:
             raise RunExists(f"{uri} cannot be resumed: its dataset changed since its first attempt (fingerprint "
                             f"{before} -> {manifest.fingerprint}); pass --overwrite to run it again on the new data")
-        start_ray(ray_address)
+        start_ray(config.cluster.ray_address)
         check_nodes_see({**dataset_probe(manifest.table), "--output": uri})
     except Exception:  # nothing was done
         if previous is None:
@@ -243,6 +249,8 @@ def open_run(config: BenchmarkConfig, ray_address: str | None = None) -> Manifes
             write_record(uri, previous)
         raise
     write_record(uri, {**record, "dataset_fingerprint": manifest.fingerprint, "git_sha": git_sha()})
+    if job is not None:
+        storage.write_bytes(storage.join(uri, SETTINGS_FILE), dump(config, job).encode())
     return manifest
 
 
@@ -293,7 +301,7 @@ def missing_paths(paths: list[str]) -> list[str]:
 
 
 @contextmanager
-def stop_on_signals(config: BenchmarkConfig) -> Iterator[None]:
+def stop_on_signals(config: Config) -> Iterator[None]:
     """While in the block, Ctrl-C (SIGINT) and SIGTERM (what `ray job stop` and Kubernetes
     send) end the job at once, wherever its main thread waits: `mark_interrupted` runs (for
     at most SHUTDOWN_WAIT_S), then the process exits 128 + the signal (130, 143) without
@@ -323,10 +331,10 @@ def stop_on_signals(config: BenchmarkConfig) -> Iterator[None]:
             signal.signal(signum, before)
 
 
-def mark_interrupted(config: BenchmarkConfig, signum: int) -> None:
+def mark_interrupted(config: Config, signum: int) -> None:
     """run.json says `interrupted`, by which signal and in which stage, and the console why."""
     name = signal.Signals(signum).name
-    uri = run_uri(config) if config.run_id else None
+    uri = run_uri(config) if config.output.run_id else None
     try:
         record = read_record(uri) if uri else {}
     except (OSError, ValueError):

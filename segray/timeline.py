@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from segray.models.checkpoint import split_training_name
-
 TIMELINE_PREFIX = "segray-timeline-"
 NAMESPACE = "segray"
 
@@ -118,11 +116,11 @@ class Progress:
     of images decoded and images/s per model. Used as a context manager around the work;
     on exit, one line per stage."""
 
-    def __init__(self, timeline, images: int, models: list[str], epochs: dict[str, int] | None = None,
+    def __init__(self, timeline, images: int, models: list[str], epochs: Callable[[str], int] | None = None,
                  every_s: float = 10.0):
         import threading
 
-        self.timeline, self.images, self.models, self.epochs, self.every_s = timeline, images, models, epochs or {}, every_s
+        self.timeline, self.images, self.models, self.epochs, self.every_s = timeline, images, models, epochs, every_s
         self.started = time.time()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="segray-progress", daemon=True)
@@ -152,7 +150,7 @@ class Progress:
     def _show(self, snapshot: dict[str, Any], final: bool = False) -> None:
         for epoch in snapshot["epochs"]:
             self.epochs_seen += 1
-            total = self.epochs.get(split_training_name(epoch["model"])[0], "?")
+            total = self.epochs(epoch["model"]) if self.epochs else "?"
             print(f"{epoch['model']} epoch {epoch['epoch']}/{total}: train loss {epoch['train_loss']:.4f}, "
                   f"val IoU {epoch['val_iou']:.4f}, {epoch['epoch_time_s']:.1f} s", flush=True)
         stages = snapshot["stages"]

@@ -8,7 +8,7 @@ afterwards, e.g. when the tracking server was down. What one run becomes in the 
                  this is), segray.status, segray.dataset_fingerprint, segray.run (the run's
                  folder), segray.predictions (its rows, linked, not copied),
                  mlflow.source.git.commit (the code that ran: run.json's git_sha)
-    params       the config, flattened (`train.epochs.unet`, `model_params.langsam.prompt`)
+    params       the settings, flattened (`unet.epochs`, `langsam.prompt`)
     metrics      per model variant `<variant>/<metric>` (`metric_key`): report/report.json's
                  (`segray.report.analysis.tracked_metrics`), else summary.json's; and the rows'
                  counts; a re-evaluation: per model version, its images and mean IoU
@@ -107,7 +107,7 @@ def describe_run(uri: str) -> dict[str, Any]:
     if summary is not None:
         metrics_from = metrics_from or "summary.json"  # the report was not drawn: mean IoU and latency only
         per_model = (report or {}).get("models") or {
-            model: {k: s[k] for k in ("scored_images", "mean_iou", "mean_iou_seeds", "mean_latency_ms")}
+            model: {k: s[k] for k in ("scored_images", "mean_iou", "mean_iou_detected", "mean_latency_ms")}
             for model, s in summary["models"].items()}
         rows = summary["rows"]
         # a benchmark writes training.json, even when it trained nothing (LangSAM alone)

@@ -14,16 +14,15 @@ import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from segray import storage
-from segray.config import BenchmarkConfig, use_gpus
+from segray.config import TRAINABLE, Config, split_training_name, training_name, use_gpus
 from segray.data.manifest import Manifest
 from segray.evaluate.pools import pools_fit
 from segray.models.base import ModelSpec
-from segray.models.catalogue import TRAINABLE
-from segray.models.checkpoint import split_training_name, training_name, version_key
+from segray.models.checkpoint import version_key
 from segray.models.networks import check_weights
 from segray.models.selection import TrainedModels, models_to_evaluate
 
@@ -37,14 +36,14 @@ class Schedule:
     reserve: dict[str, float] = field(default_factory=dict)  # what the stream leaves to the trainings
 
 
-def training_resources(config: BenchmarkConfig, cluster: dict[str, float]) -> dict[str, float]:
+def training_resources(config: Config, cluster: dict[str, float]) -> dict[str, float]:
     """What one training holds: its workers' CPUs and GPUs (`train.train_model`'s ScalingConfig)."""
     train = config.train
-    use_gpu = use_gpus(train.use_gpu, cluster)
+    use_gpu = use_gpus(config.cluster.gpu, cluster)
     return {"CPU": train.num_workers * train.cpus_per_worker, "GPU": float(train.num_workers) if use_gpu else 0.0}
 
 
-def plan(config: BenchmarkConfig, trainings: int, stream_models: list[str], cluster: dict[str, float]) -> Schedule:
+def plan(config: Config, trainings: int, stream_models: list[str], cluster: dict[str, float]) -> Schedule:
     """As many trainings at once as fit beside the stream's pools; if not even one does,
     the trainings first (as many at once as fit alone) and the stream after them."""
     if not trainings:
@@ -52,27 +51,27 @@ def plan(config: BenchmarkConfig, trainings: int, stream_models: list[str], clus
     one = training_resources(config, cluster)
     for at_once in range(trainings, 0, -1):
         reserve = {name: amount * at_once for name, amount in one.items()}
-        if pools_fit(config.eval, stream_models, cluster, reserve):
+        if pools_fit(config.evaluation, config.cluster.gpu, stream_models, cluster, reserve):
             return Schedule(at_once, overlap=True, reserve=reserve)
     fits_alone = [k for k in range(trainings, 0, -1)
                   if all(one[name] * k <= cluster.get(name, 0.0) + 1e-9 for name in one)]
     return Schedule(at_once=fits_alone[0] if fits_alone else 1, overlap=False)
 
 
-def training_names(config: BenchmarkConfig, model: str) -> list[str]:
-    """The trainings of one model: on the whole train split, or, with `--train-fractions`,
+def training_names(config: Config, model: str) -> list[str]:
+    """The trainings of one model: on the whole train split, or, with `train.fractions`,
     on each fraction of it (`unet[frac=0.25]`; fraction 1 is `unet`), in the order given."""
     names = [training_name(model, fraction) for fraction in config.train.fractions or [None]]
     return list(dict.fromkeys(names))
 
 
-def trainable_models(config: BenchmarkConfig) -> tuple[list[str], dict[str, dict[str, Any]]]:
+def trainable_models(config: Config) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """The trainings (`training_names`) of the trainable models of `config.models` that can
     train, and an error result for each that cannot (e.g. its encoder's weights are unreachable)."""
     to_train, failed = [], {}
     for model in (m for m in config.models if m in TRAINABLE):
         try:
-            check_weights(model, config.model_params.get(model, {}))
+            check_weights(model, config.params(model))
             to_train += training_names(config, model)
         except Exception as error:
             log.error("cannot train %s: %s", model, error)
@@ -90,11 +89,11 @@ def finished_trainings(uri: str) -> dict[str, dict[str, Any]]:
     return {name: result for name, result in json.loads(storage.read_bytes(path)).items() if "error" not in result}
 
 
-def trainings_to_run(config: BenchmarkConfig, uri: str) -> tuple[list[str], dict[str, dict], dict[str, dict]]:
+def trainings_to_run(config: Config, uri: str) -> tuple[list[str], dict[str, dict], dict[str, dict]]:
     """The trainings to run, by training name; those an earlier attempt finished, which a
-    resumed run (`config.resume`) reuses; and an error result for each that cannot run."""
+    resumed run (`output.resume`) reuses; and an error result for each that cannot run."""
     to_train, failed = trainable_models(config)
-    reused = {n: r for n, r in finished_trainings(uri).items() if n in to_train} if config.resume else {}
+    reused = {n: r for n, r in finished_trainings(uri).items() if n in to_train} if config.output.resume else {}
     return [n for n in to_train if n not in reused], reused, failed
 
 
@@ -107,7 +106,7 @@ class Trainings:
     before (models that cannot train, trainings an earlier attempt finished). `join` waits
     for them and returns every result, by training name."""
 
-    def __init__(self, config: BenchmarkConfig, manifest: Manifest, uri: str, names: list[str], at_once: int = 1,
+    def __init__(self, config: Config, manifest: Manifest, uri: str, names: list[str], at_once: int = 1,
                  gate=None, known: dict[str, dict[str, Any]] | None = None):
         self.config, self.manifest, self.uri, self.names, self.gate = config, manifest, uri, names, gate
         self.results: dict[str, dict[str, Any]] = dict(known or {})
@@ -134,21 +133,20 @@ class Trainings:
     def _datasets(self, fraction: float | None) -> dict[str, Any]:
         from segray.train import training_datasets
 
-        train = self.config.train
-        return training_datasets(self.manifest.table, train.image_size, train.num_workers, train.seed,
-                                 self.config.mask_person_values, fraction)
+        config = self.config
+        return training_datasets(self.manifest.table, config.train.image_size, config.train.num_workers, config.seed,
+                                 config.data.mask_person_values, fraction)
 
     def _train(self, name: str, datasets) -> None:
         from segray.train import train_model
 
         config = self.config
-        model, fraction = split_training_name(name)
+        model = split_training_name(name)[0]
         try:
             log.info("training %s", name)
-            result = train_model(model, config.model_params.get(model, {}), datasets.result(), config.train,
-                                 storage_path=storage.join(self.uri, "train"), run_name=name, run_id=config.run_id,
-                                 dataset_fingerprint=self.manifest.fingerprint, fraction=fraction)
-            outcome = {**asdict(result), "version": version_key(name, config.run_id),
+            result = train_model(name, config, datasets.result(), storage_path=storage.join(self.uri, "train"),
+                                 run_id=config.output.run_id, dataset_fingerprint=self.manifest.fingerprint)
+            outcome = {**asdict(result), "version": version_key(name, config.output.run_id),
                        "dataset_fingerprint": self.manifest.fingerprint}
         except Exception as error:
             log.exception("training %s failed", name)
@@ -176,7 +174,7 @@ class Trainings:
         """The trained model as evaluation runs it (`models_to_evaluate`), or None, with the
         reason in `unavailable`."""
         try:
-            specs, unavailable = models_to_evaluate(replace(self.config, models=[name]),
+            specs, unavailable = models_to_evaluate(self.config.model_copy(update={"models": [name]}),
                                                     TrainedModels(training={name: self.results.get(name, {})}))
         except Exception as error:
             specs, unavailable = [], {name: f"{type(error).__name__}: {error}"}
@@ -186,10 +184,10 @@ class Trainings:
         return specs[0] if specs else None
 
 
-def train_models(config: BenchmarkConfig, manifest: Manifest, uri: str) -> dict[str, dict[str, Any]]:
+def train_models(config: Config, manifest: Manifest, uri: str) -> dict[str, dict[str, Any]]:
     """Run every training of the trainable models in `config.models` (as many at once as
     the cluster holds); one that fails is recorded with its error. Each result names its
-    version: `<training name>@<run id>`. Writes training.json. A resumed run (`config.resume`) reuses the
+    version: `<training name>@<run id>`. Writes training.json. A resumed run (`output.resume`) reuses the
     trainings its earlier attempt finished."""
     import ray
 

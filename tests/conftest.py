@@ -361,8 +361,7 @@ def s3_run(ray_session, s3_endpoint, synthetic_root, tiny_weights, tmp_path_fact
     out, err, records = io.StringIO(), io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(records)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
-    common = ["--preset", "demo", "--image-size", "64", "--models", "unet,langsam", *langsam_options(tiny_weights),
-              "-v"]
+    common = ["--preset", "demo", "--models", "unet,langsam", *langsam_options(tiny_weights), "-v"]
     with pytest.MonkeyPatch.context() as env, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         for name, value in (("AWS_SECRET_ACCESS_KEY", secrets[1]), ("AWS_SESSION_TOKEN", secrets[2]),
                             ("KAGGLE_USERNAME", "segray-canary"), ("KAGGLE_KEY", secrets[3]),
@@ -374,7 +373,7 @@ def s3_run(ray_session, s3_endpoint, synthetic_root, tiny_weights, tmp_path_fact
         root_logger.setLevel(logging.INFO)
         try:
             status = (job("benchmark")([*common, "--dataset", f"s3://{bucket}/mads", "--output", f"s3://{bucket}/runs",
-                                        "--run-id", "s3", "--unet-epochs", "1"]),
+                                        "--run-id", "s3", "--unet-epochs", "1", "--image-size", "64"]),
                       job("evaluate")([*common, "--dataset", str(data), "--output", str(root / "runs"),
                                        "--run-id", "local", "--checkpoints-from", f"s3://{bucket}/runs/s3"]))
         finally:

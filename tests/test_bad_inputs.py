@@ -131,7 +131,7 @@ def mask_encodings() -> dict[str, bytes]:
     as_255 = truth.astype(np.uint8) * 255
     antialiased = as_255.copy()
     edge = np.roll(truth, 1, axis=1) & ~truth  # the column right of the box: grey, as anti-aliasing leaves it
-    antialiased[edge] = 127  # <= 127: background, as the seeds threshold
+    antialiased[edge] = 127  # <= 127: background, as the article thresholds
     inner = truth & ~np.roll(truth, -1, axis=1)  # the box's last column, softened but still > 127
     antialiased[inner] = 128
     red = np.dstack([np.zeros_like(as_255), np.zeros_like(as_255), as_255])  # BGR

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from segray import storage
-from segray.config import BenchmarkConfig
+from segray.config import Config
 from segray.data.manifest import manifest_fingerprint, read_folder
 from segray.errors import CheckpointStoreError
 from segray.models.checkpoint import OPTIMIZER_FILE, load_network, save_checkpoint
@@ -73,7 +73,7 @@ def test_versions_are_recorded_and_resolved(store, tmp_path):
         assert torch.equal(tensor, weights["run-a"][name])
     # What evaluation builds from it: the store's copy, named as the rows name it; the rows'
     # spelling of a version selects it too.
-    config = BenchmarkConfig(models=["unet"])
+    config = Config(models=["unet"])
     for selector in ("run-a", "unet@run-a"):
         (spec,), unavailable = models_to_evaluate(config, TrainedModels(store=store, selectors={"unet": selector}))
         assert (spec.name, spec.checkpoint, spec.version, unavailable) == ("unet", found["checkpoint"], "unet@run-a", {})
@@ -168,7 +168,7 @@ def test_selection_takes_a_checkpoint_folder_then_the_store_then_a_training_run(
     record(store, tmp_path / "stored", "run-a", 0.5)
     folder = tmp_path / "folder"
     write_checkpoint(folder, 1)
-    config = BenchmarkConfig(models=["unet", "resnet34_unet"])
+    config = Config(models=["unet", "resnet34_unet"])
 
     specs, unavailable = models_to_evaluate(config, TrainedModels(checkpoints={"unet": str(folder)}, store=store))
     # A folder whose metadata names no training run is named by its weights.

@@ -21,7 +21,9 @@ import pytest
 import ray
 import yaml
 
-from segray.cli import parser
+from segray.config import Config
+from segray.settings import JOBS
+from segray.settings.command_line import parser
 
 ROOT = Path(__file__).parents[1]
 CLUSTER = ROOT / "cluster.yaml"
@@ -270,13 +272,13 @@ def test_entrypoint_runs_its_job_with_valid_options(path, script):
     assert (ROOT / "pyproject.toml").is_file() and (ROOT / "uv.lock").is_file()
     at = argv.index("python") + 1
     assert argv[at] == script and (ROOT / script).is_file(), argv[at]
-    args, rest = parser(script).parse_known_args(argv[at + 1:])
-    assert re.fullmatch(r"[a-z0-9]+-\d{8}-\d{4}", args.run_id), args.run_id  # dated, one per run
-    assert args.dataset.startswith("s3://") and args.checkpoint_store.startswith("s3://")
+    args = vars(parser(JOBS[Path(script).stem], Config()).parse_args(argv[at + 1:]))
+    assert re.fullmatch(r"[a-z0-9]+-\d{8}-\d{4}", args["output.run_id"]), args  # dated, one per run
+    assert args["data.dataset"].startswith("s3://") and args["checkpoints.store"].startswith("s3://")
     if script == "jobs/benchmark.py":
-        assert rest == [] and args.output.startswith("s3://")
-    else:  # reevaluate's own option: the results table
-        assert rest[0] == "--results" and rest[1].startswith("s3://") and len(rest) == 2
+        assert args["output.path"].startswith("s3://")
+    else:  # reevaluate's own: the results table
+        assert args["results.uri"].startswith("s3://")
 
 
 def containers(group: dict) -> list[dict]:
@@ -321,5 +323,5 @@ def test_scheduled_run_uses_the_one_off_runs_cluster_data_and_checkpoint_store()
     for key in once:
         if key != "entrypoint":
             assert once[key] == scheduled[key], key
-    options = [dict(re.findall(r"(--dataset|--checkpoint-store) (\S+)", s["entrypoint"])) for s in (once, scheduled)]
+    options = [dict(re.findall(r"(--dataset|--checkpoints.store) (\S+)", s["entrypoint"])) for s in (once, scheduled)]
     assert options[0] == options[1] and len(options[0]) == 2

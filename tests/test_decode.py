@@ -129,7 +129,7 @@ def test_a_mask_of_two_values_is_binary_and_the_larger_is_the_person(values):
     np.testing.assert_array_equal(decode_mask(png(np.where(truth, 0, 1000).astype(np.uint16))), ~truth)
 
 
-def test_a_label_map_the_seeds_rule_empties_is_noted_unless_the_person_is_named():
+def test_a_label_map_the_articles_rule_empties_is_noted_unless_the_person_is_named():
     labels = np.array([[0, 1, 2, 5], [5, 5, 0, 0]], np.uint8)
     mask, note = decode_mask_noted(png(labels))
     assert not mask.any()

@@ -147,12 +147,13 @@ class PredictsLabelFive:
 
 
 def test_mask_person_values_reach_decode_and_score_and_lift_the_note(tmp_path, monkeypatch):
-    """`--mask-person-values` -> BenchmarkConfig -> decode_batch, then a stand-in model and
+    """`--mask-person-values` -> the settings -> decode_batch, then a stand-in model and
     score_batch (no Ray): a label map the default rules cannot read gets a note; naming its
     person value scores it right, without one."""
     import cv2
 
-    from segray.cli import config_from_args, parser
+    from segray.errors import SettingsError
+    from segray.settings import load
 
     labels = np.zeros((24, 32), np.uint8)
     labels[4:20, 8:16], labels[4:20, 20:28] = 5, 2  # the person is 5; 2 is something else
@@ -161,10 +162,10 @@ def test_mask_person_values_reach_decode_and_score_and_lift_the_note(tmp_path, m
     manifest = {"image_id": np.array(["x.png"]), "image_uri": np.array([str(tmp_path / "x.png")]),
                 "mask_uri": np.array([str(tmp_path / "x-mask.png")]), "split": np.array(["val"]),
                 "category": np.array(["c"])}
-    config = config_from_args(parser("t").parse_args(["--mask-person-values", "5"]))
-    assert config.mask_person_values == [5] and config.to_dict()["mask_person_values"] == [5]
-    with pytest.raises(SystemExit):
-        parser("t").parse_args(["--mask-person-values", "five"])
+    config = load("evaluate", ["--mask-person-values", "5"])
+    assert config.data.mask_person_values == [5] and config.to_dict()["data"]["mask_person_values"] == [5]
+    with pytest.raises(SettingsError, match="data.mask_person_values"):
+        load("evaluate", ["--mask-person-values", "five"])
     stage = stand_in_stage(monkeypatch, PredictsLabelFive)
 
     def scored(person_values):
@@ -173,5 +174,5 @@ def test_mask_person_values_reach_decode_and_score_and_lift_the_note(tmp_path, m
     default = scored(None)
     assert default["true_area"] == 0 and default["iou"] == 0.0 and default["image_orientation"] == "stored"
     assert default["mask_note"].startswith("label map with values [0, 2, 5]")
-    named = scored(config.mask_person_values)
+    named = scored(config.data.mask_person_values)
     assert named["true_area"] == int((labels == 5).sum()) and named["iou"] == 1.0 and named["mask_note"] is None

@@ -17,7 +17,7 @@ import boto3
 import pytest
 
 from segray import storage
-from segray.config import EvalConfig, TrainConfig
+from segray.config import Config, EvalConfig
 from segray.data.manifest import build_manifest
 from segray.models.base import ModelSpec
 from segray.results.read import read_rows
@@ -90,8 +90,8 @@ def test_a_killed_training_worker_resumes_from_the_last_checkpoint(ray_session, 
 
     manifest = build_manifest(str(synthetic_root)).table
     datasets = training_datasets(manifest, image_size=64)
-    config = TrainConfig(image_size=64, batch_size=4, epochs={"unet": 3}, num_workers=1, cpus_per_worker=1)
-    run_dir = tmp_path / "train" / "killed"
+    config = Config(train={"image_size": 64, "batch_size": 4, "cpus_per_worker": 1}, unet={"epochs": 3, "base_width": 16})
+    run_dir = tmp_path / "train" / "unet"
     killed = {}
 
     def kill_after_first_checkpoint():
@@ -104,7 +104,7 @@ def test_a_killed_training_worker_resumes_from_the_last_checkpoint(ray_session, 
     killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
     killer.start()
     # Wide enough that an epoch lasts seconds on a CPU: the kill lands inside the next one.
-    result = train_model("unet", {"base_width": 16}, datasets, config, str(tmp_path / "train"), "killed")
+    result = train_model("unet", config, datasets, str(tmp_path / "train"))
     killer.join()
 
     assert "pid" in killed

@@ -104,7 +104,7 @@ def test_benchmark_rows_name_the_stored_weights_and_join_a_reevaluation(shared_r
         assert weights_sha256(record["checkpoint"]) == weights_sha256(training[name]["checkpoint"])
 
     assert job("reevaluate")(["--preset", "demo", *shared_run.dataset_options(), "--results", str(out / "table"),
-                              "--checkpoint-store", str(out / "store"), "--run-id", "nightly", "--image-size", "64",
+                              "--checkpoint-store", str(out / "store"), "--run-id", "nightly",
                               "--models", ",".join([*TRAININGS, "langsam"]), *langsam_options(tiny_weights),
                               *SHARED_LANGSAM_SWEEP]) == 0
     again = pq.read_table(out / "table" / "run=nightly", columns=["image_id", "model", "model_version", "iou"]).to_pandas()

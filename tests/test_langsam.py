@@ -3,7 +3,7 @@ are tested in test_langsam_rules.py.
 
 The tiny GroundingDINO/SAM2 pair (segray.models.tiny_langsam) is written once per module
 and loaded through the real loading code. Its boxes are random, so the tests pick
-thresholds from its own scores: 0.0 keeps every query, 1.01 keeps none (scores are
+thresholds from its own scores: 0.0 keeps every query, 1.0 keeps none (scores are
 sigmoids, < 1).
 """
 
@@ -18,9 +18,10 @@ import pytest
 import torch
 
 import segray.models.langsam_weights as W
+from segray.config import LangSAMConfig
 from segray.models import langsam as L
 from segray.models.base import ModelSpec
-from segray.models.langsam import LangSAMConfig, LangSAMSegmenter, model_version
+from segray.models.langsam import LangSAMSegmenter, model_version
 from segray.models.langsam_rules import RULES, Setting, above, keep_top_boxes, variant_name
 from segray.models.langsam_weights import LangSAMWeightsUnavailable
 from segray.models.tiny_langsam import main as tiny_main
@@ -75,13 +76,13 @@ def test_prompt_is_normalised():
 
 
 def test_config_defaults_and_unknown_keys():
-    cfg = LangSAMConfig.from_params({})
+    cfg = LangSAMConfig.model_validate({})
     assert (cfg.box_threshold, cfg.text_threshold, cfg.max_boxes) == (0.3, 0.25, 8)
     assert (cfg.detector, cfg.sam) == ("IDEA-Research/grounding-dino-base", "facebook/sam2.1-hiera-small")
     assert (cfg.multimask_output, cfg.bf16, cfg.backend) == (False, False, "transformers")
-    assert LangSAMConfig.from_params({"bf16": "true", "max_boxes": "3"}).bf16 is True
+    assert LangSAMConfig.model_validate({"bf16": "true", "max_boxes": "3"}).bf16 is True
     with pytest.raises(ValueError, match="box_treshold"):
-        LangSAMConfig.from_params({"box_treshold": 0.5})
+        LangSAMConfig.model_validate({"box_treshold": 0.5})
     with pytest.raises(ValueError, match="backend"):
         LangSAMConfig(backend="sam3")
 
@@ -163,7 +164,7 @@ def test_predict_shapes_mixed_sizes(seg, images):
 
 
 def test_no_detection_path(tiny, images):
-    seg = build(tiny, box_threshold=1.01)
+    seg = build(tiny, box_threshold=1.0)
     out = seg.predict(images)
     for preds in out:
         assert list(preds) == EXPECTED_VARIANTS
@@ -201,9 +202,9 @@ def test_max_boxes_cap(tiny, images):
 
 def sweep_thresholds(tiny, images) -> list[float]:
     """0.0 keeps every box (past the cap of 12), the eighth score of the first image keeps
-    its seven best, 1.01 keeps none."""
+    its seven best, 1.0 keeps none (a score is above it, and a sigmoid is below 1)."""
     _, scores = build(tiny, box_threshold=0.0).detect(images[:1])[0]
-    return [0.0, float(np.sort(scores)[::-1][7]), 1.01]
+    return [0.0, float(np.sort(scores)[::-1][7]), 1.0]
 
 
 def test_a_sweeps_predictions_are_each_settings_alone(tiny, images):
@@ -242,14 +243,14 @@ def test_a_sweep_runs_each_model_once_per_prompt_and_batch(tiny, images):
 
 
 def test_a_sweep_has_its_own_version_and_variants_without_building_it():
-    params = {"detector": "d", "sam": "s", "prompts": "human., people", "box_thresholds": [0.25, 0.35]}
+    params = {"detector": "d", "sam": "s", "prompts": ["human.", "people"], "box_thresholds": [0.25, 0.35]}
     spec = ModelSpec("langsam", params=params)
     assert LangSAMSegmenter.version_for(spec) == ("langsam@d+s?prompt=person.,human.,people.&box=0.25,0.3,0.35"
                                                   "&text=0.25&boxes=8")
     names = LangSAMSegmenter.variants_for(spec)
     assert len(names) == 3 * 3 * len(RULES) and names[0] == "langsam/sam_score[person.@0.25]"
-    with pytest.raises(ValueError, match="backend='transformers'"):
-        LangSAMConfig.from_params({**params, "backend": "lang_sam"})
+    with pytest.raises(ValueError, match="needs backend transformers"):
+        LangSAMConfig.model_validate({**params, "backend": "lang_sam"})
 
 
 def test_padded_sam_outputs_are_dropped(seg, images, monkeypatch):
@@ -319,7 +320,7 @@ def test_tiny_langsam_cli(tmp_path, capsys):
 def assert_helpful(error: LangSAMWeightsUnavailable, name: str):
     message = str(error)
     assert name in message
-    assert "--langsam-detector" in message and "--langsam-sam" in message
+    assert "--langsam.detector" in message and "--langsam.sam" in message
     assert "HF_HUB_OFFLINE" in message
     assert "config.json" in message and "model.safetensors" in message
 
@@ -374,7 +375,7 @@ def test_registry_hooks(tiny, tmp_path):
     assert LangSAMSegmenter.variants_for(spec) == EXPECTED_VARIANTS
     LangSAMSegmenter.check_available(spec)  # loads nothing, raises nothing
     bad = ModelSpec("langsam", params={"detector": str(tmp_path / "missing"), "sam": str(tiny[1])})
-    with pytest.raises(LangSAMWeightsUnavailable, match="--langsam-detector"):
+    with pytest.raises(LangSAMWeightsUnavailable, match="--langsam.detector"):
         LangSAMSegmenter.check_available(bad)
 
 

@@ -45,7 +45,7 @@ def test_sam_score_picks_max_first_on_ties():
 
 def test_seed_both_is_order_dependent_and_differs_from_sam_score():
     # Candidate 1 has the best mask score but a lower box score than candidate 0, so the
-    # seeds' loop never moves to it; candidate 2 beats candidate 0 on both.
+    # the article's loop never moves to it; candidate 2 beats candidate 0 on both.
     c = candidates([0.5, 0.9, 0.7], [0.5, 0.4, 0.6])
     assert RULES["seed_both"](*c).index == 2
     assert RULES["sam_score"](*c).index == 1

@@ -24,14 +24,14 @@ def kaggle_layout(tmp_path):
     return tmp_path
 
 
-def test_kaggle_layout_with_real_names_gives_the_seeds_split(kaggle_layout):
+def test_kaggle_layout_with_real_names_gives_the_articles_split(kaggle_layout):
     manifest = build_manifest(str(kaggle_layout))
     table = manifest.table
     assert len(table) == 1192
     assert manifest.root.endswith(f"{MADS_FOLDER}/{MADS_FOLDER}")
     assert not any(manifest.problems.counts().values())
 
-    # The seeds: sorted full paths of images and masks, split together with seed 42.
+    # The article: sorted full paths of images and masks, split together with seed 42.
     image_dir = os.path.join(manifest.root, "images")
     mask_dir = os.path.join(manifest.root, "masks")
     image_files = sorted(os.path.join(image_dir, f) for f in os.listdir(image_dir))
@@ -119,7 +119,7 @@ def test_files_in_subfolders_pair_by_their_relative_path(tmp_path):
     assert table.loc["day2/HipHop_a.png", "category"] == "HipHop"  # from the base name
     assert manifest.problems.images_without_mask == ["day3/Taichi_e.png"]
     assert manifest.problems.masks_without_image == ["Taichi_e.png"]
-    # The seeds' split, over the sorted ids.
+    # The article's split, over the sorted ids.
     _, val = train_test_split(sorted(table.index), test_size=0.2, random_state=42)
     assert set(table.index[table["split"] == "val"]) == set(val)
 

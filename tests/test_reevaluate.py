@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from segray import storage
-from segray.config import EvalConfig
+from segray.config import EvalConfig, LangSAMConfig
 from segray.data.manifest import read_folder
 from segray.errors import LockHeld
 from segray.evaluate import evaluate
 from segray.models.base import ModelSpec
 from segray.models.checkpoint import save_checkpoint
-from segray.models.langsam import LangSAMConfig, model_version
+from segray.models.langsam import model_version
 from segray.models.langsam_rules import VARIANTS
 from segray.models.networks import build_network
 from segray.models.store import record_model, resolve_version

@@ -22,6 +22,7 @@ from segray.metrics import score_masks
 from segray.report import IncompleteRun, write_report
 from segray.report.analysis import analyze, bootstrap_means, wilcoxon_p
 from segray.report.figures import figure_name
+from segray.report.render import REASON_CHARS
 from segray.schema import ROW_SCHEMA
 from tests.conftest import job
 
@@ -95,7 +96,7 @@ def test_conventions_errors_and_no_detections():
     assert result.excluded_images == 1  # image 3: b errored, so nobody is scored on it
     assert a["scored_images"] == 3 and a["no_detection"] == 1
     assert a["mean_iou"] == pytest.approx((0.5 + 0.9 + 0.0) / 3)  # strict: no-detection counts as 0
-    assert a["mean_iou_seeds"] == pytest.approx((0.5 + 0.9) / 2)  # seeds: left out
+    assert a["mean_iou_detected"] == pytest.approx((0.5 + 0.9) / 2)  # the article's way: left out
     assert result.per_model["b"]["errors"] == 1
     assert result.per_category["Kata"]["a"] == pytest.approx(0.7)
     assert result.per_category["Jazz"]["images"] == 1
@@ -231,8 +232,12 @@ def test_end_to_end_report(tmp_path):
         assert f"| {model} |" in md
     assert "HipHop" in md and "Taichi" in md
     assert "| decode | 12 | 12 | 2.0 | 3.0 | 0.8 | 2 |" in md  # the run's own timeline, a row per stage
-    assert "**langsam was not evaluated**: LangSAM GroundingDINO weights unavailable: offline" in md
-    assert "langsam was not evaluated" in (report / "report.html").read_text()
+    # The headline names what was compared; a model that could not run gets one line of its own.
+    assert md.split("\n")[2].startswith("Compared: langsam/sam_score, resnet34_unet, unet. ")
+    assert "- **langsam**: LangSAM GroundingDINO weights unavailable: offline\n" in md
+    assert "Fix one of" not in md
+    assert "<li><b>langsam</b>: LangSAM GroundingDINO weights unavailable: offline</li>" in (
+        report / "report.html").read_text()
     # image 5 is an error for unet: 9 common val images
     assert "same 9 images" in md
     repro = json.loads(re.search(r"```json\n(.*?)\n```", md, re.S).group(1))
@@ -242,6 +247,18 @@ def test_end_to_end_report(tmp_path):
     assert len(repro["checkpoints"]["unet"]) == 64
     assert repro["packages"]["numpy"] == np.__version__
     assert repro["config"]["models"] == MODELS
+
+
+def test_a_long_reason_is_cut_to_one_line_in_the_report_and_kept_whole_in_the_summary(tmp_path):
+    run = fake_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    reason = "LangSAM SAM2 weights unavailable: " + "x" * 300 + "\nCause: gaierror"
+    summary["unavailable"] = {"langsam": reason}
+    (run / "summary.json").write_text(json.dumps(summary))
+    write_report(str(run))
+    line = next(line for line in (run / "report" / "report.md").read_text().splitlines() if "**langsam**" in line)
+    assert line == "- **langsam**: " + reason[:REASON_CHARS - 1] + "…"
+    assert json.loads((run / "summary.json").read_text())["unavailable"]["langsam"] == reason
 
 
 def test_job_regenerates_and_refuses_an_incomplete_run(tmp_path, capsys):

@@ -19,13 +19,15 @@ RUN_COLUMNS = ["run_id", "model_version", "latency_ms"]
 
 
 def options(dataset, out, seed: int) -> list[str]:
-    return ["--preset", "demo", "--dataset", str(dataset), "--output", str(out), "--models", "unet",
-            "--image-size", "32", "--unet-base-width", "4", "--seed", str(seed)]
+    return ["--preset", "demo", "--dataset", str(dataset), "--output", str(out), "--models", "unet", "--seed", str(seed)]
+
+
+TRAINING = ["--image-size", "32", "--unet-base-width", "4", "--unet-epochs", "2"]  # evaluation reads them from the checkpoint
 
 
 def train(dataset, out, run_id: str, seed: int) -> tuple[list[dict], bytes]:
     """jobs/train.py: the history (its times aside) and the best weights."""
-    assert job("train")([*options(dataset, out, seed), "--run-id", run_id, "--unet-epochs", "2"]) == 0
+    assert job("train")([*options(dataset, out, seed), "--run-id", run_id, *TRAINING]) == 0
     assert json.loads((out / run_id / "run.json").read_text())["status"] == "complete"  # nothing to resume
     training = json.loads((out / run_id / "training.json").read_text())["unet"]
     history = [{k: v for k, v in epoch.items() if k != "epoch_time_s"} for epoch in training["history"]]

@@ -33,5 +33,5 @@ def test_weights_of_another_network_are_refused_by_name(tmp_path):
 
 
 def test_a_missing_file_names_the_options(tmp_path):
-    with pytest.raises(EncoderWeightsUnavailable, match="--resnet-encoder-weights none"):
+    with pytest.raises(EncoderWeightsUnavailable, match="resnet34_unet.encoder_weights none"):
         build_network("resnet34_unet", {"encoder_weights": str(tmp_path / "nowhere.pth")})

@@ -13,18 +13,17 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from segray.config import preset
 from segray.errors import RunExists
 from segray.results.read import read_rows
 from segray.results.resume import done_images
 from segray.run import mark_interrupted, open_run, update_record
+from segray.settings import load
 from segray.trainings import Trainings
 from tests.conftest import JOBS, job, needs_root, untrained_unet
 from tests.test_faults import assert_one_row_per_pair, wait_for
@@ -78,7 +77,7 @@ def test_ctrl_c_mid_training_stops_the_run_and_resume_finishes_it(ray_session, s
     assert "--resume" in capsys.readouterr().err
     assert job("benchmark")([*argv[:-4], "--output", str(tmp_path), "--run-id", "r", "--unet-epochs", "13",
                              "--resume"]) == 2
-    assert "train.epochs.unet: 12 -> 13" in capsys.readouterr().err
+    assert "unet.epochs: 12 -> 13" in capsys.readouterr().err
 
     assert job("benchmark")([*argv, "--resume"]) == 0
     summary = json.loads((run / "summary.json").read_text())
@@ -146,7 +145,7 @@ def test_an_unreadable_file_and_a_pair_missing_variants_are_dropped_before_count
 
 @pytest.mark.parametrize("flags, message", [
     (["--resume", "--overwrite", "--run-id", "x"], "exclude each other"),
-    (["--resume"], "needs the --run-id"),
+    (["--resume"], "resume needs the run_id"),
 ])
 def test_resume_flags_that_cannot_work_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -156,15 +155,15 @@ def test_resume_flags_that_cannot_work_are_refused(flags, message, capsys):
 
 
 def test_a_resume_refused_for_a_changed_dataset_leaves_the_run_as_it_was(ray_session, dataset_copy, tmp_path):
-    config = replace(preset("demo"), dataset=str(dataset_copy), output=str(tmp_path), run_id="r")
-    open_run(config)
+    argv = ["--preset", "demo", "--dataset", str(dataset_copy), "--output", str(tmp_path), "--run-id", "r"]
+    open_run(load("benchmark", argv))
     run = tmp_path / "r"
     update_record(str(run), status="interrupted", stage="evaluate")
     before = json.loads((run / "run.json").read_text())
     (dataset_copy / "images" / sorted(os.listdir(dataset_copy / "images"))[0]).unlink()
 
     with pytest.raises(RunExists, match=f"fingerprint {before['dataset_fingerprint']} -> "):
-        open_run(replace(config, resume=True))
+        open_run(load("benchmark", [*argv, "--resume"]))
     assert json.loads((run / "run.json").read_text()) == before  # not "running", no attempt counted
 
 
@@ -221,7 +220,7 @@ def test_a_full_disk_fails_the_run_naming_the_path_and_resume_finishes_it(ray_se
 
 
 def test_an_interrupt_before_the_run_has_a_folder_says_so(tmp_path, capsys):
-    config = replace(preset("demo"), output=str(tmp_path), run_id="not-yet")
+    config = load("benchmark", ["--preset", "demo", "--output", str(tmp_path), "--run-id", "not-yet"])
     mark_interrupted(config, signal.SIGINT)
     error = capsys.readouterr().err
     assert "interrupted by SIGINT; no run.json to mark" in error and "is kept" not in error
@@ -229,7 +228,7 @@ def test_an_interrupt_before_the_run_has_a_folder_says_so(tmp_path, capsys):
 
 
 def test_an_interrupt_after_the_summary_leaves_the_finished_run_as_it_is(tmp_path, capsys):
-    config = replace(preset("demo"), output=str(tmp_path), run_id="done")
+    config = load("benchmark", ["--preset", "demo", "--output", str(tmp_path), "--run-id", "done"])
     run = tmp_path / "done"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"status": "complete", "stage": "report"}))
@@ -245,7 +244,8 @@ def test_a_run_json_cut_short_or_finished_is_refused_for_resume_with_the_reason(
     run = tmp_path / "r"
     run.mkdir()
     (run / "run.json").write_text(record)
-    config = replace(preset("demo"), dataset=str(dataset_copy), output=str(tmp_path), run_id="r", resume=True)
+    config = load("benchmark", ["--preset", "demo", "--dataset", str(dataset_copy), "--output", str(tmp_path),
+                                "--run-id", "r", "--resume"])
     reason = "no readable run.json" if record.startswith('{"status": "runn') else "finished: nothing to resume"
     with pytest.raises(RunExists, match=reason):
         open_run(config)
@@ -253,7 +253,7 @@ def test_a_run_json_cut_short_or_finished_is_refused_for_resume_with_the_reason(
 
 
 def test_trainings_ending_together_each_land_in_training_json(tmp_path):
-    trainings = Trainings(preset("demo"), None, str(tmp_path), [])
+    trainings = Trainings(load("benchmark", ["--preset", "demo"]), None, str(tmp_path), [])
     outcomes = {f"model{i}": {"model": f"model{i}", "error": "x" * 2000} for i in range(64)}
 
     def record(names: list[str]) -> None:

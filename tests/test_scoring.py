@@ -13,13 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from segray.config import preset
 from segray.data.manifest import build_manifest
 from segray.models.checkpoint import save_checkpoint
 from segray.models.networks import build_network
 from segray.pipeline import Run, print_summary, write_summary
 from segray.report import write_report
 from segray.schema import ROW_SCHEMA
+from segray.settings import load
 from tests.conftest import job
 
 
@@ -64,8 +64,8 @@ def test_console_summary_and_report_agree_on_a_partial_run(ray_session, syntheti
     pq.write_table(pa.Table.from_pandas(rows, schema=ROW_SCHEMA, preserve_index=False),
                    run / "predictions" / "part-0.parquet")
 
-    config = preset("demo")
-    config.dataset, config.output, config.run_id, config.models = str(synthetic_root), str(runs), "partial", ["unet"]
+    config = load("benchmark", ["--preset", "demo", "--dataset", str(synthetic_root), "--output", str(runs),
+                                "--run-id", "partial", "--models", "unet"])
     manifest = build_manifest(str(synthetic_root))
     summary = write_summary(Run(config, manifest), len(manifest.table) * 6, {}, {})
     capsys.readouterr()

@@ -1,6 +1,6 @@
-"""The API's options and deployment files, checked offline: jobs/serve_config.yaml and
-k8s/rayservice.yaml, how a config file's `args` become jobs/serve.py's options, and which
-models, versions and variants the options serve."""
+"""The API's settings and deployment files, checked offline: jobs/serve_config.yaml and
+k8s/rayservice.yaml, whose `args` are jobs/serve.py's settings, and which models, versions
+and variants the settings serve."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from segray.errors import RunError
+from segray.errors import RunError, SettingsError
 from segray.models.base import ModelSpec
-from segray.serve.options import argv_from_config, default_variants, serve_parser, serve_settings
+from segray.serve.options import default_variants, serve_settings
+from segray.settings import from_mapping, load
 from tests.test_checkpoint_store import record
 from tests.test_cluster_config import IMAGE, ROOT, containers, locked_ray_version
 from tests.test_serve import write_checkpoints
@@ -29,9 +30,10 @@ def test_serve_config_is_a_valid_serve_deploy_config_of_the_app_builder():
     assert callable(getattr(importlib.import_module(module), name))
     assert app.runtime_env["working_dir"].endswith(".zip")
     assert app.runtime_env["py_executable"].startswith("uv run --locked")
-    args = serve_parser("serve").parse_args(argv_from_config(app.args))
-    assert args.checkpoint_store.startswith("s3://") and args.use_gpu is True
-    assert args.version == ["unet=best", "resnet34_unet=best"] and args.replicas == ["1-4"]
+    config = from_mapping("serve", app.args, "args")
+    assert config.checkpoints.store.startswith("s3://") and config.cluster.gpu is True
+    assert config.checkpoints.versions == {"unet": "best", "resnet34_unet": "best"}
+    assert config.serve.replicas["unet"] == (1, 4)
 
 
 def test_rayservice_serves_the_config_files_application_on_a_ray_260_cluster():
@@ -52,13 +54,6 @@ def test_rayservice_serves_the_config_files_application_on_a_ray_260_cluster():
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
 
 
-def test_config_args_become_the_jobs_command_line():
-    argv = argv_from_config({"checkpoints_from": "runs/x", "version": ["unet=best", "langsam=a"],
-                             "max_batch_size": {"unet": 4}, "gpu": True, "verbose": False, "port": 9000})
-    assert argv == ["--checkpoints-from", "runs/x", "--version", "unet=best", "--version", "langsam=a",
-                    "--max-batch-size", "unet=4", "--gpu", "--port", "9000"]
-
-
 def test_a_request_without_variant_gets_the_variant_the_run_ranks_best(tmp_path):
     specs = [ModelSpec("langsam"), ModelSpec("unet")]
     assert default_variants(specs, None) == {"langsam": "langsam/sam_score", "unet": "unet"}
@@ -69,8 +64,7 @@ def test_a_request_without_variant_gets_the_variant_the_run_ranks_best(tmp_path)
 
 
 def settings_of(argv: list[str]):
-    p = serve_parser("serve")
-    return serve_settings(p, p.parse_args(argv), {})
+    return serve_settings(load("serve", argv), {})
 
 
 def test_settings_serve_what_can_be_served_and_say_why_not_the_rest(tmp_path):
@@ -80,7 +74,7 @@ def test_settings_serve_what_can_be_served_and_say_why_not_the_rest(tmp_path):
                             "--max-batch-size", "unet=3", "--replicas", "2"])
     assert [spec.name for spec in settings.specs] == ["unet"]
     assert settings.specs[0].version == "unet@served"
-    assert "langsam-detector" in settings.unavailable["langsam"]
+    assert "langsam.detector" in settings.unavailable["langsam"]
     assert settings.max_batch_size == {"unet": 3} and settings.replicas == {"unet": (2, 2)}
     assert settings.use_gpu is False  # no GPU in the cluster
 
@@ -95,5 +89,5 @@ def test_settings_refuse_nothing_to_serve_and_several_versions_of_one_model(tmp_
     with pytest.raises(RunError, match="one version per model; unet"):
         settings_of(["--models", "unet", "--checkpoint-store", store, "--version", "unet=all"])
     assert settings_of(["--models", "unet", "--checkpoint-store", store]).specs[0].version == "unet@b"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SettingsError, match="serve.replicas"):
         settings_of(["--models", "unet", "--checkpoint-store", store, "--replicas", "unet=3-1"])

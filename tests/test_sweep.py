@@ -1,5 +1,5 @@
 """The data/tuning sweep: trainings on nested subsets of the train split beside a
-LangSAM prompt x threshold sweep, and the report section that answers the seeds' question."""
+LangSAM prompt x threshold sweep, and the report section that answers the article's question."""
 
 import html
 import re
@@ -9,14 +9,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from segray.cli import add_checkpoint_options, config_from_args, parser, trained_models_from_args
-from segray.config import preset
+from segray.cli import job_config, trained_models
+from segray.errors import SettingsError
 from segray.models.checkpoint import read_meta
 from segray.models.langsam_rules import DEFAULT_SETTING, Setting
-from segray.models.selection import TrainedModels, models_to_evaluate
 from segray.pipeline import print_summary
 from segray.report.analysis import analyze
 from segray.report.sweep import analyze_sweep, halves, pareto
+from segray.settings import load
 from segray.train import passes_per_epoch, training_rows
 from tests.conftest import job
 from tests.test_report import crafted_rows
@@ -161,10 +161,10 @@ def test_the_sweeps_report_answers_with_three_figures_and_a_verdict(shared_run):
 
 
 def test_the_console_leaves_the_other_sweep_settings_to_the_report(capsys):
-    scores = {"images": 4, "errors": 0, "no_detection": 0, "scored_images": 4, "mean_iou": 0.5, "mean_iou_seeds": 0.5}
+    scores = {"images": 4, "errors": 0, "no_detection": 0, "scored_images": 4, "mean_iou": 0.5, "mean_iou_detected": 0.5}
     names = ["langsam/union[human.@0.3]", "langsam/union[person.@0.2]", "langsam/union[person.@0.3]", "unet",
              "unet[frac=0.5]"]
-    print_summary({"config": {"model_params": {"langsam": {"prompt": "Person", "box_threshold": 0.3}}},
+    print_summary({"config": {"langsam": {"prompt": "Person", "box_threshold": 0.3}},
                    "models": {name: scores for name in names}, "split": "val", "unavailable": {},
                    "masks": {"ambiguous": {"count": 0, "files": []}},
                    "rows": {"written": 20, "expected": 20, "errors": 0}, "status": "complete"})
@@ -174,40 +174,34 @@ def test_the_console_leaves_the_other_sweep_settings_to_the_report(capsys):
 
 
 def test_a_training_name_is_one_model_name_in_every_option(tmp_path):
-    p = parser("t")
-    add_checkpoint_options(p)
-    args = p.parse_args(["--checkpoint-store", str(tmp_path), "--version", "unet[frac=0.25]=latest",
-                         "--checkpoint", "unet[frac=0.5]=/ckpt/a=b", "--train-fractions", "0.1,1"])
-    trained = trained_models_from_args(p, args, "all")
+    config = load("evaluate", ["--checkpoint-store", str(tmp_path), "--version", "unet[frac=0.25]=latest",
+                               "--checkpoint", "unet[frac=0.5]=/ckpt/a=b"])
+    trained = trained_models(config, "all")
     assert trained.selectors == {"unet[frac=0.25]": "latest"}
     assert trained.checkpoints == {"unet[frac=0.5]": "/ckpt/a=b"}
-    assert config_from_args(args).train.fractions == [0.1, 1.0]
-    with pytest.raises(SystemExit):  # a name keeps 6 significant digits: 0.1234567 would train as 0.123457
-        p.parse_args(["--train-fractions", "0.1234567"])
-    with pytest.raises(SystemExit):
-        p.parse_args(["--train-fractions", "0,0.5"])
-
-    config = preset("demo")
-    config.models = ["langsam[frac=0.5]", "unet[frac=x]"]
-    specs, unavailable = models_to_evaluate(config, TrainedModels())
-    assert specs == []
-    assert unavailable == {"langsam[frac=0.5]": "langsam is not trained, so it has no training on a share of a "
-                                                 "train split",
-                           "unet[frac=x]": "'unet[frac=x]' is not a training name: expected MODEL or MODEL[frac=F]"}
+    assert load("benchmark", ["--train-fractions", "0.1,1"]).train.fractions == [0.1, 1.0]
+    with pytest.raises(SettingsError):  # a name keeps 6 significant digits: 0.1234567 would train as 0.123457
+        load("benchmark", ["--train-fractions", "0.1234567"])
+    with pytest.raises(SettingsError):
+        load("benchmark", ["--train-fractions", "0,0.5"])
+    for name, why in (("langsam[frac=0.5]", "langsam is not trained, so it has no training on a share of a train split"),
+                      ("unet[frac=x]", "'unet[frac=x]' is not a training name: expected MODEL or MODEL[frac=F]")):
+        with pytest.raises(SettingsError, match=re.escape(why)):
+            load("evaluate", ["--models", name])
 
 
 def test_a_relative_dataset_or_weights_folder_reaches_the_workers_as_an_absolute_path(tmp_path, monkeypatch):
-    """Under `uv run` (and `ray job submit --working-dir`), Ray's workers run in a copy of the
-    job's directory without its ignored files: the README's `weights/tiny` was not found there."""
+    """Under `ray job submit --working-dir`, Ray's workers run in a copy of the job's directory
+    without its ignored files: a folder named relative to it must reach them absolute."""
     for folder in ("weights/tiny/grounding-dino", "weights/tiny/sam2", "mads"):
         (tmp_path / folder).mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    config = config_from_args(parser("t").parse_args(
-        ["--dataset", "mads", "--langsam-detector", "weights/tiny/grounding-dino", "--langsam-sam", "weights/tiny/sam2"]))
-    assert config.dataset == str(tmp_path / "mads")
-    langsam = config.model_params["langsam"]
+    config = job_config("benchmark", ["--dataset", "mads", "--langsam-detector", "weights/tiny/grounding-dino",
+                                      "--langsam-sam", "weights/tiny/sam2"])
+    assert config.data.dataset == str(tmp_path / "mads")
+    langsam = config.params("langsam")
     assert (langsam["detector"], langsam["sam"]) == (str(tmp_path / "weights/tiny/grounding-dino"),
                                                      str(tmp_path / "weights/tiny/sam2"))
-    hub = config_from_args(parser("t").parse_args(["--langsam-sam", "facebook/sam2.1-hiera-small"]))
-    assert hub.model_params["langsam"]["sam"] == "facebook/sam2.1-hiera-small"
-    assert hub.dataset == "kaggle:tapakah68/segmentation-full-body-mads-dataset"
+    hub = job_config("benchmark", ["--langsam-sam", "facebook/sam2.1-hiera-small"])
+    assert hub.langsam.sam == "facebook/sam2.1-hiera-small"
+    assert hub.data.dataset == "kaggle:tapakah68/segmentation-full-body-mads-dataset"

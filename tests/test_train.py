@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from segray.config import TrainConfig
+from segray.config import Config
 from segray.data.manifest import build_manifest
 from segray.models.base import ModelSpec
 from segray.models.checkpoint import load_network
@@ -21,8 +21,9 @@ def test_two_worker_gloo_ddp_saves_and_reloads_the_best_checkpoint(ray_session, 
     manifest = build_manifest(str(synthetic_root)).table
     datasets = training_datasets(manifest, image_size=64, num_workers=2)
     assert sorted(datasets) == ["train_0", "train_1", "val_0", "val_1"]
-    config = TrainConfig(image_size=64, batch_size=8, epochs={"unet": 2}, num_workers=2, cpus_per_worker=1)
-    result = train_model("unet", {"base_width": 4}, datasets, config, str(tmp_path / "train"), "ddp")
+    config = Config(train={"image_size": 64, "batch_size": 8, "num_workers": 2, "cpus_per_worker": 1},
+                    unet={"epochs": 2, "base_width": 4})
+    result = train_model("unet", config, datasets, str(tmp_path / "train"))
 
     assert [row["epoch"] for row in result.history] == [1, 2]
     best = max(result.history, key=lambda row: row["val_iou"])
@@ -30,7 +31,7 @@ def test_two_worker_gloo_ddp_saves_and_reloads_the_best_checkpoint(ray_session, 
     assert os.path.isfile(os.path.join(result.checkpoint, "model.safetensors"))
 
     network, meta = load_network(result.checkpoint)
-    assert meta["epoch"] == result.best_epoch and meta["params"] == {"base_width": 4}
+    assert meta["epoch"] == result.best_epoch and meta["params"] == {"base_width": 4, "image_size": 64}
     segmenter = TrainedSegmenter(ModelSpec("unet", checkpoint=result.checkpoint))
     image = np.random.default_rng(0).integers(0, 256, (384, 512, 3), dtype=np.uint8)
     (prediction,) = segmenter.predict([image])
@@ -54,11 +55,11 @@ def val_iou(segmenter, manifest) -> float:
 @pytest.mark.slow
 def test_training_clearly_beats_the_untrained_network(small_sets, tmp_path):
     manifest, datasets = small_sets
-    config = TrainConfig(image_size=64, batch_size=4, lr=3e-3, epochs={"unet": 15}, num_workers=1, cpus_per_worker=2)
-    params = {"base_width": 8}
-    result = train_model("unet", params, datasets, config, str(tmp_path / "train"), "improves")
+    config = Config(train={"image_size": 64, "batch_size": 4, "lr": 3e-3, "cpus_per_worker": 2},
+                    unet={"epochs": 15, "base_width": 8})
+    result = train_model("unet", config, datasets, str(tmp_path / "train"))
 
-    untrained = val_iou(TrainedSegmenter(ModelSpec("unet", params={**params, "image_size": 64})), manifest)
+    untrained = val_iou(TrainedSegmenter(ModelSpec("unet", params=config.params("unet"))), manifest)
     trained = val_iou(TrainedSegmenter(ModelSpec("unet", checkpoint=result.checkpoint)), manifest)
     assert trained == pytest.approx(result.best_val_iou, abs=0.05)  # the pipeline scores what training saw
     assert trained > untrained + 0.15, (untrained, trained, result.history)
@@ -79,7 +80,7 @@ def test_shards_are_a_seeded_partition_of_each_split(ray_session, synthetic_root
         sizes = [len(first[f"{split}_{rank}"]) for rank in (0, 1)]
         assert sum(sizes) == (manifest["split"] == split).sum() and abs(sizes[0] - sizes[1]) <= 1
     with pytest.raises(ValueError, match="2 training shards for 1 workers"):
-        train_model("unet", {}, training_datasets(manifest, 16, num_workers=2), TrainConfig(num_workers=1), "x", "x")
+        train_model("unet", Config(), training_datasets(manifest, 16, num_workers=2), "x")
 
 
 def test_load_resized_decodes_pairs_as_evaluation_does(tmp_path, caplog):

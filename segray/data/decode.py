@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# The seeds binarise masks with `mask > 127`.
+# The article binarises masks with `mask > 127`.
 MASK_THRESHOLD = 127
 # Which pixels of an image were scored (the rows' `image_orientation`).
 STORED = "stored"  # the pixels as the file stores them
@@ -113,7 +113,7 @@ def decode_mask_noted(data: bytes, person_values: Sequence[int] | None = None) -
     - exactly two distinct values: a binary mask, the larger value is the person
       ({0, 1}, {0, 255}, {0, 2}, {0, 38} alike: exported label maps use any value);
     - one value: 1 is the person (an all-person label mask), else the rule below;
-    - otherwise the seeds' `> 127` (on the high byte of a 16-bit mask), which settles
+    - otherwise the article's `> 127` (on the high byte of a 16-bit mask), which settles
       anti-aliased edges. When it finds no person in a mask that has non-zero pixels
       (a multi-class label map such as {0, 1, 2, 5}), the note says what was found."""
     # ANYDEPTH keeps 16 bits; ANYCOLOR keeps gray as one channel and drops alpha.

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from segray import storage
+from segray.config import DEFAULT_CACHE_DIR
 from segray.data.kaggle import download_kaggle
 from segray.errors import DatasetError
 
@@ -33,8 +34,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # macOS's `._x.png`, `.ipynb_checkpoints/`): ignored, not counted as pairing problems.
 SYSTEM_FILES = ("thumbs.db", "desktop.ini")
 MADS_FOLDER = "segmentation_full_body_mads_dataset_1192_img"
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "segray")
-# The seeds' split: sklearn's train_test_split over the sorted names, 20 % validation, seed 42.
+# The article's split: sklearn's train_test_split over the sorted names, 20 % validation, seed 42.
 VAL_FRACTION = 0.2
 SPLIT_SEED = 42
 MANIFEST_COLUMNS = ["image_id", "image_uri", "mask_uri", "split", "category"]
@@ -81,7 +81,9 @@ class Manifest:
 
 
 def build_manifest(source: str, cache_dir: str = DEFAULT_CACHE_DIR) -> Manifest:
-    """Resolve a dataset source (see the module docstring) into a manifest."""
+    """Resolve a dataset source (see the module docstring) into a manifest; `~` in
+    `cache_dir` is the user's home."""
+    cache_dir = os.path.expanduser(cache_dir)
     if source.startswith("synthetic:"):
         return read_folder(_synthetic_folder(source, cache_dir))
     if source.startswith("kaggle:"):
@@ -189,7 +191,7 @@ def _outside(root: str, uri: str) -> bool:
 
 
 def split_validation(names: list[str]) -> list[str]:
-    """The validation image ids: the seeds' `train_test_split(sorted ids, test_size=0.2, random_state=42)`."""
+    """The validation image ids: the article's `train_test_split(sorted ids, test_size=0.2, random_state=42)`."""
     from sklearn.model_selection import train_test_split  # imported here: 5 s, driver only
 
     if len(names) < 2:

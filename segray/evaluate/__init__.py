@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import pandas as pd
 import pyarrow as pa
 
-from segray.config import EvalConfig
+from segray.config import EvalConfig, of_model
 from segray.evaluate.awaited import AwaitedModel
 from segray.evaluate.pools import actor_resources, data_limits, pool_size
 from segray.evaluate.stages import PredictStage, decode_batch, score_batch, todo_column
@@ -42,6 +42,7 @@ def evaluate(
     mask_person_values: Sequence[int] | None = None,
     reserve: dict[str, float] | None = None,
     timeline=None,
+    gpu: bool | None = None,
 ) -> None:
     """Run every model over every manifest row and write the long-format rows as Parquet.
     `mask_person_values` names the mask values that are the person (`decode_mask_noted`).
@@ -51,21 +52,22 @@ def evaluate(
     every image any model needs, decoded once, and a model predicts only its own.
     `reserve` (e.g. {"CPU": 2}) is left to work beside the stream: trainings. `timeline`:
     the run's (`segray.timeline.start_timeline`), which the caller keeps; without it,
-    evaluate keeps one of its own while it runs."""
+    evaluate keeps one of its own while it runs. `gpu`: whether the actors hold GPU shares
+    (`cluster.gpu`; None: when the cluster has GPUs)."""
     if not models:
         raise ValueError("no models to evaluate")
     own_timeline = timeline is None
     timeline = start_timeline(run_id) if own_timeline else timeline
     try:
         _run_stream(manifest, models, config, predictions_uri, run_id, manifest_per_spec,
-                    mask_person_values, reserve, timeline)
+                    mask_person_values, reserve, timeline, gpu)
     finally:
         if own_timeline:
             stop_timeline(timeline)
 
 
 def _run_stream(manifest, models, config, predictions_uri, run_id, manifest_per_spec,
-                mask_person_values, reserve, timeline) -> None:
+                mask_person_values, reserve, timeline, gpu) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -85,9 +87,9 @@ def _run_stream(manifest, models, config, predictions_uri, run_id, manifest_per_
             fn_constructor_kwargs={"index": index, "spec": model, "variants": variants(model), "label": labels[index],
                                    "cpus_per_actor": config.cpus_per_actor, "models_per_node": len(models),
                                    "timeline": timeline, "drop_image": index == len(models) - 1},
-            batch_size=int(config.batch_size.get(model.name, 8)),
+            batch_size=int(of_model(config.batch_size, model.name, 8)),
             compute=ActorPoolStrategy(min_size=low, max_size=high),
-            **actor_resources(config, model.name, cluster),
+            **actor_resources(config, gpu, model.name, cluster),
         )
     stream = stream.map_batches(score_batch, batch_size=config.decode_batch_size, num_cpus=config.cpus_per_task,
                                 fn_kwargs={"run_id": run_id, "timeline": timeline,

@@ -12,9 +12,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from segray.config import split_training_name
 from segray.models.base import ModelSpec
 from segray.models.catalogue import variants_of
-from segray.models.checkpoint import split_training_name
 from segray.timeline import on_driver_node
 
 

@@ -26,7 +26,7 @@ class ModelSpec:
     `trained_on` is the fingerprint of the dataset it was trained on (None: not trained,
     or not recorded): scoring a dataset no model was trained on uses every image.
     `train_fraction`: the share of the train split it was trained on, when not all of it
-    (`--train-fractions`); its rows are then `unet[frac=0.25]` (`checkpoint.training_name`).
+    (`train.fractions`); its rows are then `unet[frac=0.25]` (`checkpoint.training_name`).
     """
 
     name: str

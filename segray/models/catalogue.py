@@ -1,7 +1,8 @@
-"""The model catalogue: model names -> code. Adding a model is one file plus one entry here.
+"""The model catalogue: model names -> code. Adding a model is one file, one entry here and
+its settings' section in `segray.config.MODEL_SECTIONS` (its name, parameters and defaults).
 
 `SEGMENTERS` maps every model to the class the evaluation actor builds (`cls(spec)`);
-the trainable ones also have a network in `segray.models.networks`. Classes are named as
+the trainable ones (`segray.config.TRAINABLE`) also have a network in `segray.models.networks`. Classes are named as
 strings so that an actor imports only its own model. A segmenter class may define, as
 classmethods taking the spec: `check_available` (raise in the driver when it cannot be
 built), `variants_for` (its row names, without building it) and `version_for` (the
@@ -13,9 +14,6 @@ from __future__ import annotations
 import importlib
 
 from segray.models.base import ModelSpec, Segmenter
-from segray.models.networks import NETWORKS
-
-TRAINABLE = sorted(NETWORKS)
 
 SEGMENTERS = {
     "unet": "segray.models.trained:TrainedSegmenter",

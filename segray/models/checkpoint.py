@@ -16,6 +16,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from segray import storage
+from segray.config import training_name
 from segray.models.networks import build_network
 
 if TYPE_CHECKING:
@@ -86,25 +87,6 @@ def weights_sha256(checkpoint: str) -> str:
         while block := f.read(1 << 22):
             digest.update(block)
     return digest.hexdigest()
-
-
-def training_name(model: str, fraction: float | None = None) -> str:
-    """What a training is called: the model's name, or, for a training on a nested subset of
-    the train split (`--train-fractions`), `unet[frac=0.25]`. It names the trained model's
-    rows (their variant), its folder, its entry in training.json and its place in the
-    checkpoint store. The whole train split (fraction 1) is the model's own name."""
-    return model if fraction is None or fraction >= 1 else f"{model}[frac={fraction:g}]"
-
-
-def split_training_name(name: str) -> tuple[str, float | None]:
-    """`unet[frac=0.25]` -> ("unet", 0.25); `unet` -> ("unet", None)."""
-    model, _, rest = name.partition("[frac=")
-    if not rest:
-        return name, None
-    try:
-        return model, float(rest.removesuffix("]"))
-    except ValueError:
-        raise ValueError(f"{name!r} is not a training name: expected MODEL or MODEL[frac=F]") from None
 
 
 def version_key(name: str, version: str) -> str:

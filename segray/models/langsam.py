@@ -1,6 +1,6 @@
 """LangSAM = GroundingDINO (text -> boxes) + SAM2 (box -> mask), batched.
 
-The seeds ran `lang_sam.LangSAM().predict([image], ["person."])` once per image and
+The article ran `lang_sam.LangSAM().predict([image], ["person."])` once per image and
 kept one mask with a `pick_best` rule. Here the same two models run once per *batch*:
 
 1. one GroundingDINO forward for the whole batch -> boxes and box scores per image;
@@ -17,7 +17,7 @@ and SAM2 segments the union of the boxes kept, which is the lowest threshold's. 
 (prompt, threshold, rule) is a variant, `langsam/<rule>[<prompt>@<threshold>]`, whose
 rows are those a run with that prompt and threshold alone would write.
 
-Both models load with transformers (`backend="transformers"`, the default). The seeds'
+Both models load with transformers (`backend="transformers"`, the default). The article's
 `lang_sam` package can be used instead (`backend="lang_sam"`); it is imported only then.
 
 Weights are hub ids or local `save_pretrained` folders (segray.models.langsam_weights).
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,97 +37,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from segray.config import LangSAMConfig, Setting
 from segray.models.base import ModelSpec, Prediction, resolve_device
-from segray.models.langsam_rules import (
-    DEFAULT_SETTING,
-    Setting,
-    above,
-    from_lang_sam_result,
-    keep_top_boxes,
-    no_detection,
-    normalize_prompt,
-    run_setting,
-    select,
-    variants,
-)
+from segray.models.langsam_rules import above, from_lang_sam_result, keep_top_boxes, no_detection, select, variants
 from segray.models.langsam_weights import LangSAMWeightsUnavailable, load_from, resolve_weights
 
 LANG_SAM_INSTALL = "pip install git+https://github.com/luca-medeiros/lang-segment-anything.git"
-
-
-# --------------------------------------------------------------------------- config
-
-
-def _as_list(value: Any) -> list[str]:
-    # A list from the CLI, or a comma-separated string from a YAML file.
-    items = value.split(",") if isinstance(value, str) else (value or [])
-    return [str(item).strip() for item in items if str(item).strip()]
-
-
-def _as_bool(value: Any) -> bool:
-    # Parameters may come from a CLI or a YAML file as strings.
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)
-
-
-@dataclass
-class LangSAMConfig:
-    """LangSAM options; `ModelSpec.params` keys have the same names."""
-
-    prompt: str = DEFAULT_SETTING.prompt  # normalised: lowercase, stripped, ends with "."
-    box_threshold: float = DEFAULT_SETTING.box_threshold  # GroundingDINO box score to keep a box
-    text_threshold: float = 0.25  # token score for the box's text label (labels are unused)
-    detector: str = "IDEA-Research/grounding-dino-base"  # hub id or save_pretrained folder
-    sam: str = "facebook/sam2.1-hiera-small"  # hub id or save_pretrained folder
-    max_boxes: int = 8  # highest-scoring boxes kept per image
-    multimask_output: bool = False  # True: 3 masks per box, SAM's best-rated one kept
-    bf16: bool = False  # bf16 autocast around the forwards, CUDA only (ignored on CPU)
-    backend: str = "transformers"  # or "lang_sam" (the seeds' package, optional)
-    # A sweep: more prompts and box thresholds, evaluated with `prompt` and `box_threshold`
-    # from the same forward passes (`settings`).
-    prompts: list[str] = field(default_factory=list)
-    box_thresholds: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.prompt, self.box_threshold = run_setting({"prompt": self.prompt, "box_threshold": self.box_threshold})
-        self.prompts = [normalize_prompt(prompt) for prompt in _as_list(self.prompts)]
-        self.box_thresholds = [float(threshold) for threshold in _as_list(self.box_thresholds)]
-        self.text_threshold = float(self.text_threshold)
-        self.detector = str(self.detector)
-        self.sam = str(self.sam)
-        self.max_boxes = int(self.max_boxes)
-        self.multimask_output = _as_bool(self.multimask_output)
-        self.bf16 = _as_bool(self.bf16)
-        if self.max_boxes < 1:
-            raise ValueError(f"max_boxes must be >= 1, got {self.max_boxes}")
-        if self.backend not in ("transformers", "lang_sam"):
-            raise ValueError(f"backend must be 'transformers' or 'lang_sam', got {self.backend!r}")
-        if self.backend == "lang_sam" and self.sweep:
-            raise ValueError("a sweep of prompts or box thresholds needs backend='transformers' (shared forwards)")
-
-    @property
-    def settings(self) -> list[Setting]:
-        """Every (prompt, box threshold) evaluated: `prompt` and then `prompts`, each with
-        `box_threshold` and `box_thresholds` in increasing order. One setting unless a sweep."""
-        prompts = dict.fromkeys([self.prompt, *self.prompts])
-        thresholds = sorted({self.box_threshold, *self.box_thresholds})
-        return [Setting(prompt, threshold) for prompt in prompts for threshold in thresholds]
-
-    @property
-    def sweep(self) -> list[Setting] | None:
-        """The settings of a sweep (more than one), else None."""
-        settings = self.settings
-        return settings if len(settings) > 1 else None
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> LangSAMConfig:
-        """Build from `ModelSpec.params`; unknown keys are an error (they are usually typos)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown LangSAM parameters {unknown}; known: {sorted(known)}")
-        return cls(**params)
 
 
 def model_version(config: LangSAMConfig) -> str:
@@ -177,7 +91,7 @@ class LangSAMSegmenter:
     (and per setting of a sweep)."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        self.config = LangSAMConfig.from_params(dict(spec.params))
+        self.config = LangSAMConfig.model_validate(spec.params)
         self.device = resolve_device(spec.device)
         self.variants = variants(self.config.sweep)
         if self.config.backend == "lang_sam":
@@ -204,18 +118,18 @@ class LangSAMSegmenter:
     @classmethod
     def variants_for(cls, spec: ModelSpec) -> list[str]:
         """The variant names, without building the model (segray.models.catalogue asks)."""
-        return variants(LangSAMConfig.from_params(dict(spec.params)).sweep)
+        return variants(LangSAMConfig.model_validate(spec.params).sweep)
 
     @classmethod
     def version_for(cls, spec: ModelSpec) -> str:
         """The version of its rows (segray.models.catalogue asks): `model_version`."""
-        return model_version(LangSAMConfig.from_params(dict(spec.params)))
+        return model_version(LangSAMConfig.model_validate(spec.params))
 
     @classmethod
     def check_available(cls, spec: ModelSpec) -> None:
         """Raise now, in the driver, what the constructor would raise in an actor: bad
         options, unreachable weights, or a missing lang_sam package. Loads nothing."""
-        config = LangSAMConfig.from_params(dict(spec.params))
+        config = LangSAMConfig.model_validate(spec.params)
         if config.backend == "lang_sam":
             if importlib.util.find_spec("lang_sam") is None:
                 raise ImportError(f"backend='lang_sam' needs the lang_sam package; install it with: {LANG_SAM_INSTALL}")
@@ -379,6 +293,6 @@ def _build_lang_sam(cfg: LangSAMConfig, device: str) -> Any:
         raise LangSAMWeightsUnavailable(
             f"lang_sam could not build LangSAM({kwargs}): {' '.join(str(e).split())}\n"
             f"Fix: give the machine access to the Hugging Face hub and dl.fbaipublicfiles.com, or use "
-            f"backend='transformers' with local folders (--langsam-detector DIR --langsam-sam DIR) "
+            f"backend='transformers' with local folders (langsam.detector and langsam.sam) "
             f"or HF_HUB_OFFLINE=1 with a warm cache."
         ) from e

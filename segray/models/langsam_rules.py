@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from segray.config import DEFAULT_BOX_THRESHOLD, DEFAULT_PROMPT, Setting, normalize_prompt
 from segray.models.base import Prediction
 
 # --------------------------------------------------------------------------- rules
@@ -31,7 +32,7 @@ def _pick(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.ndarray, i:
 
 
 def rule_sam_score(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.ndarray) -> Choice:
-    """Seed rule 1: the highest SAM mask score, the first one on ties."""
+    """The article's rule 1: the highest SAM mask score, the first one on ties."""
     best = 0
     for i in range(len(mask_scores)):
         if mask_scores[best] < mask_scores[i]:
@@ -40,7 +41,7 @@ def rule_sam_score(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.nd
 
 
 def rule_seed_both(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.ndarray) -> Choice:
-    """Seed rule 2 as written: move to i only if both scores beat the current pick (order-dependent)."""
+    """The article's rule 2, as written: move to i only if both scores beat the current pick (order-dependent)."""
     best = 0
     for i in range(len(mask_scores)):
         if mask_scores[best] < mask_scores[i] and box_scores[best] < box_scores[i]:
@@ -79,18 +80,7 @@ RULES: dict[str, Rule] = {
 VARIANT_PREFIX = "langsam/"
 
 
-class Setting(NamedTuple):
-    """One (prompt, box threshold) of a LangSAM sweep."""
-
-    prompt: str
-    box_threshold: float
-
-    def __str__(self) -> str:
-        return f"{self.prompt}@{self.box_threshold}"  # the float's shortest exact form
-
-
-# LangSAM as it comes: lang_sam's prompt and box threshold, and the seeds' first pick_best.
-DEFAULT_SETTING = Setting("person.", 0.3)
+DEFAULT_SETTING = Setting(DEFAULT_PROMPT, DEFAULT_BOX_THRESHOLD)
 DEFAULT_RULE = "sam_score"
 
 
@@ -101,18 +91,10 @@ def other_settings(models: Iterable[str], default: Setting) -> list[str]:
 
 
 def run_setting(params: dict[str, Any]) -> Setting:
-    """The setting a run's LangSAM options (`--langsam-prompt`, `--langsam-box-threshold`)
+    """The setting a run's LangSAM settings (`langsam.prompt`, `langsam.box_threshold`)
     name: its default one, whatever a sweep adds."""
     return Setting(normalize_prompt(str(params.get("prompt", DEFAULT_SETTING.prompt))),
                    float(params.get("box_threshold", DEFAULT_SETTING.box_threshold)))
-
-
-def normalize_prompt(prompt: str) -> str:
-    """Lowercase and strip the prompt and end it with "." as GroundingDINO expects."""
-    prompt = prompt.strip().lower()
-    if not prompt.endswith("."):
-        prompt += "."
-    return prompt
 
 
 def variant_name(rule: str, setting: Setting | None = None) -> str:
@@ -151,7 +133,7 @@ def keep_top_boxes(box_scores: np.ndarray, max_boxes: int) -> np.ndarray:
     """Indices of the `max_boxes` highest scores, returned in their original order.
 
     The original (detector) order is kept because `seed_both` depends on it, and it is
-    the order lang_sam hands the candidates to the seeds' `pick_best`.
+    the order lang_sam hands the candidates to the article's `pick_best`.
     """
     scores = np.asarray(box_scores)
     if len(scores) <= max_boxes:

@@ -73,16 +73,17 @@ def _is_cached(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
-def _unavailable(what: str, name: str, error: str, needs_tokenizer: bool) -> LangSAMWeightsUnavailable:
+def _unavailable(what: str, name: str, reason: str, needs_tokenizer: bool, cause: str = "") -> LangSAMWeightsUnavailable:
+    """The error, its first line the reason in short (what a report shows), then the cause and the fixes."""
     files = "config.json, model.safetensors, processor_config.json or preprocessor_config.json"
     if needs_tokenizer:
         files += ", tokenizer.json (or vocab.txt) and tokenizer_config.json"
-    error = " ".join(str(error).split())  # one line
+    cause = " ".join(str(cause).split())  # one line
     return LangSAMWeightsUnavailable(
-        f"LangSAM {what} weights unavailable: {name!r}: {error}\n"
-        f"Fix one of:\n"
-        f"  - pass local folders: --langsam-detector DIR --langsam-sam DIR "
-        f"(params 'detector' / 'sam');\n"
+        f"LangSAM {what} weights unavailable: {name!r} {reason}\n"
+        + (f"Cause: {cause}\n" if cause else "")
+        + f"Fix one of:\n"
+        f"  - pass local folders: langsam.detector and langsam.sam (--langsam.detector DIR --langsam.sam DIR);\n"
         f"  - set HF_HUB_OFFLINE=1 with a Hugging Face cache that already holds {name!r};\n"
         f"  - give this machine access to the Hugging Face hub.\n"
         f"A local folder is what `save_pretrained` writes for the model and its processor: {files}. "
@@ -103,8 +104,8 @@ class WeightsSource(NamedTuple):
 def resolve_weights(what: str, name: str, needs_tokenizer: bool = False) -> WeightsSource:
     """Check a local folder, or that a hub id can be fetched; raise LangSAMWeightsUnavailable if not."""
 
-    def fail(error: str) -> LangSAMWeightsUnavailable:
-        return _unavailable(what, name, error, needs_tokenizer)
+    def fail(reason: str, cause: str = "") -> LangSAMWeightsUnavailable:
+        return _unavailable(what, name, reason, needs_tokenizer, cause)
 
     path = Path(name).expanduser()
     if path.is_dir():
@@ -118,16 +119,16 @@ def resolve_weights(what: str, name: str, needs_tokenizer: bool = False) -> Weig
         if needs_tokenizer and not any((path / f).is_file() for f in _TOKENIZER_FILES):
             missing.append("tokenizer.json or vocab.txt")
         if missing:
-            raise fail(f"local folder {path} lacks {', '.join(missing)}")
+            raise fail(f"is a folder that lacks {', '.join(missing)}")
         return WeightsSource(what, name, str(path), True, needs_tokenizer)
     if path.exists():
-        raise fail(f"{path} is a file, not a save_pretrained folder")
+        raise fail("is a file, not a save_pretrained folder")
     if not _HUB_ID.match(name) or name.startswith((".", "/", "~")):
-        raise fail(f"local folder {path} does not exist")
+        raise fail(f"is no local folder ({path} does not exist) and no hub id")
     # A hub id. Offline: only the cache counts; look there before importing transformers.
     if _offline():
         if not _is_cached(name):
-            raise fail("HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache")
+            raise fail("is not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
         return WeightsSource(what, name, name, True, needs_tokenizer)
     ok, why = _hub_reachable()
     if ok:
@@ -136,15 +137,15 @@ def resolve_weights(what: str, name: str, needs_tokenizer: bool = False) -> Weig
     if _is_cached(name):
         log.warning("Hugging Face hub unreachable (%s); loading %s from the local cache", why, name)
         return WeightsSource(what, name, name, True, needs_tokenizer)
-    raise fail(f"not in the local Hugging Face cache and the hub is unreachable: {why}")
+    raise fail("is not in the local Hugging Face cache and the hub is unreachable", cause=why)
 
 
 def load_from(source: WeightsSource, loader: Callable[..., Any]) -> Any:
     try:
         return loader(source.location, local_files_only=source.local_files_only)
     except Exception as e:  # noqa: BLE001 - any load failure means these weights are unusable
-        error = f"{type(e).__name__}: {e}"
+        reason = "does not load"
         if source.local_files_only and not Path(source.location).is_dir():
             # transformers' own message talks about connecting even when offline.
-            error = f"not usable from the local Hugging Face cache (offline mode) - {error}"
-        raise _unavailable(source.what, source.name, error, source.needs_tokenizer) from e
+            reason = "does not load from the local Hugging Face cache (offline mode)"
+        raise _unavailable(source.what, source.name, reason, source.needs_tokenizer, f"{type(e).__name__}: {e}") from e

@@ -26,8 +26,9 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from segray import storage
+from segray.config import split_training_name, training_name
 from segray.errors import CheckpointStoreError
-from segray.models.checkpoint import read_meta, split_training_name, training_name
+from segray.models.checkpoint import read_meta
 from segray.models.store import CHECKPOINT_FILES
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def resolve_registered(selector: str, expected: str, tracking_uri: str | None, c
         if not location.startswith("s3://"):
             import mlflow.artifacts
 
-            target = os.path.join(cache_dir, "mlflow", name, version.version)
+            target = os.path.join(os.path.expanduser(cache_dir), "mlflow", name, version.version)
             location = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{version.run_id}/{CHECKPOINT_ARTIFACT}",
                                                            dst_path=target, tracking_uri=tracking_uri)
     except MlflowException as error:

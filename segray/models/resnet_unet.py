@@ -1,4 +1,4 @@
-"""segmentation-models-pytorch's UNet with a ResNet34 encoder (the seeds' second network).
+"""segmentation-models-pytorch's UNet with a ResNet34 encoder (the article's second network).
 
 Encoder weights: "imagenet" (smp downloads `smp-hub/resnet34.imagenet` from the Hugging
 Face hub), a local weights file (a torchvision/timm ResNet34 state dict as .pth or
@@ -74,8 +74,8 @@ def _fix_message(what: str, error: Exception) -> str:
         f"Cannot load the ResNet34 encoder's {what}: {cause}\n"
         "Fix one of: give this machine access to the Hugging Face hub (or set HF_HUB_OFFLINE=1 "
         "with smp-hub/resnet34.imagenet already in the HF cache); pass a local ResNet34 weights "
-        "file with --resnet-encoder-weights PATH (.pth or .safetensors state dict); or train "
-        "without pretraining with --resnet-encoder-weights none."
+        "file as resnet34_unet.encoder_weights (--resnet34-unet.encoder-weights PATH: a .pth or .safetensors "
+        "state dict); or train without pretraining: resnet34_unet.encoder_weights none."
     )
 
 

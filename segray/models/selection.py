@@ -19,12 +19,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from segray.config import BenchmarkConfig
-from segray.data.manifest import DEFAULT_CACHE_DIR
+from segray.config import DEFAULT_CACHE_DIR, TRAINABLE, Config, split_training_name
 from segray.errors import CheckpointStoreError
 from segray.models.base import ModelSpec
-from segray.models.catalogue import SEGMENTERS, TRAINABLE, check_available, version_of
-from segray.models.checkpoint import read_meta, split_training_name, version_key
+from segray.models.catalogue import check_available, version_of
+from segray.models.checkpoint import read_meta, version_key
 from segray.models.mlflow_registry import is_registered, resolve_registered
 from segray.models.store import select_versions
 
@@ -44,7 +43,7 @@ class TrainedModels:
     cache_dir: str = DEFAULT_CACHE_DIR  # where a registered version's checkpoint is downloaded
 
 
-def models_to_evaluate(config: BenchmarkConfig, trained: TrainedModels) -> tuple[list[ModelSpec], dict[str, str]]:
+def models_to_evaluate(config: Config, trained: TrainedModels) -> tuple[list[ModelSpec], dict[str, str]]:
     """The specs to evaluate, each with its version, and the models that cannot run with
     the reason why. A name in `config.models` is a model or a training name
     (`unet[frac=0.25]`, `checkpoint.training_name`), looked up as itself in every source.
@@ -52,18 +51,8 @@ def models_to_evaluate(config: BenchmarkConfig, trained: TrainedModels) -> tuple
     merely absent from the store is reported as unavailable)."""
     specs, unavailable = [], {}
     for name in config.models:
-        try:
-            model, fraction = split_training_name(name)
-        except ValueError as error:
-            unavailable[name] = str(error)
-            continue
-        params = config.model_params.get(model, {})
-        if model not in SEGMENTERS:
-            unavailable[name] = f"unknown model; known: {sorted(SEGMENTERS)}"
-            continue
-        if fraction is not None and model not in TRAINABLE:
-            unavailable[name] = f"{model} is not trained, so it has no training on a share of a train split"
-            continue
+        model = split_training_name(name)[0]  # a valid name: Config checks every name in models
+        params = config.params(model)
         try:
             found = _trained_specs(name, model, params, trained) if model in TRAINABLE else [ModelSpec(model, params)]
             for spec in found:

@@ -29,8 +29,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from segray import storage
+from segray.config import training_name
 from segray.errors import CheckpointStoreError
-from segray.models.checkpoint import META_FILE, WEIGHTS_FILE, read_meta, training_name
+from segray.models.checkpoint import META_FILE, WEIGHTS_FILE, read_meta
 
 RECORD_FILE = "record.json"
 CHECKPOINT_FILES = (WEIGHTS_FILE, META_FILE)

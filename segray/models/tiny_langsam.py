@@ -7,7 +7,7 @@ masks are random: they exercise the pipeline, not segmentation quality.
 
     python -m segray.models.tiny_langsam OUT_DIR   # prints the two folders
 
-Then: `--langsam-detector OUT_DIR/grounding-dino --langsam-sam OUT_DIR/sam2`.
+Then: `--langsam.detector OUT_DIR/grounding-dino --langsam.sam OUT_DIR/sam2`.
 """
 
 from __future__ import annotations

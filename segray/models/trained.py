@@ -7,14 +7,15 @@ import numpy as np
 import torch
 
 from segray import storage
+from segray.config import training_name
 from segray.data.transforms import inference
 from segray.models.base import ModelSpec, Prediction, resolve_device
-from segray.models.checkpoint import checkpoint_version, load_network, training_name
+from segray.models.checkpoint import checkpoint_version, load_network
 from segray.models.networks import build_network
 
 
 class TrainedSegmenter:
-    """Runs a trained network: the seeds' validation transform, sigmoid > 0.5, and the
+    """Runs a trained network: the article's validation transform, sigmoid > 0.5, and the
     probability map resized back to each image's own resolution before thresholding.
 
     Without a checkpoint it builds the network untrained (random weights), which is the

@@ -1,7 +1,7 @@
-"""The seeds' UNet, trained from scratch.
+"""The article's UNet, trained from scratch.
 
 DoubleConv = conv-BN-ReLU-Dropout2d(0.2)-conv-BN-ReLU; four down steps (max-pool), a
-bottleneck, four transposed-conv up steps with skip connections. The seeds use widths
+bottleneck, four transposed-conv up steps with skip connections. The article uses widths
 64 -> 1024; `base_width` scales them (the CPU demo uses a narrow one).
 """
 
@@ -33,7 +33,7 @@ class DoubleConv(nn.Module):
 class UNet(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base_width: int = 64):
         super().__init__()
-        w = [base_width * 2**i for i in range(5)]  # 64, 128, 256, 512, 1024 in the seeds
+        w = [base_width * 2**i for i in range(5)]  # 64, 128, 256, 512, 1024 in the article
         self.downs = nn.ModuleList([DoubleConv(in_channels, w[0])] + [DoubleConv(w[i], w[i + 1]) for i in range(3)])
         self.pool = nn.MaxPool2d(2)
         self.bottleneck = DoubleConv(w[3], w[4])
@@ -54,5 +54,5 @@ class UNet(nn.Module):
 
 
 def build_network(params: dict[str, Any]) -> nn.Module:
-    """params: `base_width` (default 64, the seeds')."""
+    """params: `base_width` (default 64, the article's)."""
     return UNet(base_width=int(params.get("base_width", 64)))

@@ -14,9 +14,9 @@ reproducibility section.
 Statistics, on one split (validation by default), every model on the same images, by the
 one rule of `segray.results.scoring` (so n and mean IoU are summary.json's):
   - strict mean IoU (a no-detection is scored against an empty prediction: IoU 0 on a
-    non-empty ground truth), the seeds' mean IoU (no-detections left out), median and
-    pooled IoU (sum of intersections / sum of unions), mean Dice, boundary IoU,
-    precision and recall;
+    non-empty ground truth), the mean IoU over detections only (no-detections left out,
+    as the article's notebook scored), median and pooled IoU (sum of intersections / sum
+    of unions), mean Dice, boundary IoU, precision and recall;
   - a 95% percentile bootstrap CI of the strict mean IoU (2000 resamples of the images,
     the run's seed); the same resamples serve every model, so pair differences are paired;
   - per pair of models: mean IoU difference with its bootstrap CI, win/tie/loss rates and
@@ -97,10 +97,10 @@ def write_report(
     rows = read_rows(storage.join(run_uri, "predictions"), positions=True)
     lap("read")
     if seed is None:  # the run's own seed (--seed)
-        seed = int(((summary.get("config") or {}).get("train") or {}).get("seed", 0))
+        seed = int((summary.get("config") or {}).get("seed", 0))
     split = split or summary.get("split") or "val"
     # A LangSAM sweep's settings other than the run's own are shown in the sweep's section only.
-    langsam = run_setting((((summary.get("config") or {}).get("model_params")) or {}).get("langsam") or {})
+    langsam = run_setting((summary.get("config") or {}).get("langsam") or {})
     analysis = analyze(rows, split, training, gpu_hour_usd, resamples, seed, cpu_hour_usd,
                        hidden=other_settings(rows["model"].astype(str).unique(), langsam))
     analysis.unavailable = summary.get("unavailable") or {}
@@ -129,7 +129,7 @@ def write_report(
             if drawn is not None:
                 pngs[name] = drawn
     lap("figures")
-    person_values = (summary.get("config") or {}).get("mask_person_values")  # the masks as the run read them
+    person_values = ((summary.get("config") or {}).get("data") or {}).get("mask_person_values")  # as the run read them
     for model, items in gallery_items(rows, analysis, summary.get("dataset_root"), worst_n,
                                       mask_person_values=person_values).items():
         if items:

@@ -19,7 +19,7 @@ from segray.results.scoring import in_split, split_label
 
 log = logging.getLogger(__name__)
 
-# The seeds' show_masks: a magenta fill at alpha 0.6 with a white contour.
+# The article's show_masks: a magenta fill at alpha 0.6 with a white contour.
 MASK_RGB = (1.0, 0.0, 1.0)
 MASK_ALPHA = 0.6
 
@@ -41,7 +41,7 @@ def png(fig, tight: bool = True) -> bytes:
 
 
 def figure_histograms(analysis: Analysis) -> bytes:
-    """IoU histogram per model, 25 bins over [0, 1], like the seeds' notebook."""
+    """IoU histogram per model, 25 bins over [0, 1], like the article's notebook."""
     plt = pyplot()
     k = max(1, len(analysis.shown))
     cols = min(k, 3)
@@ -172,7 +172,7 @@ def figure_timeline(analysis: Analysis) -> bytes | None:
 
 
 def overlay(image: np.ndarray, mask: np.ndarray | None):
-    """The seeds' show_masks style: magenta fill (alpha 0.6) over the image."""
+    """The article's show_masks style: magenta fill (alpha 0.6) over the image."""
     out = image.astype(np.float32) / 255.0
     if mask is not None and mask.any():
         out[mask] = (1 - MASK_ALPHA) * out[mask] + MASK_ALPHA * np.asarray(MASK_RGB, np.float32)

@@ -19,9 +19,9 @@ def tables(analysis: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
     out = {}
     out["models"] = (
         ["model", "rows", "errors", "no detection", "scored images", "mean IoU (strict)", "95% CI",
-         "mean IoU (seeds)", "median IoU", "pooled IoU", "Dice", "boundary IoU", "precision", "recall"],
+         "mean IoU (detections only)", "median IoU", "pooled IoU", "Dice", "boundary IoU", "precision", "recall"],
         [[m, fmt(p["images"]), fmt(p["errors"]), fmt(p["no_detection"]), fmt(p["scored_images"]), fmt(p["mean_iou"]),
-          fmt_ci(p["mean_iou_ci"]), fmt(p["mean_iou_seeds"]), fmt(p["median_iou"]), fmt(p["pooled_iou"]),
+          fmt_ci(p["mean_iou_ci"]), fmt(p["mean_iou_detected"]), fmt(p["median_iou"]), fmt(p["pooled_iou"]),
           fmt(p["mean_dice"]), fmt(p["mean_boundary_iou"]), fmt(p["mean_precision"]), fmt(p["mean_recall"])]
          for m, p in sorted(shown(analysis, analysis.per_model), key=lambda kv: -(kv[1]["mean_iou"] or -1))],
     )
@@ -43,7 +43,7 @@ def tables(analysis: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
           fmt(v["images_per_s"], 1), fmt(v["usd_per_1000"], 4)] for m, v in shown(analysis, analysis.latency)],
     )
     out["training"] = (
-        ["model", "epochs", "best epoch", "best val IoU", "time to train", "checkpoint / error"],
+        ["model", "epochs", "best epoch", "best val IoU (training size)", "time to train", "checkpoint / error"],
         [[m, fmt(t["epochs"]), fmt(t["best_epoch"]), fmt(t["best_val_iou"]),
           fmt_minutes(t.get("train_time_s")),
           t["error"] or t["checkpoint"] or "–"] for m, t in analysis.training.items()],
@@ -65,7 +65,7 @@ NOTES = {
     "models": (
         "Every model is scored on the same {n} images of {split}: those where every model has a row and "
         "none is an error ({excluded} left out). *Strict* mean IoU scores a no-detection against an empty "
-        "prediction (IoU 0); the *seeds'* mean leaves no-detections out, as the seeds' notebook did. "
+        "prediction (IoU 0); the *detections-only* mean leaves no-detections out, as the article's notebook did. "
         "*Pooled* IoU is the sum of intersections over the sum of unions (large masks weigh more). "
         "The 95% CI is a percentile bootstrap of the strict mean ({resamples} resamples of the images, seed {seed}). "
         "Boundary IoU (Cheng et al. 2021) compares only bands of width 2% of the image diagonal along the mask "
@@ -82,6 +82,12 @@ NOTES = {
         "per 1,000 images = 1,000 × mean latency (s) × $/hour / 3600, at the GPU price for a GPU and the "
         "price of one CPU actor-hour for a CPU (`--cpu-hour-usd`; unpriced without it). LangSAM variants "
         "share one inference, so they share its latency."
+    ),
+    "training": (
+        "*Best val IoU* is what training chose its checkpoint by: the mean per-image IoU on the validation "
+        "split at the training input size (`train.image_size`, masks resized to it). The tables above score "
+        "the same checkpoint's prediction resized back to each mask's own size, so the two differ by what "
+        "resizing costs, most at thin limbs and edges."
     ),
     "timeline": (
         "What each stage of the run did, from its own timeline (summary.json): rows in and out, first start "
@@ -108,6 +114,8 @@ def render_markdown(analysis: Analysis, repro: dict[str, Any], figures: dict[str
     t = tables(analysis)
     notes = _notes(analysis)
     lines = [f"# {title}", "", _headline(analysis, sweep), ""]
+    if analysis.unavailable:
+        lines += [NOT_EVALUATED, "", *[f"- **{model}**: {why}" for model, why in not_evaluated(analysis)], ""]
     for heading, note, table, name in sweep_sections(sweep) if sweep else []:
         lines += [f"## {heading}", "", note, "", *md_table(*table), ""]
         if name in figures:
@@ -134,13 +142,23 @@ def _notes(analysis: Analysis) -> dict[str, str]:
                         resamples=s["resamples"], seed=s["seed"]) for k, v in NOTES.items()}
 
 
+NOT_EVALUATED = "**Not evaluated** (the full reasons are in summary.json, under `unavailable`):"
+REASON_CHARS = 160
+
+
+def not_evaluated(analysis: Analysis) -> list[tuple[str, str]]:
+    """Each model that could not run, with the first line of its reason, cut to REASON_CHARS."""
+    out = []
+    for model, reason in analysis.unavailable.items():
+        line = (reason.strip().splitlines() or ["no reason recorded"])[0]
+        out.append((model, line if len(line) <= REASON_CHARS else line[:REASON_CHARS - 1] + "…"))
+    return out
+
+
 def _headline(analysis: Analysis, sweep: Sweep | None = None) -> str:
-    # A model that could not run is named first: it is never silently absent.
-    missing = "".join(
-        f"**{model} was not evaluated**: {reason.strip().splitlines()[0]} "
-        for model, reason in analysis.unavailable.items()
-    )
-    return missing + (f"**Verdict:** {sweep.verdict} " if sweep else "") + _ranking(analysis)
+    compared = [model for model, _ in shown(analysis, analysis.per_model)]
+    text = f"Compared: {', '.join(compared)}. " if compared else ""
+    return text + (f"**Verdict:** {sweep.verdict} " if sweep else "") + _ranking(analysis)
 
 
 def _ranking(analysis: Analysis) -> str:
@@ -186,6 +204,9 @@ def render_html(analysis: Analysis, repro: dict[str, Any], pngs: dict[str, bytes
     parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
              f"<style>{HTML_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<p>{_bold_html(_headline(analysis, sweep))}</p>"]
+    if analysis.unavailable:
+        items = "".join(f"<li><b>{html.escape(model)}</b>: {html.escape(why)}</li>" for model, why in not_evaluated(analysis))
+        parts += [f"<p>{_bold_html(NOT_EVALUATED)}</p>", f"<ul>{items}</ul>"]
     for heading, note, table, name in sweep_sections(sweep) if sweep else []:
         parts += [f"<h2>{html.escape(heading)}</h2>", f"<p class='note'>{_bold_html(note)}</p>", html_table(*table)]
         if name in pngs:

@@ -1,5 +1,5 @@
-"""The report's answer to the seeds' question when a run sweeps (`--train-fractions`,
-`--langsam-prompts`, `--langsam-box-thresholds`): how many labelled images a trained
+"""The report's answer to the article's question when a run sweeps (`train.fractions`,
+`langsam.prompts`, `langsam.box_thresholds`): how many labelled images a trained
 network needs to beat LangSAM, and how much LangSAM gains from tuning.
 
 - **Held-out choice.** LangSAM's best configuration (rule, prompt, box threshold) is
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from segray.models.checkpoint import split_training_name
+from segray.config import split_training_name
 from segray.models.langsam_rules import DEFAULT_RULE, Setting, parse_variant
 from segray.report.analysis import Analysis, bootstrap_means, mean_of, percentile_ci
 from segray.report.formats import fmt, fmt_ci, fmt_minutes
@@ -200,7 +200,7 @@ def sweep_sections(sweep: Sweep) -> list[tuple[str, str, tuple[list[str], list[l
          "training takes about as many steps. *Beats it* means the paired 95% bootstrap CI of the difference is "
          "above zero, each size tested on its own (no correction for testing several); the first size that does is "
          "named, whether or not every larger one does too. Each network's checkpoint (its best epoch) was chosen "
-         "on the whole validation split, as the seeds did, so that choice has seen the held-out half.",
+         "on the whole validation split, as the article did, so that choice has seen the held-out half.",
          curve, "learning_curve"),
         ("LangSAM's sensitivity to prompt, box threshold and rule", langsam_note, grid, "langsam_sensitivity"),
         ("Cost and accuracy", f"{held} Cost is {sweep.cost_unit}, measured as in *Speed and cost*; in a LangSAM sweep "

@@ -6,8 +6,8 @@ through `common_rows` and `model_summary`, so they give the same n and mean IoU.
 The rule: a model *series* is a (model variant, model version). Every series is scored
 on the same images: those where every series has a row and no series' row is an error
 (an image one model could not score is left out for all, so differences are paired).
-`mean_iou` counts a no-detection as IoU 0 (strict); `mean_iou_seeds` leaves no-detections
-out, as the seeds' notebook did (it scored them NaN and took nanmean).
+`mean_iou` counts a no-detection as IoU 0 (strict); `mean_iou_detected` leaves no-detections
+out, as the article's notebook did (it scored them NaN and took nanmean).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def model_summary(rows: pd.DataFrame, split: str = "val") -> dict[str, dict]:
     """Per model variant, on `split` (ALL_SPLITS: every row): its version (None unless it
     has exactly one) and the device its actors ran on, its rows, errors and no-detections
     there, and over the common images (`common_rows`) their count, mean IoU (strict and
-    the seeds') and mean latency."""
+    the article's) and mean latency."""
     inside = rows[in_split(rows, split)]
     scored = rows[common_rows(rows, split)]
     result = {}
@@ -83,7 +83,7 @@ def model_summary(rows: pd.DataFrame, split: str = "val") -> dict[str, dict]:
             "no_detection": int((group["status"] == NO_DETECTION).sum()),
             "scored_images": int(len(mine)),
             "mean_iou": float(mine["iou"].mean()) if len(mine) else None,
-            "mean_iou_seeds": float(detected["iou"].mean()) if len(detected) else None,
+            "mean_iou_detected": float(detected["iou"].mean()) if len(detected) else None,
             "mean_latency_ms": float(latency.mean()) if latency.notna().any() else None,
         }
     return result
@@ -92,12 +92,12 @@ def model_summary(rows: pd.DataFrame, split: str = "val") -> dict[str, dict]:
 def format_table(per_model: dict[str, dict], split: str = "val") -> str:
     """A plain-text table of `model_summary`'s result."""
     width = max([22, *map(len, per_model)])
-    header = f"{'model':<{width}} {'images':>6} {'errors':>6} {'no det':>6} {'scored':>6} {'mean IoU':>9} {'seeds IoU':>9}"
+    header = f"{'model':<{width}} {'images':>6} {'errors':>6} {'no det':>6} {'scored':>6} {'mean IoU':>9} {'IoU det.':>9}"
     lines = [f"Mean IoU on {split_label(split)} (same images for every model):", header, "-" * len(header)]
     for model, s in per_model.items():
         lines.append(
             f"{model:<{width}} {s['images']:>6} {s['errors']:>6} {s['no_detection']:>6} {s['scored_images']:>6} "
-            f"{_fmt(s['mean_iou']):>9} {_fmt(s['mean_iou_seeds']):>9}"
+            f"{_fmt(s['mean_iou']):>9} {_fmt(s['mean_iou_detected']):>9}"
         )
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ from ray.serve import Application
 
 from segray.models.catalogue import variants_of
 from segray.serve.api import Api
-from segray.serve.options import DEFAULT_REPLICAS, ServeSettings, serve_settings_from_config
+from segray.serve.options import ServeSettings, serve_settings_from_config
 from segray.serve.replica import ModelServer
 
 APP_NAME = "segray"
@@ -25,10 +25,10 @@ def application(settings: ServeSettings) -> Application:
             max_ongoing_requests=2 * batch,
             ray_actor_options={"num_cpus": settings.cpus_per_replica,
                                "num_gpus": settings.gpus_per_replica[model] if settings.use_gpu else 0},
-            **_replicas(settings.replicas.get(model, DEFAULT_REPLICAS), target=batch),
+            **_replicas(settings.replicas[model], target=batch),
         ).bind(spec, settings.default_variants[model], batch, settings.batch_wait_ms / 1000,
                settings.cpus_per_replica, len(settings.specs))
-    most = max(high for _, high in (settings.replicas.get(s.name, DEFAULT_REPLICAS) for s in settings.specs))
+    most = max(high for _, high in settings.replicas.values())
     return Api.options(
         name="api",
         max_ongoing_requests=256,  # the ingress awaits the models: it must pass on enough to fill their batches
@@ -48,5 +48,6 @@ def _replicas(bounds: tuple[int, int], target: int) -> dict[str, Any]:
 
 def build_app(args: dict[str, Any]) -> Application:
     """Serve's application builder (`import_path: segray.serve.app:build_app`): `args` are
-    jobs/serve.py's options by their long names, e.g. {"checkpoints_from": "s3://b/runs/x"}."""
+    jobs/serve.py's settings as a settings file writes them, e.g.
+    {"checkpoints": {"run": "s3://b/runs/x"}, "models": ["unet"]}."""
     return application(serve_settings_from_config(args))

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from segray import storage
-from segray.config import TrainConfig, use_gpus
+from segray.config import Config, split_training_name, use_gpus
 from segray.train.data import load_resized, passes_per_epoch, training_datasets, training_rows
 from segray.train.loop import BEST_METRIC, Augment, LoopConfig, train_loop_per_worker
 
@@ -47,22 +47,14 @@ class TrainResult:
     passes_per_epoch: int = 1  # passes over a subset per epoch, so every fraction trains as many steps
 
 
-def train_model(
-    model: str,
-    params: dict[str, Any],
-    datasets: dict[str, Any],
-    config: TrainConfig,
-    storage_path: str,
-    run_name: str,
-    run_id: str | None = None,
-    dataset_fingerprint: str | None = None,
-    fraction: float | None = None,
-) -> TrainResult:
-    """Train one model with a TorchTrainer and return its best checkpoint by validation IoU.
+def train_model(name: str, config: Config, datasets: dict[str, Any], storage_path: str, run_id: str | None = None,
+                dataset_fingerprint: str | None = None) -> TrainResult:
+    """Train the training `name` (a network, or its training on a share of the train split:
+    `unet[frac=0.25]`, whose `datasets` hold that subset, repeated: `training_datasets(...,
+    fraction)`) with a TorchTrainer into `storage_path/name`, by `config`'s training, the
+    network's settings and the run's seed; return its best checkpoint by validation IoU.
     `run_id` and `dataset_fingerprint` are recorded in every checkpoint: they name the
-    weights' version and the data they were trained on. `fraction`: the datasets hold that
-    subset of the train split, repeated (`training_datasets(..., fraction)`); the
-    checkpoints record it."""
+    weights' version and the data they were trained on."""
     import ray
     import ray.train
     from ray.data import ExecutionOptions
@@ -70,29 +62,28 @@ def train_model(
 
     from segray.models.checkpoint import read_meta
 
-    if config.num_workers < 1:
-        # Ray Train's local mode (0 workers) keeps no checkpoints, and evaluation needs them.
-        raise ValueError(f"num_workers must be >= 1, got {config.num_workers}")
-    shards = sorted(name for name in datasets if name.startswith("train_"))
-    if len(shards) != config.num_workers:
-        raise ValueError(f"the datasets hold {len(shards)} training shards for {config.num_workers} workers: "
+    train = config.train
+    model, fraction = split_training_name(name)
+    shards = sorted(shard for shard in datasets if shard.startswith("train_"))
+    if len(shards) != train.num_workers:
+        raise ValueError(f"the datasets hold {len(shards)} training shards for {train.num_workers} workers: "
                          "cut them with training_datasets(..., num_workers)")
-    use_gpu = use_gpus(config.use_gpu, ray.cluster_resources())
-    loop = LoopConfig(model=model, name=run_name, epochs=config.epochs[model], image_size=config.image_size,
-                      batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-                      cpus_per_worker=config.cpus_per_worker, amp=config.amp, params=params, run_id=run_id,
-                      dataset_fingerprint=dataset_fingerprint, train_fraction=fraction)
+    use_gpu = use_gpus(config.cluster.gpu, ray.cluster_resources())
+    loop = LoopConfig(model=model, name=name, epochs=config.epochs(model), image_size=train.image_size,
+                      batch_size=train.batch_size, lr=train.lr, seed=config.seed,
+                      cpus_per_worker=train.cpus_per_worker, amp=train.amp, params=config.params(model),
+                      run_id=run_id, dataset_fingerprint=dataset_fingerprint, train_fraction=fraction)
     fs, path = storage.resolve(storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=asdict(loop),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=config.num_workers,
+            num_workers=train.num_workers,
             use_gpu=use_gpu,
-            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            resources_per_worker={"CPU": train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=run_name,
+            name=name,
             storage_path=path,
             storage_filesystem=fs,
             # Ray always keeps the latest checkpoint too, so resuming after a failure works.

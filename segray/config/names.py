@@ -1,0 +1,56 @@
+"""The names the settings give things: trainings (`unet[frac=0.25]`), LangSAM's settings
+(`person.@0.3`), and per-model values, whose `*` is every model's."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+DEFAULT_PROMPT = "person."  # the article's LangSAM prompt
+DEFAULT_BOX_THRESHOLD = 0.3  # lang_sam's box threshold, the article's
+EVERY_MODEL = "*"  # in a per-model setting (keyed by model name): every model without its own
+
+
+def training_name(model: str, fraction: float | None = None) -> str:
+    """What a training is called: the model's name, or, for a training on a nested subset of
+    the train split (`train.fractions`), `unet[frac=0.25]`. It names the trained model's
+    rows (their variant), its folder, its entry in training.json and its place in the
+    checkpoint store. The whole train split (fraction 1) is the model's own name."""
+    return model if fraction is None or fraction >= 1 else f"{model}[frac={fraction:g}]"
+
+
+def split_training_name(name: str) -> tuple[str, float | None]:
+    """`unet[frac=0.25]` -> ("unet", 0.25); `unet` -> ("unet", None)."""
+    model, _, rest = name.partition("[frac=")
+    if not rest:
+        return name, None
+    try:
+        return model, float(rest.removesuffix("]"))
+    except ValueError:
+        raise ValueError(f"{name!r} is not a training name: expected MODEL or MODEL[frac=F]") from None
+
+
+def model_of(name: str) -> str:
+    """The model of a model or training name: `unet[frac=0.25]` -> `unet`."""
+    return split_training_name(name)[0]
+
+
+class Setting(NamedTuple):
+    """One (prompt, box threshold) of LangSAM: a run's own, or one of a sweep's."""
+
+    prompt: str
+    box_threshold: float
+
+    def __str__(self) -> str:
+        return f"{self.prompt}@{self.box_threshold}"  # the float's shortest exact form
+
+
+def normalize_prompt(prompt: str) -> str:
+    """Lowercase and strip the prompt and end it with "." as GroundingDINO expects."""
+    prompt = str(prompt).strip().lower()
+    return prompt if prompt.endswith(".") else prompt + "."
+
+
+def of_model(values: dict[str, Any], model: str, default: Any) -> Any:
+    """A per-model setting's value for `model`: its own, else every model's (`EVERY_MODEL`),
+    else `default`."""
+    return values.get(model, values.get(EVERY_MODEL, default))
