@@ -26,6 +26,7 @@ import time
 
 from segray.cli import job_config, mlflow_tracking, set_up, trained_models
 from segray.errors import CheckpointStoreError, DatasetError, RunError, SettingsError
+from segray.heartbeat import driver_heartbeat
 from segray.models.selection import models_to_evaluate
 from segray.pipeline import Run, evaluate_models, print_summary, write_report_logged
 from segray.run import enter_stage, open_run, run_uri, stop_on_signals
@@ -41,10 +42,11 @@ def main(argv: list[str] | None = None) -> int:
             trained = trained_models(config, default_selector="latest")
             specs, unavailable = models_to_evaluate(config, trained)
             manifest = open_run(config, job="evaluate")
-            summary = evaluate_models(Run(config, manifest, started), specs, unavailable, trained.training)
-            print_summary(summary)
-            enter_stage(run_uri(config), "report")
-            write_report_logged(run_uri(config))
+            with driver_heartbeat(run_uri(config)):
+                summary = evaluate_models(Run(config, manifest, started), specs, unavailable, trained.training)
+                print_summary(summary)
+                enter_stage(run_uri(config), "report")
+                write_report_logged(run_uri(config))
     except (SettingsError, DatasetError, RunError, CheckpointStoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

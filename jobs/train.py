@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from segray.cli import job_config, mlflow_tracking, set_up
 from segray.errors import DatasetError, RunError
+from segray.heartbeat import driver_heartbeat
 from segray.pipeline import record_trained
 from segray.run import enter_stage, open_run, run_uri, stop_on_signals, update_record
 from segray.tracking import log_finished
@@ -36,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         with stop_on_signals(config):
             manifest = open_run(config, job="train")
             enter_stage(run_uri(config), "train")
-            results = train_models(config, manifest, run_uri(config))
-            recorded = record_trained(store, config, manifest, results) if store else True
+            with driver_heartbeat(run_uri(config)):
+                results = train_models(config, manifest, run_uri(config))
+                recorded = record_trained(store, config, manifest, results) if store else True
             failed = any("error" in r for r in results.values()) or not recorded
             update_record(run_uri(config), status="partial" if failed else "complete",
                           finished_at=datetime.now(UTC).isoformat())

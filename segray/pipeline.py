@@ -22,6 +22,7 @@ from segray.data.manifest import Manifest
 from segray.errors import CheckpointStoreError
 from segray.evaluate import StreamModel, evaluate, stage_labels, variants
 from segray.evaluate.awaited import AwaitedModel, start_gate
+from segray.heartbeat import driver_heartbeat
 from segray.models.base import ModelSpec
 from segray.models.catalogue import variants_of, version_of
 from segray.models.checkpoint import version_key
@@ -101,7 +102,7 @@ def stream_rows(run: Run, models: list[StreamModel], to_do: list[pd.DataFrame] |
     try:
         evaluate(run.manifest.table, [models[i] for i in streamed], config.evaluation, run.predictions, config.output.run_id,
                  manifest_per_spec=None if to_do is None else [to_do[i] for i in streamed],
-                 mask_person_values=config.data.mask_person_values, reserve=reserve, timeline=timeline)
+                 data=config.data, reserve=reserve, timeline=timeline)
     except OSError as error:  # the output went away mid-run
         raise run_failed(run.uri, f"{run.predictions}: cannot write the rows there: {describe_cause(error)}") from error
 
@@ -223,11 +224,19 @@ def run_benchmark(config: Config) -> dict[str, Any]:
     (`checkpoints.store`), each trained model's best checkpoint is recorded there, under the
     version its rows carry, and the returned summary (not the file, written before) says
     whether that worked: `recorded`.
-    With `output.resume`, the trainings an earlier attempt finished are reused."""
-    import ray
-
+    With `output.resume`, the trainings an earlier attempt finished are reused. The driver
+    beats while it works (`segray.heartbeat`), so no other job resumes the run meanwhile."""
     started = time.perf_counter()
     run = Run(config, open_run(config, job="benchmark"), started)
+    with driver_heartbeat(run.uri):
+        return benchmark(run)
+
+
+def benchmark(run: Run) -> dict[str, Any]:
+    """`run_benchmark`'s work, once the run is open."""
+    import ray
+
+    config = run.config
     timeline = start_timeline(config.output.run_id)  # before the trainings, which report their epochs to it
     to_train, reused, failed = trainings_to_run(config, run.uri)
     untrained = [m for m in config.models if m not in TRAINABLE] + list(reused)  # LangSAM, reused trainings

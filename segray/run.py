@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from segray import storage
 from segray.config import MODEL_SECTIONS, Config
 from segray.data.manifest import Manifest, build_manifest
 from segray.errors import RunError, RunExists
+from segray.heartbeat import RUN_STALE_S, beat_now, live_driver
 from segray.settings import dump
 from segray.settings.keys import value_at
 
@@ -49,7 +51,8 @@ NODE_CHECK_TIMEOUT_S = 60  # how long every node has to say which of the run's p
 
 
 def new_run_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    """The UTC time and a random suffix: two runs started in the same second differ."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
 
 
 def run_uri(config: Config) -> str:
@@ -59,10 +62,12 @@ def run_uri(config: Config) -> str:
 def prepare_run_dir(uri: str, overwrite: bool, resume: bool = False,
                     config: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """A run id is written once: an existing run is refused, removed whole with overwrite,
-    or, with resume, continued when it did not finish and its `RESUMED_SETTINGS` are
-    `config`'s; so rows are never appended twice. Writing `run.json` first proves the
-    location works (endpoint, bucket, credentials) before any work starts. Returns the
-    run.json of the attempt before (None for a new run)."""
+    or, with resume, continued when it did not finish, its driver is not alive
+    (`heartbeat.live_driver`) and its `RESUMED_SETTINGS` are `config`'s; so rows are never
+    appended twice. A new run claims its id by creating `run.json` exclusively (O_EXCL, or a
+    conditional PUT on S3): of two jobs given one id, one runs and the other is refused.
+    Writing `run.json` first also proves the location works (endpoint, bucket, credentials)
+    before any work starts. Returns the run.json of the attempt before (None for a new run)."""
     now = datetime.now(UTC).isoformat()
     settings = {key: value_at(config or {}, key) for key in RESUMED_SETTINGS}
     previous = None
@@ -79,6 +84,11 @@ def prepare_run_dir(uri: str, overwrite: bool, resume: bool = False,
                                     "or --overwrite to replace it")
                 storage.delete_dir(uri)
             record = {"status": "running", "stage": "start", "started_at": now, "attempts": 1, "settings": settings}
+            try:
+                storage.write_new(storage.join(uri, RUN_FILE), json.dumps(record, indent=2, default=str).encode())
+            except FileExistsError:
+                raise RunExists(f"{uri} was claimed by another job at the same moment: choose another --run-id") from None
+            return None
         write_record(uri, record)
     except OSError as error:
         raise RunError(f"{uri}: cannot write the run there: {storage.describe(error)}") from error
@@ -117,6 +127,11 @@ def resumable_record(uri: str, settings: dict[str, Any]) -> dict[str, Any]:
     if has_finished(uri, record):
         raise RunExists(f"{uri} finished: nothing to resume; choose another --run-id or pass --overwrite to run it "
                         "again")
+    driver = live_driver(uri) if record.get("status") == "running" else None
+    if driver:
+        raise RunExists(f"{uri} is still running: its driver on {driver['host']} (pid {driver['pid']}) beat "
+                        f"{driver['age_s']:.0f} s ago; stop that job first, or resume once it has been silent "
+                        f"for {RUN_STALE_S:.0f} s")
     if "settings" not in record:
         raise RunExists(f"{uri} has no readable run.json with its settings (written since --resume exists): it "
                         "cannot be resumed; pass --overwrite to run it again")
@@ -235,6 +250,7 @@ def open_run(config: Config, job: str | None = None) -> Manifest:
     previous = prepare_run_dir(uri, output.overwrite, output.resume, config.to_dict())
     record = read_record(uri)
     try:
+        beat_now(uri)  # the driver is alive: `driver_heartbeat` goes on beating while the job runs
         manifest = load_manifest(config)
         before = record.get("dataset_fingerprint")
         if before and before != manifest.fingerprint:

@@ -9,10 +9,9 @@ Defaults are the article's recipe: the `article` preset is `Config()` itself.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from segray.config.names import (
@@ -26,13 +25,16 @@ from segray.config.names import (
     split_training_name,
     training_name,
 )
+from segray.config.values import Fraction, PoolRange, RunId, Share, check_fraction
 from segray.presets import PRESETS
+from segray.redact import redacted
 
 __all__ = ["DEFAULT_BOX_THRESHOLD", "DEFAULT_PROMPT", "EVERY_MODEL", "Setting", "model_of", "normalize_prompt",
            "of_model", "split_training_name", "training_name"]
 
 KAGGLE_DATASET = "kaggle:tapakah68/segmentation-full-body-mads-dataset"
 DEFAULT_CACHE_DIR = "~/.cache/segray"
+DEFAULT_MAX_PIXELS = 40_000_000  # one image's or mask's pixel budget: `data.max_pixels`
 
 
 class Section(BaseSettings):
@@ -47,15 +49,6 @@ class Section(BaseSettings):
         return (init_settings,)
 
 
-def _fraction(value: float) -> float:
-    """A share of the train split, as its training's name writes it (`unet[frac=F]`)."""
-    if not 0 < value <= 1:
-        raise ValueError(f"{value} is not in (0, 1]")
-    if split_training_name(training_name("unet", value))[1] not in (None, value):
-        raise ValueError(f"{value} has more digits than a training's name keeps (6 significant)")
-    return value
-
-
 def _model_name(name: str) -> str:
     """A model of the catalogue (`MODEL_SECTIONS`), or a training of a trainable one."""
     model, fraction = split_training_name(name)
@@ -65,7 +58,7 @@ def _model_name(name: str) -> str:
     if fraction is not None:
         if model not in TRAINABLE:
             raise ValueError(f"{model} is not trained, so it has no training on a share of a train split")
-        _fraction(fraction)
+        check_fraction(fraction)
     return name
 
 
@@ -73,23 +66,6 @@ def _model_key(name: str) -> str:
     return name if name == EVERY_MODEL else _model_name(name)
 
 
-def _pool_range(value: Any) -> tuple[int, int]:
-    """`N` or `MIN-MAX` actors (or replicas), 1 <= MIN <= MAX."""
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        low, high = (int(v) for v in value)
-    else:
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(value))
-        if not match:
-            raise ValueError(f"expected N or MIN-MAX, got {value!r}")
-        low, high = int(match[1]), int(match[2] or match[1])
-    if not 1 <= low <= high:
-        raise ValueError(f"expected 1 <= MIN <= MAX, got {value!r}")
-    return low, high
-
-
-Fraction = Annotated[float, AfterValidator(_fraction)]
-PoolRange = Annotated[tuple[int, int], BeforeValidator(_pool_range)]
-Share = Annotated[float, Field(gt=0)]
 ModelName = Annotated[str, AfterValidator(_model_name)]
 ModelKey = Annotated[str, AfterValidator(_model_key)]  # a model, a training, or every model (`*`)
 Prompt = Annotated[str, AfterValidator(normalize_prompt)]
@@ -108,6 +84,9 @@ class DataConfig(Section):
     mask_person_values: list[Annotated[int, Field(ge=0, le=65535)]] | None = Field(
         None, description="the mask value(s) that are the person, e.g. [15] for a label map whose class 15 is the "
         "person; null: a mask of two values, the larger; else > 127")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="the pixel budget (width x height) of every image "
+                            "and mask any job decodes, read from the file's header before decoding: over it, an "
+                            "evaluation row is an error, training leaves the pair out, the API answers 413")
 
 
 class OutputConfig(Section):
@@ -115,7 +94,9 @@ class OutputConfig(Section):
 
     path: str = Field("runs", description="where runs are written: a folder or s3://BUCKET/PREFIX; the run goes to "
                       "PATH/RUN_ID")
-    run_id: str | None = Field(None, description="the run's name; null: the UTC time, YYYYmmdd-HHMMSS")
+    run_id: RunId | None = Field(None, description="the run's name, one folder name of "
+                               "letters, digits, '.', '_' and '-' (not . or ..); null: the UTC time and a random "
+                               "suffix, YYYYmmdd-HHMMSS-xxxxxxxx")
     overwrite: bool = Field(False, description="replace an existing run of this id (else the job refuses to start)")
     resume: bool = Field(False, description="continue the interrupted run of this id: finished trainings are reused "
                          "and only the (image, model) pairs without rows are evaluated")
@@ -176,7 +157,6 @@ class EvalConfig(Section):
     rows_per_block: int = Field(1024, ge=1, description="manifest rows per Ray block")
     rows_per_file: int = Field(5000, ge=1, description="rows per Parquet file, at least: an interruption loses the "
                                "rows not yet in a file, which a resumed run evaluates again")
-
 
 
 class TrackingConfig(Section):
@@ -312,10 +292,17 @@ class ServeConfig(Section):
     cpus_per_replica: float = Field(1.0, gt=0, description="CPUs of one model replica")
     gpus_per_replica: dict[ModelKey, Share] = Field(default_factory=dict, description="the GPU share of one model replica "
                                                "on GPUs; else the evaluation's")
-    max_pixels: int = Field(40_000_000, ge=1, description="the largest image (width x height) the API takes; a larger "
-                            "one is answered 413")
     max_bytes: int = Field(32 << 20, ge=1, description="the largest request body the API takes; a larger one is "
                            "answered 413")
+    max_ongoing_requests: int = Field(64, ge=1, description="requests one API replica works on at once; the others "
+                                      "wait in its queue")
+    max_queued_requests: int = Field(128, ge=1, description="requests that may wait for a deployment (the API, each "
+                                     "model); beyond that the answer is 503 with Retry-After")
+    retry_after_s: int = Field(2, ge=1, description="the Retry-After of a 503 for a full queue, in seconds")
+    request_timeout_s: float = Field(60.0, gt=0, description="a request not answered in this many seconds gets 408")
+    api_token_file: str | None = Field(None, description="a file holding the bearer token every request but /healthz "
+                                       "must carry (Authorization: Bearer TOKEN), else 401; null: SEGRAY_API_TOKEN "
+                                       "if set, else none: whoever reaches the port may call the API")
 
 
 class ReportConfig(Section):
@@ -373,7 +360,9 @@ class Config(Section):
         return getattr(self, model_of(model)).epochs
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The settings as JSON values, every URI's password and tokens masked (`segray.redact`):
+        what run.json, summary.json and MLflow keep."""
+        return redacted(self.model_dump(mode="json"))
 
 
 def use_gpus(choice: bool | None, cluster: dict[str, float]) -> bool:

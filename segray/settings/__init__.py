@@ -91,7 +91,8 @@ def merge(base: dict[str, Any], sources: list[dict[str, Any]]) -> Config:
     try:
         return Config(_build_sources=(tuple(reversed(layers)), {}))
     except ValidationError as error:
-        raise SettingsError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) from None
+        raise SettingsError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                                      for e in error.errors())) from None
 
 
 def check_selected(config: Config, sources: list[tuple[str, dict[str, Any]]]) -> None:
@@ -114,8 +115,8 @@ def dump(config: Config, job: Job | str) -> str:
     keys = [key for key in FIELDS if job.takes(key) and key != "preset"
             and (key.partition(".")[0] not in MODEL_SECTIONS or key.partition(".")[0] in selected)]
     named = {"preset": config.preset} if job.takes("preset") else {}
-    return yaml.safe_dump({**named, **nest({key: value_at(config.model_dump(mode="json"), key) for key in keys})},
-                          sort_keys=False)
+    values = config.to_dict()  # secrets in URIs masked: give them through the environment instead
+    return yaml.safe_dump({**named, **nest({key: value_at(values, key) for key in keys})}, sort_keys=False)
 
 
 def read_file(path: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from segray.settings.keys import FIELDS, SECTIONS, Job, bare_type, kind, may_be_
 # Short spellings of keys: the common ones, and each key's spelling before the settings files.
 ALIASES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("--dataset",), "data.cache_dir": ("--cache-dir",),
-    "data.mask_person_values": ("--mask-person-values",),
+    "data.mask_person_values": ("--mask-person-values",), "data.max_pixels": ("--max-pixels",),
     "output.path": ("--output",), "output.run_id": ("--run-id",), "output.overwrite": ("--overwrite",),
     "output.resume": ("--resume",),
     "cluster.ray_address": ("--ray-address",), "cluster.s3_endpoint_url": ("--s3-endpoint-url",),
@@ -35,7 +35,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "results.uri": ("--results",), "results.lock_stale_after": ("--lock-stale-after",),
     **{f"serve.{key}": (f"--{key.replace('_', '-')}",) for key in ("host", "port", "rank_from", "max_batch_size",
                                                                    "batch_wait_ms", "replicas", "cpus_per_replica",
-                                                                   "gpus_per_replica", "max_pixels", "max_bytes")},
+                                                                   "gpus_per_replica", "max_bytes")},
     **{f"report.{key}": (f"--{key.replace('_', '-')}",) for key in ("split", "gpu_hour_usd", "cpu_hour_usd", "worst")},
 }
 # The spellings of the command line that name the model per value (MODEL=VALUE).

@@ -46,7 +46,8 @@ JOBS = {job.name: job for job in (
         ("preset", "seed", "verbose", "data", "output.run_id", "cluster", "tracking.uri", "tracking.experiment", "models",
          "langsam", "evaluation", "checkpoints", "results"), required=("results.uri",)),
     Job("serve", "serve the models as an HTTP API on Ray Serve",
-        ("preset", "verbose", "cluster", "tracking.uri", "models", "langsam", "checkpoints", "serve")),
+        ("preset", "verbose", "data.max_pixels", "cluster", "tracking.uri", "models", "langsam", "checkpoints",
+         "serve")),
     Job("report", "draw the comparison report of a finished run", ("report",), required=("report.run",),
         positional="report.run"),
     Job("log_mlflow", "log a finished run in MLflow afterwards, from its folder", ("tracking",),
@@ -164,7 +165,8 @@ def check(key: str, value: Any, where: str) -> Any:
     try:
         _adapter(key).validate_python(value)
     except ValidationError as error:
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) + ': ' if e['loc'] else ''}{e['msg']}"
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) + ': ' if e['loc'] else ''}"
+                            f"{e['msg'].removeprefix('Value error, ')}"
                             for e in error.errors())
         raise SettingsError(f"{where}: {key}: {value!r} is not allowed ({reasons}); it takes {allowed(key)}") from None
     return value
