@@ -18,7 +18,6 @@ import html
 import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,8 +29,9 @@ import numpy as np
 import pandas as pd
 
 from segray import storage
-from segray.config import Config, EvalConfig
+from segray.config import Config, DataConfig, EvalConfig
 from segray.errors import LockHeld, RunExists
+from segray.heartbeat import periodically
 from segray.models.base import ModelSpec
 from segray.models.catalogue import variants_of, version_of
 from segray.models.selection import TrainedModels, models_to_evaluate
@@ -77,8 +77,9 @@ def acquire_lock(results: str, run_id: str, stale_after_h: float) -> dict[str, A
     """Take RESULTS/_lock.json (created exclusively), or raise LockHeld naming the holder.
     A lock whose last heartbeat (`heartbeat`; its start for a lock without one) is older
     than `stale_after_h` hours is taken over with a warning: its run is presumed dead, as a
-    live one beats every HEARTBEAT_S (takeover is a delete then an exclusive create, not
-    one atomic step)."""
+    live one beats every HEARTBEAT_S. The takeover is a compare-and-swap of the very lock
+    that was read (`storage.replace_if`), so of several runs taking over one stale lock at
+    once exactly one wins; the others are told who did."""
     uri = storage.join(results, LOCK_FILE)
     now = datetime.now(UTC).isoformat()
     lock = {"run_id": run_id, "host": socket.gethostname(), "started_at": now, "heartbeat_at": now}
@@ -88,62 +89,81 @@ def acquire_lock(results: str, run_id: str, stale_after_h: float) -> dict[str, A
         return lock
     except FileExistsError:
         pass
-    holder = json.loads(storage.read_bytes(uri))
+    try:
+        held, tag = storage.read_tagged(uri)
+    except FileNotFoundError:  # released between the two steps: try once more, as new
+        return _won(uri, data, lock)
+    holder = json.loads(held)
     silent = datetime.now(UTC) - datetime.fromisoformat(holder.get("heartbeat_at", holder["started_at"]))
     if silent < timedelta(hours=stale_after_h):
         raise LockHeld(f"{uri} is held by run {holder['run_id']} on {holder['host']} since {holder['started_at']} "
                        f"(last heartbeat {silent.total_seconds() / 3600:.1f} h ago; taken over after "
                        f"{stale_after_h:g} h without one)")
-    log.warning("taking over the stale lock %s of run %s on %s (since %s, silent for %.1f h)", uri, holder["run_id"],
+    try:
+        storage.replace_if(uri, tag, data)
+    except storage.ChangedMeanwhile:
+        raise LockHeld(f"{uri} was taken over by another run at the same time") from None
+    log.warning("took over the stale lock %s of run %s on %s (since %s, silent for %.1f h)", uri, holder["run_id"],
                 holder["host"], holder["started_at"], silent.total_seconds() / 3600)
-    storage.delete_file(uri)
+    return lock
+
+
+def _won(uri: str, data: bytes, lock: dict[str, Any]) -> dict[str, Any]:
     try:
         storage.write_new(uri, data)
     except FileExistsError:
-        raise LockHeld(f"{uri} was taken over by another run at the same time") from None
+        raise LockHeld(f"{uri} was taken by another run at the same time") from None
     return lock
+
+
+def _mine(uri: str, run_id: str) -> tuple[dict[str, Any], str] | None:
+    """The lock and its tag while `run_id` holds it; None (logged) when another run does."""
+    held, tag = storage.read_tagged(uri)
+    holder = json.loads(held)
+    if holder.get("run_id") != run_id:
+        log.warning("%s is now held by run %s, not %s", uri, holder.get("run_id"), run_id)
+        return None
+    return holder, tag
 
 
 @contextmanager
 def heartbeat(results: str, run_id: str, every_s: float = HEARTBEAT_S) -> Iterator[None]:
     """While in the block, the lock's `heartbeat_at` is refreshed every `every_s` seconds,
-    so that a long, live run is never taken for a dead one. A beat that cannot be written
-    is logged; one that finds the lock held by another run stops."""
+    so that a long, live run is never taken for a dead one. Each beat is a compare-and-swap:
+    it never writes over a lock another run took. A beat that cannot be written is logged;
+    one that finds the lock held by another run stops."""
     uri = storage.join(results, LOCK_FILE)
-    stop = threading.Event()
 
-    def beat() -> None:
-        while not stop.wait(every_s):
-            try:
-                holder = json.loads(storage.read_bytes(uri))
-                if holder.get("run_id") != run_id:
-                    log.warning("%s is now held by run %s: run %s stops its heartbeat", uri, holder.get("run_id"),
-                                run_id)
-                    return
-                holder["heartbeat_at"] = datetime.now(UTC).isoformat()
-                storage.write_bytes(uri, json.dumps(holder).encode())
-            except (OSError, ValueError) as error:
-                log.warning("cannot refresh the heartbeat of %s: %s", uri, error)
+    def beat() -> bool:
+        try:
+            mine = _mine(uri, run_id)
+            if mine is None:
+                return False
+            holder, tag = mine
+            storage.replace_if(uri, tag, json.dumps({**holder, "heartbeat_at": datetime.now(UTC).isoformat()}).encode())
+        except storage.ChangedMeanwhile:
+            log.warning("%s changed during run %s's heartbeat: it stops", uri, run_id)
+            return False
+        except (OSError, ValueError) as error:
+            log.warning("cannot refresh the heartbeat of %s: %s", uri, error)
+        return True
 
-    thread = threading.Thread(target=beat, name="segray-lock-heartbeat", daemon=True)
-    thread.start()
-    try:
+    with periodically(beat, every_s, "segray-lock-heartbeat"):
         yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def release_lock(results: str, run_id: str) -> None:
-    """Remove the lock if this run still holds it (a takeover may have replaced it)."""
+    """Remove the lock if this run still holds it: a conditional delete of the lock as read,
+    so a takeover in between is left in place."""
     uri = storage.join(results, LOCK_FILE)
-    if not storage.exists(uri):
+    try:
+        mine = _mine(uri, run_id)
+        if mine is not None:
+            storage.delete_if(uri, mine[1])
+    except FileNotFoundError:
         return
-    holder = json.loads(storage.read_bytes(uri))
-    if holder.get("run_id") == run_id:
-        storage.delete_file(uri)
-    else:
-        log.warning("%s is now held by run %s; left in place", uri, holder.get("run_id"))
+    except storage.ChangedMeanwhile:
+        log.warning("%s was taken over while run %s released it; left in place", uri, run_id)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -157,15 +177,15 @@ def reevaluate(
     run_id: str,
     dataset: dict[str, Any],
     ray_address: str | None = None,
-    mask_person_values: list[int] | None = None,
+    data: DataConfig | None = None,
     gpu: bool | None = None,
 ) -> Outcome:
     """Evaluate the (image, model version) pairs of `manifest` x `specs` that RESULTS lacks,
     into RESULTS/run=<run_id>/, and commit the partition when every row arrived. Ray is
     joined or started only when there is something to compute; every node must see the local
     dataset and RESULTS (`check_nodes_see`). The caller holds the lock
-    (`acquire_lock`). Every spec needs a version (`version_of`). `mask_person_values` and
-    `gpu`: as `segray.evaluate.evaluate`'s."""
+    (`acquire_lock`). Every spec needs a version (`version_of`). `data` and `gpu`: as
+    `segray.evaluate.evaluate`'s."""
     from segray.evaluate import evaluate
 
     if any(version_of(spec) is None for spec in specs):
@@ -189,7 +209,7 @@ def reevaluate(
     start_ray(ray_address)
     check_nodes_see({**dataset_probe(manifest), "RESULTS": results})
     evaluate(manifest, [spec for spec, _ in todo], config, outcome.partition, run_id,
-             manifest_per_spec=[table for _, table in todo], mask_person_values=mask_person_values, gpu=gpu)
+             manifest_per_spec=[table for _, table in todo], data=data, gpu=gpu)
 
     written = read_rows(outcome.partition, ["model_version"])
     outcome.rows_written = len(written)
@@ -230,7 +250,7 @@ def run_reevaluation(config: Config, trained: TrainedModels) -> tuple[Outcome, d
     try:
         with heartbeat(results, run_id):
             outcome = reevaluate(manifest.table, specs, results, config.evaluation, run_id, dataset,
-                                 config.cluster.ray_address, config.data.mask_person_values, config.cluster.gpu)
+                                 config.cluster.ray_address, config.data, config.cluster.gpu)
             if outcome.committed:
                 try:
                     print(f"report: {write_trend_report(results)['trend.html']}")

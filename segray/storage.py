@@ -12,11 +12,15 @@ the endpoint on.
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import hashlib
 import os
 import posixpath
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -145,15 +149,18 @@ def describe(error: OSError) -> str:
     return text
 
 
-def local_copy(uri: str) -> str:
-    """A local directory with the contents of `uri`: the path itself when it is local,
-    else a fresh temporary copy (checkpoints on S3 are read this way)."""
+@contextmanager
+def local_copy(uri: str) -> Iterator[str]:
+    """In the block, a local directory with the contents of `uri`: the path itself when it
+    is local, else a temporary copy, removed when the block ends (checkpoints on S3 are
+    read this way, once, when a model actor or replica starts)."""
     if is_local(uri):
-        return resolve(uri)[1]
+        yield resolve(uri)[1]
+        return
     fs, path = resolve(uri)
-    local = tempfile.mkdtemp(prefix="segray-")
-    pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    return local
+    with tempfile.TemporaryDirectory(prefix="segray-") as local:
+        pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        yield local
 
 
 def file_sizes(uri: str, recursive: bool = False) -> dict[str, int]:
@@ -208,18 +215,104 @@ def write_new(uri: str, data: bytes) -> None:
         with os.fdopen(descriptor, "wb") as f:
             f.write(data)
         return
-    if not uri.startswith("s3://"):
-        raise ValueError(f"{uri}: exclusive create is supported on local paths and s3:// only")
-    import boto3
+    _conditional("put_object", uri, FileExistsError, Body=data, IfNoneMatch="*")
+
+
+class ChangedMeanwhile(OSError):
+    """A conditional write or delete found the file changed (or gone) since it was read."""
+
+
+def read_tagged(uri: str) -> tuple[bytes, str]:
+    """The file's bytes and a tag that changes with every write of it: its ETag on S3, the
+    bytes' SHA-256 locally. `replace_if` and `delete_if` take the tag back. FileNotFoundError
+    when there is none."""
+    if is_local(uri):
+        data = read_bytes(uri)
+        return data, hashlib.sha256(data).hexdigest()
     from botocore.exceptions import ClientError
 
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    client = boto3.client("s3", endpoint_url=s3_endpoint())
+    bucket, key = _bucket_key(uri)
     try:
-        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        answer = _client().get_object(Bucket=bucket, Key=key)
     except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-            raise FileExistsError(f"{uri} exists") from error
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            raise FileNotFoundError(uri) from error
+        raise OSError(f"{uri}: {error}") from error
+    return answer["Body"].read(), answer["ETag"]
+
+
+def replace_if(uri: str, tag: str, data: bytes) -> None:
+    """Compare and swap: replace `uri` with `data` if it is still as read with `tag`
+    (`read_tagged`), else raise ChangedMeanwhile. On S3 a PUT with `If-Match: ETag`;
+    locally, under an exclusive `flock` of a guard file beside it, which every conditional
+    writer of the file takes, then an atomic rename."""
+    if not is_local(uri):
+        _conditional("put_object", uri, ChangedMeanwhile, Body=data, IfMatch=tag)
+        return
+    path = resolve(uri)[1]
+    with _guard(path):
+        _check_tag(path, tag)
+        temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(temporary, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+
+
+def delete_if(uri: str, tag: str) -> None:
+    """Delete `uri` if it is still as read with `tag`, else raise ChangedMeanwhile."""
+    if not is_local(uri):
+        _conditional("delete_object", uri, ChangedMeanwhile, IfMatch=tag)
+        return
+    path = resolve(uri)[1]
+    with _guard(path):
+        _check_tag(path, tag)
+        os.remove(path)
+
+
+@contextmanager
+def _guard(path: str) -> Iterator[None]:
+    with open(f"{path}.guard", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
+
+
+def _check_tag(path: str, tag: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            now = hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        raise ChangedMeanwhile(f"{path} is gone") from None
+    if now != tag:
+        raise ChangedMeanwhile(f"{path} changed since it was read")
+
+
+def _bucket_key(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri}: conditional writes are supported on local paths and s3:// only")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def _client():  # noqa: ANN202 - boto3's client has no importable type
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_endpoint())
+
+
+def _conditional(method: str, uri: str, refused: type[OSError], **arguments: object) -> None:
+    """S3's `method` on `uri` with a precondition; a failed one raises `refused`."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = _bucket_key(uri)
+    try:
+        getattr(_client(), method)(Bucket=bucket, Key=key, **arguments)
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404"):
+            raise refused(f"{uri}: {code}") from error
         raise OSError(f"{uri}: {error}") from error
 
 

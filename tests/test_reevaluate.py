@@ -4,9 +4,13 @@ a crashed run's rows are recomputed and never doubled, the lock refuses overlapp
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -176,8 +180,62 @@ def test_a_stale_lock_is_taken_over(results_uri, caplog):
     with pytest.raises(LockHeld, match="held by run dead"):
         acquire_lock(results_uri, "new", stale_after_h=8)
     acquire_lock(results_uri, "new", stale_after_h=6)
-    assert "taking over the stale lock" in caplog.text
+    assert "took over the stale lock" in caplog.text
     assert json.loads(storage.read_bytes(storage.join(results_uri, LOCK_FILE)))["run_id"] == "new"
+
+
+def stale_lock(results_uri: str) -> None:
+    old = (datetime.now(UTC) - timedelta(hours=7)).isoformat()
+    storage.write_bytes(storage.join(results_uri, LOCK_FILE),
+                        json.dumps({"run_id": "dead", "host": "elsewhere", "started_at": old}).encode())
+
+
+def take_lock(results: str, start: threading.Barrier, name: str) -> str | None:
+    """`name` once every racer is ready: its name if it won the lock, None if refused."""
+    start.wait()
+    try:
+        acquire_lock(results, name, stale_after_h=6)
+        return name
+    except LockHeld as error:
+        assert "at the same time" in str(error) or "held by run" in str(error)
+        return None
+
+
+def test_of_runs_racing_over_one_stale_lock_exactly_one_wins_each_time(tmp_path):
+    """Eight takers at once, forty times over: each round one holds the lock, the seven
+    others are refused naming the race, and the lock on disk is the winner's."""
+    results = str(tmp_path / "results")
+    for round_ in range(40):
+        stale_lock(results)
+        with ThreadPoolExecutor(8) as pool:
+            racers = [f"r{round_}-{i}" for i in range(8)]
+            winners = [w for w in pool.map(functools.partial(take_lock, results, threading.Barrier(8)), racers) if w]
+        assert len(winners) == 1, (round_, winners)
+        assert json.loads(storage.read_bytes(storage.join(results, LOCK_FILE)))["run_id"] == winners[0]
+
+
+def test_a_write_over_a_lock_that_changed_since_it_was_read_is_refused(results_uri):
+    """The compare-and-swap under the takeover: on S3 a PUT with If-Match on the ETag read."""
+    uri = storage.join(results_uri, LOCK_FILE)
+    stale_lock(results_uri)
+    _, tag = storage.read_tagged(uri)
+    acquire_lock(results_uri, "first", stale_after_h=6)  # takes it over: the lock changed
+    with pytest.raises(storage.ChangedMeanwhile):
+        storage.replace_if(uri, tag, b'{"run_id": "late"}')
+    with pytest.raises(storage.ChangedMeanwhile):
+        storage.delete_if(uri, tag)
+    assert json.loads(storage.read_bytes(uri))["run_id"] == "first"
+
+
+def test_a_taken_over_runs_heartbeat_and_release_leave_the_new_holders_lock(results_uri):
+    uri = storage.join(results_uri, LOCK_FILE)
+    acquire_lock(results_uri, "old", stale_after_h=6)
+    with heartbeat(results_uri, "old", every_s=0.05):
+        storage.write_bytes(uri, json.dumps({"run_id": "new", "host": "h", "started_at": "x"}).encode())
+        time.sleep(0.3)  # beats that find the lock another run's stop, and write nothing
+        assert json.loads(storage.read_bytes(uri))["run_id"] == "new"
+    release_lock(results_uri, "old")
+    assert json.loads(storage.read_bytes(uri))["run_id"] == "new"
 
 
 def test_a_live_run_beats_and_keeps_its_lock_however_long_it_runs(results_uri):
