@@ -17,13 +17,15 @@ from segray.config import Config
 from segray.errors import SettingsError
 from segray.models.mlflow_registry import is_registered
 from segray.models.selection import TrainedModels
+from segray.redact import redact
 from segray.settings import load
 
 EXPERIMENT = "segray"  # the MLflow experiment when neither tracking.experiment nor MLFLOW_EXPERIMENT_NAME names one
-# Ray's workers run in the job's own environment (a local Ray) or in the one the cluster's
-# nodes provide (`ray job submit`). Under `uv run`, Ray would otherwise build each worker a
-# copy of the project in a new environment: every actor and Ray Train worker then took
-# longer to start (docs/PERFORMANCE.md). Read when Ray is imported.
+# A local Ray's workers run in the job's own environment. Under `uv run`, Ray would otherwise
+# build each worker a copy of the project in a new environment: every actor and Ray Train
+# worker then took longer to start (docs/PERFORMANCE.md). On a cluster Ray's default stays:
+# there `uv run` is how workers on other nodes get the locked environment (k8s/rayjob.yaml).
+# Read when Ray is imported.
 RAY_WORKER_ENV = {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
 
 
@@ -44,18 +46,19 @@ def job_config(job: str, argv: list[str] | None = None) -> Config:
 
 def set_up(config: Config) -> None:
     """What a job sets up before it imports Ray: the console's log level (`verbose`: INFO),
-    the S3 endpoint (`cluster.s3_endpoint_url`), which Ray's workers inherit, and Ray's
-    workers' Python (`RAY_WORKER_ENV`)."""
+    the S3 endpoint (`cluster.s3_endpoint_url`), which Ray's workers inherit, and, for a
+    local Ray, its workers' Python (`RAY_WORKER_ENV`)."""
     logging.basicConfig(level=logging.INFO if config.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.cluster.s3_endpoint_url:
         os.environ["AWS_ENDPOINT_URL"] = config.cluster.s3_endpoint_url
-    set_ray_worker_env()
+    if not (config.cluster.ray_address or os.environ.get("RAY_ADDRESS")):
+        set_ray_worker_env()
 
 
 def set_ray_worker_env() -> None:
-    """`RAY_WORKER_ENV` in this process's environment, before Ray is imported; a value the
-    user set wins."""
+    """`RAY_WORKER_ENV` in this process's environment, before Ray is imported, for a Ray
+    this process starts; a value the user set wins."""
     for name, value in RAY_WORKER_ENV.items():
         os.environ.setdefault(name, value)
 
@@ -72,7 +75,8 @@ def mlflow_tracking(config: Config) -> tuple[str | None, str]:
     """(tracking URI or None: no tracking, experiment) from the settings, else the environment."""
     uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or None
     if uri and importlib.util.find_spec("mlflow") is None:
-        raise SettingsError(f"tracking.uri: MLflow tracking ({uri}) needs MLflow's client: pip install 'segray[mlflow]'")
+        raise SettingsError(f"tracking.uri: MLflow tracking ({redact(uri)}) needs MLflow's client: "
+                            "pip install 'segray[mlflow]'")
     return uri, config.tracking.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
 
 

@@ -1,4 +1,4 @@
-"""A finished run in MLflow (`--mlflow-tracking-uri`), logged from its folder alone.
+"""A finished run in MLflow (`tracking.uri`), logged from its folder alone.
 
 Every job logs its run when it ends (`log_finished`); `jobs/log_mlflow.py RUN` logs one
 afterwards, e.g. when the tracking server was down. What one run becomes in the experiment:
@@ -48,6 +48,7 @@ from segray.models.mlflow_registry import (
     mlflow_client,
     registered_name,
 )
+from segray.redact import redact
 from segray.report import REPORT_JSON, read_json
 from segray.results.read import COMMIT_FILE
 from segray.run import RUN_FILE, update_record
@@ -319,17 +320,17 @@ def log_finished(uri: str, tracking_uri: str | None, experiment: str) -> bool:
     if not tracking_uri:
         return True
     logged = log_run(uri, tracking_uri, experiment)
+    shown = redact(tracking_uri)  # its password and tokens masked, on the console and in run.json
     if logged.error:
-        print(f"warning: the run was not logged in MLflow ({tracking_uri}): {logged.error}; the run's own outputs are "
-              f"unaffected: "
-              f"log it later with: python jobs/log_mlflow.py {uri} --mlflow-tracking-uri {tracking_uri} "
-              f"--mlflow-experiment {experiment}")
+        print(f"warning: the run was not logged in MLflow ({shown}): {redact(logged.error)}; the run's own outputs "
+              f"are unaffected: log it later with: python jobs/log_mlflow.py {uri} --tracking.uri {shown} "
+              f"--tracking.experiment {experiment}")
         return False
     said = "was logged already" if logged.already else "logged"
-    print(f"mlflow: {said} as run {logged.run_id} in experiment {experiment!r} at {tracking_uri}")
+    print(f"mlflow: {said} as run {logged.run_id} in experiment {experiment!r} at {shown}")
     for version in logged.registered:
         print(f"mlflow: registered {version}")
     if not logged.already and storage.exists(storage.join(uri, RUN_FILE)):
-        update_record(uri, mlflow={"tracking_uri": tracking_uri, "experiment": experiment, "run_id": logged.run_id,
+        update_record(uri, mlflow={"tracking_uri": shown, "experiment": experiment, "run_id": logged.run_id,
                                    "registered": logged.registered})
     return True

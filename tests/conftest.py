@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import socket
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +173,21 @@ class S3Proxy:
                     pass
             with self._lock:
                 self._connections -= {source, destination}
+
+
+def png_bomb(width: int = 32768, height: int = 32767) -> bytes:
+    """A valid PNG a few KB long whose header declares `width` x `height` 8-bit gray pixels
+    (32768 x 32767: 1 GiB once decoded, 3 GiB as RGB)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (width + 1) * 64, 9)  # the first rows; a decoder would allocate them all
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+# A Radiance HDR file OpenCV decodes (Pillow does not), declaring 16000 x 32768 float pixels (6 GB).
+HDR_BOMB = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 16000 +X 32768\n" + b"\x02\x02\x80\x00" * 4096
 
 
 def free_port() -> int:
@@ -333,8 +350,9 @@ class S3Run:
 def s3_run(ray_session, s3_endpoint, synthetic_root, tiny_weights, tmp_path_factory) -> S3Run:
     """A benchmark whose data and output are both on S3 (the UNet, 1 epoch at 64 px, and tiny
     LangSAM, on 12 images), then jobs/evaluate.py of its checkpoint on a local copy of the
-    data, into a local folder. Canary secrets (AWS, Kaggle) are in the environment while they
-    run, and everything they print or log is kept, for the secret scan."""
+    data, into a local folder. Canary secrets (AWS, Kaggle, Hugging Face) are in the
+    environment and a password is in the tracking URI while they run, and everything they
+    print or log is kept, for the secret scan."""
     import contextlib
     import io
     import logging
@@ -357,15 +375,18 @@ def s3_run(ray_session, s3_endpoint, synthetic_root, tiny_weights, tmp_path_fact
 
     # The moto endpoint accepts any secret; the Ray workers keep the session's.
     secrets = [os.environ["AWS_SECRET_ACCESS_KEY"], "CANARY-aws-secret-4d1f", "CANARY-aws-session-8b2e",
-               "CANARY-kaggle-key-51c7", "CANARY-kaggle-token-93aa"]
+               "CANARY-kaggle-key-51c7", "CANARY-kaggle-token-93aa", "CANARY-hf-token-2b7e", "CANARY-mlflow-pass-77c1"]
+    # A tracking server's password in its URI; nothing listens there, so logging fails with a warning.
+    tracking = f"http://segray:{secrets[6]}@127.0.0.1:{free_port()}"
     out, err, records = io.StringIO(), io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(records)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
-    common = ["--preset", "demo", "--models", "unet,langsam", *langsam_options(tiny_weights), "-v"]
+    common = ["--preset", "demo", "--models", "unet,langsam", *langsam_options(tiny_weights), "-v",
+              "--tracking.uri", tracking]
     with pytest.MonkeyPatch.context() as env, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         for name, value in (("AWS_SECRET_ACCESS_KEY", secrets[1]), ("AWS_SESSION_TOKEN", secrets[2]),
                             ("KAGGLE_USERNAME", "segray-canary"), ("KAGGLE_KEY", secrets[3]),
-                            ("KAGGLE_API_TOKEN", secrets[4])):
+                            ("KAGGLE_API_TOKEN", secrets[4]), ("HF_TOKEN", secrets[5])):
             env.setenv(name, value)
         root_logger = logging.getLogger()
         level = root_logger.level

@@ -22,6 +22,8 @@ from segray import storage
 from segray.data.manifest import build_manifest
 from segray.models.checkpoint import OPTIMIZER_FILE, load_network, load_optimizer_state, save_checkpoint
 from segray.models.networks import build_network
+from segray.redact import redact
+from segray.settings import dump, load
 
 REPO = Path(__file__).parents[1]
 
@@ -167,6 +169,25 @@ def test_secret_leaks_finds_a_secret_in_raw_and_parquet_bytes():
     assert secret_leaks("log.txt", b"x CANARY-1234 y", ["CANARY-1234", "other"]) == ["log.txt: CANARY-1234"]
 
 
+@pytest.mark.parametrize(("uri", "shown"), [
+    ("https://user:tok3n@mlflow.example:5000/x", "https://user:***@mlflow.example:5000/x"),
+    ("postgresql://me:pw@db/mlflow", "postgresql://me:***@db/mlflow"),
+    ("s3://b/k?X-Amz-Signature=abc&X-Amz-Credential=AKIA%2Fx&part=1", "s3://b/k?X-Amz-Signature=***&X-Amz-Credential=***&part=1"),
+    ("https://host/api?token=zzz#top", "https://host/api?token=***#top"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("error at https://u:p@h (refused)", "error at https://u:***@h (refused)"),
+])
+def test_a_uri_is_shown_with_its_password_and_tokens_masked(uri, shown):
+    assert redact(uri) == shown
+
+
+def test_the_settings_a_run_keeps_and_prints_mask_the_tracking_password(capsys):
+    config = load("benchmark", ["--tracking.uri", "https://u:CANARY-p@h"])
+    assert config.tracking.uri == "https://u:CANARY-p@h"  # the job itself uses it
+    assert config.to_dict()["tracking"]["uri"] == "https://u:***@h"
+    assert "CANARY-p" not in dump(config, "benchmark")
+
+
 def test_no_credential_reaches_logs_outputs_or_s3(ray_session, s3_run):
     """The session's S3 benchmark and its local evaluation ran with canary secrets in the
     environment: none is in a file they wrote (on S3 or locally), what they printed or logged,
@@ -192,6 +213,9 @@ def test_no_credential_reaches_logs_outputs_or_s3(ray_session, s3_run):
     assert any(name.endswith(".parquet") for name in files) and any("summary.json" in name for name in files)
     assert any(name.endswith("model.safetensors") for name in files)
     assert [leak for name, data in files.items() for leak in secret_leaks(name, data, s3_run.secrets)] == []
+    # The tracking URI is shown, and kept, with its password masked.
+    assert "http://segray:***@127.0.0.1:" in s3_run.said["stdout"]
+    assert "segray:***@" in storage.read_bytes(f"s3://{s3_run.bucket}/runs/s3/settings.yaml").decode()
 
 
 # ---------------------------------------------------------------------------- shell

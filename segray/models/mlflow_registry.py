@@ -1,4 +1,4 @@
-"""Trained checkpoints as MLflow registered model versions (`--mlflow-tracking-uri`).
+"""Trained checkpoints as MLflow registered model versions (`tracking.uri`).
 
 A trained model's best checkpoint is registered as a version of the registered model
 `registered_name(training)` (`segray-unet`, `segray-unet-frac-0.25`), whose artifacts are
@@ -30,6 +30,7 @@ from segray.config import split_training_name, training_name
 from segray.errors import CheckpointStoreError
 from segray.models.checkpoint import read_meta
 from segray.models.store import CHECKPOINT_FILES
+from segray.redact import redact
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -53,7 +54,7 @@ def mlflow_client(tracking_uri: str) -> MlflowClient:
     try:
         from mlflow import MlflowClient
     except ImportError:
-        raise CheckpointStoreError("--mlflow-tracking-uri needs MLflow's client: pip install 'segray[mlflow]' "
+        raise CheckpointStoreError("tracking.uri needs MLflow's client: pip install 'segray[mlflow]' "
                                    "(or mlflow-skinny)") from None
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
@@ -80,7 +81,7 @@ def resolve_registered(selector: str, expected: str, tracking_uri: str | None, c
     downloaded into CACHE_DIR/mlflow/NAME/VERSION. Raises CheckpointStoreError when there
     is no tracking URI, no such version, or it holds another model."""
     if not tracking_uri:
-        raise CheckpointStoreError(f"{selector} needs --mlflow-tracking-uri (or MLFLOW_TRACKING_URI)")
+        raise CheckpointStoreError(f"{selector} needs tracking.uri (--tracking.uri, or MLFLOW_TRACKING_URI)")
     match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", selector)
     if not match:
         raise CheckpointStoreError(f"{selector!r} is not a registered model version: expected models:/NAME/VERSION "
@@ -99,7 +100,7 @@ def resolve_registered(selector: str, expected: str, tracking_uri: str | None, c
             location = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{version.run_id}/{CHECKPOINT_ARTIFACT}",
                                                            dst_path=target, tracking_uri=tracking_uri)
     except MlflowException as error:
-        raise CheckpointStoreError(f"{selector} at {tracking_uri}: {error.message}") from None
+        raise CheckpointStoreError(redact(f"{selector} at {tracking_uri}: {error.message}")) from None
     meta = read_meta(location)
     found = training_name(meta["model"], meta.get("train_fraction"))
     if found != expected:

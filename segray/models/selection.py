@@ -5,7 +5,7 @@ evaluate and re-evaluate (and the jobs built on them) all call `models_to_evalua
 A trained model's checkpoints come from, in this order of precedence:
   1. a checkpoint folder given for it (`--checkpoint MODEL=DIR`);
   2. an MLflow registered model version (`--version MODEL=models:/segray-unet/3` or
-     `models:/segray-unet@champion`, with `--mlflow-tracking-uri`: `segray.models.mlflow_registry`);
+     `models:/segray-unet@champion`, with `tracking.uri`: `segray.models.mlflow_registry`);
   3. the checkpoint store (`--checkpoint-store URI`), by selector (`--version MODEL=SELECTOR`:
      latest, best, all or a version name; the default selector is the job's);
   4. a training run's results (this run's training, or `--checkpoints-from RUN`'s training.json).
