@@ -135,7 +135,7 @@ class Trainings:
 
         config = self.config
         return training_datasets(self.manifest.table, config.train.image_size, config.train.num_workers, config.seed,
-                                 config.data.mask_person_values, fraction)
+                                 config.data.mask_person_values, fraction, config.data.max_pixels)
 
     def _train(self, name: str, datasets) -> None:
         from segray.train import train_model

@@ -27,7 +27,7 @@ from segray.data.decode import check_same_size, decode_image, decode_mask
 from segray.models.checkpoint import save_checkpoint
 from segray.models.networks import build_network
 from segray.train import load_resized
-from tests.conftest import job
+from tests.conftest import HDR_BOMB, job, png_bomb
 
 REPO = Path(__file__).parents[1]
 HEIGHT, WIDTH = 48, 64
@@ -210,6 +210,11 @@ def corpus_cases() -> dict[str, dict]:
         "size_mismatch.png": {"image": good, "mask": png(person(24, 32).astype(np.uint8) * 255),
                               "status": "error", "error": "mask is 24x32, image is 48x64"},
         "bad_mask.png": {"image": good, "mask": b"not a mask", "status": "error", "error": "cannot decode mask"},
+        "bomb.png": {"image": png_bomb(), "mask": mask, "status": "error",
+                     "error": "image is 32768x32767 = 1,073,709,056 pixels, over the budget"},
+        "mask_bomb.png": {"image": good, "mask": png_bomb(), "status": "error", "error": "mask is 32768x32767"},
+        "radiance.png": {"image": HDR_BOMB, "mask": mask, "status": "error",
+                         "error": "not a PNG, JPEG, WebP, BMP or TIFF file"},
         "jpeg_named.png": {"image": cv2.imencode(".jpg", noise())[1].tobytes(), "mask": mask, **ok},
         "rgba.png": {"image": png(np.dstack([noise(), np.full((HEIGHT, WIDTH), 7, np.uint8)])), "mask": mask, **ok},
         "gray.png": {"image": png(noise()[..., 0]), "mask": mask, **ok},

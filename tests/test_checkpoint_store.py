@@ -4,6 +4,7 @@ record, resolve latest / best / a named version / all, refusals, and the dataset
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 
@@ -68,7 +69,9 @@ def test_versions_are_recorded_and_resolved(store, tmp_path):
     assert found["created_at"].endswith("+00:00")
     # The store's own copy holds the weights, and no optimizer state.
     assert OPTIMIZER_FILE not in storage.list_files(found["checkpoint"])
-    network, _ = load_network(storage.local_copy(found["checkpoint"]))
+    with storage.local_copy(found["checkpoint"]) as folder:
+        network, _ = load_network(folder)
+    assert os.path.isdir(folder) == storage.is_local(found["checkpoint"])  # a copy from S3 is removed after
     for name, tensor in network.state_dict().items():
         assert torch.equal(tensor, weights["run-a"][name])
     # What evaluation builds from it: the store's copy, named as the rows name it; the rows'

@@ -10,6 +10,9 @@ from segray.data.decode import (
     EXIF,
     STORED,
     PairError,
+    TooManyPixels,
+    UnknownFormat,
+    check_header,
     decode_image,
     decode_mask,
     decode_mask_noted,
@@ -18,6 +21,7 @@ from segray.data.decode import (
     resize_mask,
     resize_pair,
 )
+from tests.conftest import HDR_BOMB, png_bomb
 
 
 def test_resize_pair_equals_albumentations_resize():
@@ -160,3 +164,26 @@ def test_every_accepted_format_decodes_as_image_and_mask(ext):
     np.testing.assert_array_equal(pair.image, rgb)  # these encoders are lossless by default
     np.testing.assert_array_equal(pair.mask, box((30, 40)))
     assert pair.orientation == STORED and pair.mask_note is None
+
+
+@pytest.mark.parametrize(("data", "kind", "size"), [
+    (png_bomb(), "PNG", (32768, 32767)),
+    (cv2.imencode(".jpg", np.zeros((30, 40, 3), np.uint8))[1].tobytes(), "JPEG", (40, 30)),
+    (cv2.imencode(".webp", np.zeros((30, 40, 3), np.uint8))[1].tobytes(), "WebP", (40, 30)),
+    (cv2.imencode(".webp", np.zeros((30, 40, 3), np.uint8), [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes(), "WebP",
+     (40, 30)),
+    (cv2.imencode(".bmp", np.zeros((30, 40, 3), np.uint8))[1].tobytes(), "BMP", (40, 30)),
+    (cv2.imencode(".tiff", np.zeros((30, 40, 3), np.uint8))[1].tobytes(), "TIFF", (40, 30)),
+])
+def test_the_header_says_format_and_size_without_decoding(data, kind, size):
+    assert check_header(data, "image", max_pixels=2**40) == (kind, *size)
+
+
+def test_an_image_over_the_pixel_budget_or_in_another_format_is_not_decoded():
+    with pytest.raises(TooManyPixels, match=r"image is 32768x32767 = 1,073,709,056 pixels, over the budget of "
+                                            r"40,000,000 \(data.max_pixels\)"):
+        decode_image(png_bomb())
+    with pytest.raises(TooManyPixels, match="mask is 40x30"):
+        decode_mask(cv2.imencode(".png", np.zeros((30, 40), np.uint8))[1].tobytes(), max_pixels=1000)
+    with pytest.raises(UnknownFormat, match=r"cannot decode image \(\d+ bytes\): not a PNG, JPEG, WebP, BMP or TIFF"):
+        decode_image(HDR_BOMB)

@@ -114,3 +114,22 @@ def test_load_resized_decodes_pairs_as_evaluation_does(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="segray.train"):
         assert not load_resized(batch, size=16)["mask"].any()  # {0, 2, 5}: no person by the default rules
     assert f"training uses {tmp_path / 'turned.jpg'} with mask {tmp_path / 'turned.png'}: label map" in caplog.text
+
+
+def test_training_leaves_out_a_pair_over_the_pixel_budget_and_names_it(tmp_path, caplog):
+    import logging
+
+    import cv2
+
+    from segray.train import load_resized
+    from tests.conftest import png_bomb
+
+    (tmp_path / "bomb.png").write_bytes(png_bomb())
+    cv2.imwrite(str(tmp_path / "ok.png"), np.full((30, 40, 3), 90, np.uint8))
+    cv2.imwrite(str(tmp_path / "mask.png"), np.zeros((30, 40), np.uint8))
+    batch = {"image_uri": np.array([str(tmp_path / "bomb.png"), str(tmp_path / "ok.png")]),
+             "mask_uri": np.array([str(tmp_path / "mask.png")] * 2)}
+    with caplog.at_level(logging.WARNING, logger="segray.train"):
+        loaded = load_resized(batch, size=16)
+    assert len(loaded["image"]) == 1
+    assert f"training skips {tmp_path / 'bomb.png'}: image is 32768x32767" in caplog.text

@@ -6,12 +6,16 @@ Ray Data's decode and score tasks import this module, not albumentations or torc
 
 from __future__ import annotations
 
+import io
 import struct
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from segray.config import DEFAULT_MAX_PIXELS
 
 # The article binarises masks with `mask > 127`.
 MASK_THRESHOLD = 127
@@ -34,6 +38,15 @@ UNDO_ORIENTATION = {**{o: o for o in ORIENTATIONS}, 6: 8, 8: 6}  # the others un
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 ORIENTATION_TAG = 0x0112
 NOTE_VALUES_SHOWN = 8  # values a mask note lists before "..."
+FORMATS = "PNG, JPEG, WebP, BMP or TIFF"  # the only ones decoded, recognised by their first bytes
+
+
+class TooManyPixels(ValueError):
+    """An image whose header declares more pixels than the budget: it is not decoded."""
+
+
+class UnknownFormat(ValueError):
+    """Bytes that are none of FORMATS: they are not decoded."""
 
 
 class PairError(ValueError):
@@ -55,7 +68,8 @@ class DecodedPair:
     mask_note: str | None  # why the mask's person may be wrong (see decode_mask_noted), else None
 
 
-def decode_pair(image_data: bytes, mask_data: bytes, person_values: Sequence[int] | None = None) -> DecodedPair:
+def decode_pair(image_data: bytes, mask_data: bytes, person_values: Sequence[int] | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedPair:
     """An image and its mask, decoded so that they agree. Raises PairError.
 
     An image with an EXIF orientation has two readings: its stored pixels, and the image
@@ -66,15 +80,16 @@ def decode_pair(image_data: bytes, mask_data: bytes, person_values: Sequence[int
     ones that fit whatever the orientation. The mask itself is read as stored (its own
     orientation tag, if any, is ignored, so a mask that copied its image's tag stays
     aligned with the image's stored pixels). Training, evaluation and the report's
-    gallery all decode pairs here."""
+    gallery all decode pairs here. Neither file is decoded when its header declares more
+    than `max_pixels` pixels (`check_header`)."""
     # Whatever fails while decoding a file is that file's fault (OpenCV raises cv2.error too).
     try:
-        stored, orientation = _decode_stored(image_data, cv2.IMREAD_COLOR, "image")
+        stored, orientation = _decode_stored(image_data, cv2.IMREAD_COLOR, "image", max_pixels)
         stored = cv2.cvtColor(stored, cv2.COLOR_BGR2RGB)
     except Exception as error:
         raise PairError("image", str(error)) from error
     try:
-        mask, note = decode_mask_noted(mask_data, person_values)
+        mask, note = decode_mask_noted(mask_data, person_values, max_pixels)
     except Exception as error:
         raise PairError("mask", str(error)) from error
     shown = ORIENTATIONS[orientation](stored)
@@ -88,22 +103,24 @@ def decode_pair(image_data: bytes, mask_data: bytes, person_values: Sequence[int
     return DecodedPair(stored, mask, STORED, note)
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Image bytes -> RGB uint8 array (H, W, 3) of its stored pixels (EXIF orientation not
     applied: `decode_pair` chooses). Raises ValueError if undecodable.
 
     The format is read from the content, not the name (a JPEG named .png decodes). Gray
     is repeated over R, G and B; a palette is expanded to its colours; alpha is dropped
     (not composited); 16 bits per channel become 8 by keeping the high byte."""
-    return cv2.cvtColor(_decode_stored(data, cv2.IMREAD_COLOR, "image")[0], cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_decode_stored(data, cv2.IMREAD_COLOR, "image", max_pixels)[0], cv2.COLOR_BGR2RGB)
 
 
-def decode_mask(data: bytes, person_values: Sequence[int] | None = None) -> np.ndarray:
+def decode_mask(data: bytes, person_values: Sequence[int] | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Mask bytes -> boolean person mask (H, W), by the rules of `decode_mask_noted`."""
-    return decode_mask_noted(data, person_values)[0]
+    return decode_mask_noted(data, person_values, max_pixels)[0]
 
 
-def decode_mask_noted(data: bytes, person_values: Sequence[int] | None = None) -> tuple[np.ndarray, str | None]:
+def decode_mask_noted(data: bytes, person_values: Sequence[int] | None = None,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str | None]:
     """Mask bytes -> (boolean person mask (H, W), a note or None). Raises ValueError if
     undecodable.
 
@@ -117,7 +134,7 @@ def decode_mask_noted(data: bytes, person_values: Sequence[int] | None = None) -
       anti-aliased edges. When it finds no person in a mask that has non-zero pixels
       (a multi-class label map such as {0, 1, 2, 5}), the note says what was found."""
     # ANYDEPTH keeps 16 bits; ANYCOLOR keeps gray as one channel and drops alpha.
-    values, _ = _decode_stored(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, "mask")
+    values, _ = _decode_stored(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, "mask", max_pixels)
     if values.ndim == 3:
         values = values.max(axis=2)
     if person_values:
@@ -147,10 +164,58 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return np.unique(values)
 
 
-def _decode_stored(data: bytes, flags: int, what: str) -> tuple[np.ndarray, int]:
+def check_header(data: bytes, what: str, max_pixels: int) -> tuple[str, int, int]:
+    """The format, width and height the bytes' header declares, read without decoding
+    them. Raises UnknownFormat for bytes that are none of FORMATS (OpenCV would decode
+    more, e.g. Radiance HDR), TooManyPixels for an image over `max_pixels` (a small PNG or
+    HDR file can declare gigabytes of pixels)."""
+    kind, width, height = _header(data, what)
+    if width * height > max_pixels:
+        raise TooManyPixels(f"{what} is {width}x{height} = {width * height:,} pixels, over the budget of "
+                            f"{max_pixels:,} (data.max_pixels)")
+    return kind, width, height
+
+
+def _header(data: bytes, what: str) -> tuple[str, int, int]:
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return ("PNG", *struct.unpack(">II", data[16:24]))
+    if data[:2] == b"BM" and len(data) >= 26:
+        if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
+            return ("BMP", *struct.unpack("<HH", data[18:22]))
+        width, height = struct.unpack("<ii", data[18:26])
+        return "BMP", abs(width), abs(height)  # a negative height is a top-down bitmap
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        chunk = data[12:16]
+        if chunk == b"VP8X":
+            return "WebP", 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+        if chunk == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return "WebP", 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+        if chunk == b"VP8 ":
+            width, height = struct.unpack("<HH", data[26:30])
+            return "WebP", width & 0x3FFF, height & 0x3FFF
+    if data[:3] == b"\xff\xd8\xff" or data[:4] in TIFF_MAGIC:
+        from PIL import Image
+
+        # Pillow reads a JPEG's markers up to its first scan, a TIFF's first directory: no pixels.
+        kind = "JPEG" if data[0] == 0xFF else "TIFF"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data), formats=[kind]) as image:
+                    return (kind, *image.size)
+        except Image.DecompressionBombError as error:
+            raise TooManyPixels(f"{what}: {error}") from None
+        except Exception as error:
+            raise ValueError(f"cannot decode {what} ({len(data)} bytes): its {kind} header: {error}") from None
+    raise UnknownFormat(f"cannot decode {what} ({len(data)} bytes): not a {FORMATS} file")
+
+
+def _decode_stored(data: bytes, flags: int, what: str, max_pixels: int) -> tuple[np.ndarray, int]:
     """The stored pixels (OpenCV channel order) and the EXIF orientation (1 to 8; 1 when
-    there is none). Raises ValueError for bytes that are no image (OpenCV returns None for
-    most, but fails an assertion on an empty buffer)."""
+    there is none), once `check_header` let them through. Raises ValueError for bytes that
+    are no image (OpenCV returns None for most)."""
+    check_header(data, what, max_pixels)
     decoded, kinds, metadata = (cv2.imdecodeWithMetadata(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
                                 if data else (None, (), ()))
     if decoded is None:

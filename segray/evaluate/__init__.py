@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import pandas as pd
 import pyarrow as pa
 
-from segray.config import EvalConfig, of_model
+from segray.config import DataConfig, EvalConfig, of_model
 from segray.evaluate.awaited import AwaitedModel
 from segray.evaluate.pools import actor_resources, data_limits, pool_size
 from segray.evaluate.stages import PredictStage, decode_batch, score_batch, todo_column
@@ -39,13 +39,14 @@ def evaluate(
     predictions_uri: str,
     run_id: str,
     manifest_per_spec: Sequence[pd.DataFrame] | None = None,
-    mask_person_values: Sequence[int] | None = None,
+    data: DataConfig | None = None,
     reserve: dict[str, float] | None = None,
     timeline=None,
     gpu: bool | None = None,
 ) -> None:
     """Run every model over every manifest row and write the long-format rows as Parquet.
-    `mask_person_values` names the mask values that are the person (`decode_mask_noted`).
+    `data` says how images and masks are read (`mask_person_values`, `max_pixels`; the
+    defaults without it).
 
     `manifest_per_spec`, in the order of `models`, gives each model its own rows instead
     (the incremental re-evaluation computes only the pairs it lacks): the stream carries
@@ -60,14 +61,14 @@ def evaluate(
     timeline = start_timeline(run_id) if own_timeline else timeline
     try:
         _run_stream(manifest, models, config, predictions_uri, run_id, manifest_per_spec,
-                    mask_person_values, reserve, timeline, gpu)
+                    data or DataConfig(), reserve, timeline, gpu)
     finally:
         if own_timeline:
             stop_timeline(timeline)
 
 
 def _run_stream(manifest, models, config, predictions_uri, run_id, manifest_per_spec,
-                mask_person_values, reserve, timeline, gpu) -> None:
+                data, reserve, timeline, gpu) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -78,7 +79,7 @@ def _run_stream(manifest, models, config, predictions_uri, run_id, manifest_per_
     work = work_table(manifest, manifest_per_spec, len(models))
     stream = manifest_blocks(work, config.rows_per_block, cluster.get("CPU", 1.0)).map_batches(
         decode_batch, batch_size=config.decode_batch_size, num_cpus=config.cpus_per_task,
-        fn_kwargs={"mask_person_values": mask_person_values, "timeline": timeline})
+        fn_kwargs={"mask_person_values": data.mask_person_values, "max_pixels": data.max_pixels, "timeline": timeline})
     labels = stage_labels(models)
     for index, model in enumerate(models):
         low, high = pool_size(config, model.name, cluster, nodes)

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from segray import storage
+from segray.config import DEFAULT_MAX_PIXELS
 from segray.data.decode import DecodedPair, PairError, decode_pair, encode_mask, resize_mask
 from segray.metrics import score_masks
 from segray.models.base import ModelSpec, Prediction, describe_device, predict_each
@@ -49,19 +50,21 @@ def todo_column(index: int) -> str:
 
 
 def decode_batch(batch: dict[str, np.ndarray], mask_person_values: Sequence[int] | None = None,
-                 timeline=None) -> dict[str, Any]:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, timeline=None) -> dict[str, Any]:
     """Read and decode each image with its mask (`decode_pair`: the mask exists, decodes
-    and has the image's size in one of its orientations), once for every model. A failure
+    and has the image's size in one of its orientations; neither is over `max_pixels`),
+    once for every model. A failure
     leaves an empty image (the models skip it) and the message naming the file; a pair
     carries its ground-truth mask, orientation and mask note."""
-    return timed("decode", timeline, lambda b: _decode_batch(b, mask_person_values), batch,
+    return timed("decode", timeline, lambda b: _decode_batch(b, mask_person_values, max_pixels), batch,
                  len(batch["image_id"]), lambda out: sum(e is None for e in out["error"]))
 
 
-def _decode_batch(batch: dict[str, np.ndarray], person_values: Sequence[int] | None) -> dict[str, Any]:
+def _decode_batch(batch: dict[str, np.ndarray], person_values: Sequence[int] | None,
+                  max_pixels: int) -> dict[str, Any]:
     images, truths, errors, orientations, notes = [], [], [], [], []
     for uri, mask_uri in zip(batch["image_uri"], batch["mask_uri"]):
-        pair = _decode(uri, _present(mask_uri), person_values)
+        pair = _decode(uri, _present(mask_uri), person_values, max_pixels)
         ok = isinstance(pair, DecodedPair)
         images.append(pair.image if ok else EMPTY_IMAGE)
         truths.append(pair.mask.astype(np.uint8) if ok else EMPTY_MASK)
@@ -73,7 +76,8 @@ def _decode_batch(batch: dict[str, np.ndarray], person_values: Sequence[int] | N
             "mask_note": notes}
 
 
-def _decode(uri: str, mask_uri: str | None, person_values: Sequence[int] | None) -> DecodedPair | str:
+def _decode(uri: str, mask_uri: str | None, person_values: Sequence[int] | None,
+            max_pixels: int) -> DecodedPair | str:
     """The decoded pair, or why it cannot be scored, naming the file."""
     if mask_uri is None:
         return "missing mask: no file in masks/ matches this image"
@@ -85,7 +89,7 @@ def _decode(uri: str, mask_uri: str | None, person_values: Sequence[int] | None)
         except Exception as error:
             return f"{part} {part_uri}: {error}"
     try:
-        return decode_pair(data["image"], data["mask"], person_values)
+        return decode_pair(data["image"], data["mask"], person_values, max_pixels)
     except PairError as error:
         return f"{error.part} {where[error.part]}: {error}"
 

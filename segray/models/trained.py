@@ -25,7 +25,8 @@ class TrainedSegmenter:
     def __init__(self, spec: ModelSpec):
         self.device = resolve_device(spec.device)
         if spec.checkpoint:
-            self.network, meta = load_network(storage.local_copy(spec.checkpoint), self.device)
+            with storage.local_copy(spec.checkpoint) as folder:
+                self.network, meta = load_network(folder, self.device)
             self.image_size = int(meta["image_size"])
         else:
             self.network = build_network(spec.name, {**spec.params, "encoder_weights": None}).to(self.device)

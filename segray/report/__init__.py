@@ -45,6 +45,7 @@ import time
 from typing import Any
 
 from segray import storage
+from segray.config import DEFAULT_MAX_PIXELS
 from segray.errors import IncompleteRun
 from segray.models.langsam_rules import other_settings, run_setting
 from segray.report.analysis import analyze, tracked_metrics
@@ -129,9 +130,10 @@ def write_report(
             if drawn is not None:
                 pngs[name] = drawn
     lap("figures")
-    person_values = ((summary.get("config") or {}).get("data") or {}).get("mask_person_values")  # as the run read them
+    data = (summary.get("config") or {}).get("data") or {}  # read the images as the run did
     for model, items in gallery_items(rows, analysis, summary.get("dataset_root"), worst_n,
-                                      mask_person_values=person_values).items():
+                                      mask_person_values=data.get("mask_person_values"),
+                                      max_pixels=data.get("max_pixels", DEFAULT_MAX_PIXELS)).items():
         if items:
             pngs[f"worst_{figure_name(model)}"] = figure_gallery(model, items)
     lap("galleries")

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from segray import storage
+from segray.config import DEFAULT_MAX_PIXELS
 from segray.report.analysis import Analysis, worst_images
 from segray.report.formats import fmt_minutes
 from segray.results.read import read_masks
@@ -28,6 +29,8 @@ def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    # Labels are data (categories, prompts, image names): plain text, never math text ($x$).
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
@@ -226,11 +229,13 @@ def series_style(j: int) -> str:
 
 
 def gallery_items(rows: pd.DataFrame, analysis: Analysis, dataset_root: str | None, n: int,
-                  max_side: int = 256, mask_person_values: list[int] | None = None) -> dict[str, list[dict[str, Any]]]:
+                  max_side: int = 256, mask_person_values: list[int] | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, list[dict[str, Any]]]:
     """The worst-n images of each model with image, ground truth and predicted masks,
     resized so that their longer side is `max_side`. Images and masks are found and
     decoded as the run did: paired by `segray.data.manifest.list_pairs` (subfolders
-    too), decoded by `segray.data.decode.decode_pair` with the run's `mask_person_values`."""
+    too), decoded by `segray.data.decode.decode_pair` with the run's `mask_person_values`
+    and `max_pixels`."""
     import cv2
 
     from segray.data.manifest import list_pairs
@@ -261,7 +266,7 @@ def gallery_items(rows: pd.DataFrame, analysis: Analysis, dataset_root: str | No
                 mask_path = mask_paths.get(os.path.splitext(image_id)[0])
                 mask_uri = storage.join(dataset_root, "masks", mask_path) if mask_path else None
                 cache[image_id] = _gallery_pair(storage.join(dataset_root, "images", image_id), mask_uri,
-                                                mask_person_values)
+                                                mask_person_values, max_pixels)
             if cache[image_id] is None:
                 continue
             image, truth = cache[image_id]
@@ -276,7 +281,7 @@ def gallery_items(rows: pd.DataFrame, analysis: Analysis, dataset_root: str | No
 
 
 def _gallery_pair(image_uri: str, mask_uri: str | None,
-                  person_values: list[int] | None) -> tuple[np.ndarray, np.ndarray | None] | None:
+                  person_values: list[int] | None, max_pixels: int) -> tuple[np.ndarray, np.ndarray | None] | None:
     """The image (in the orientation its mask agrees with) and its mask; the image alone,
     with a warning, when the mask is gone or unusable (the dataset changed since the run);
     None, with a warning, when the image cannot be read."""
@@ -290,14 +295,14 @@ def _gallery_pair(image_uri: str, mask_uri: str | None,
     try:
         if mask_uri is None:
             raise PairError("mask", "no mask pairs with it")
-        pair = decode_pair(image_data, storage.read_bytes(mask_uri), person_values)
+        pair = decode_pair(image_data, storage.read_bytes(mask_uri), person_values, max_pixels)
         return pair.image, pair.mask
     except (OSError, PairError) as error:  # an OSError here is the mask's read
         if getattr(error, "part", "mask") == "image":
             log.warning("gallery: skipping %s: %s", image_uri, error)
             return None
         log.warning("gallery: no ground truth for %s: %s", image_uri, error)
-    return decode_image(image_data), None
+    return decode_image(image_data, max_pixels), None
 
 
 def _resize(mask: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:

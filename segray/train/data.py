@@ -11,22 +11,24 @@ import numpy as np
 import pandas as pd
 
 from segray import storage
+from segray.config import DEFAULT_MAX_PIXELS
 from segray.data.decode import decode_pair, resize_pair
 from segray.data.manifest import to_dataset
 
 log = logging.getLogger(__name__)
 
 
-def load_resized(batch: dict[str, np.ndarray], size: int,
-                 mask_person_values: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+def load_resized(batch: dict[str, np.ndarray], size: int, mask_person_values: Sequence[int] | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
     """Decode (`decode_pair`, as evaluation does) and resize image/mask pairs once. Pairs
-    that fail to load, or whose mask's size is not the image's in either orientation, are
-    left out of training (evaluation reports them per image), with a warning naming them;
+    that fail to load, are over `max_pixels`, or whose mask's size is not the image's in
+    either orientation, are left out of training (evaluation reports them per image), with a warning naming them;
     a mask with a note is used, with a warning."""
     images, masks = [], []
     for image_uri, mask_uri in zip(batch["image_uri"], batch["mask_uri"]):
         try:
-            pair = decode_pair(storage.read_bytes(image_uri), storage.read_bytes(mask_uri), mask_person_values)
+            pair = decode_pair(storage.read_bytes(image_uri), storage.read_bytes(mask_uri), mask_person_values,
+                               max_pixels)
         except Exception as error:
             log.warning("training skips %s: %s", image_uri, error)
             continue
@@ -62,8 +64,8 @@ def passes_per_epoch(fraction: float | None) -> int:
 
 
 def training_datasets(manifest: pd.DataFrame, image_size: int, num_workers: int = 1, seed: int = 0,
-                      mask_person_values: Sequence[int] | None = None,
-                      fraction: float | None = None) -> dict[str, Any]:
+                      mask_person_values: Sequence[int] | None = None, fraction: float | None = None,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """The train and val sets (`training_rows`: with a `fraction`, its subset of the train
     split, `passes_per_epoch(fraction)` times over) as one shard per training worker
     (`train_<rank>`, `val_<rank>`), decoded and resized once and cached in the object
@@ -80,7 +82,8 @@ def training_datasets(manifest: pd.DataFrame, image_size: int, num_workers: int 
             raise ValueError(f"{len(rows)} {split} images with masks to train on, fewer than the {num_workers} workers")
         for rank, shard in enumerate(np.array_split(np.arange(len(rows)), num_workers)):
             dataset = to_dataset(rows.iloc[shard]).map_batches(
-                load_resized, fn_kwargs={"size": image_size, "mask_person_values": mask_person_values})
+                load_resized, fn_kwargs={"size": image_size, "mask_person_values": mask_person_values,
+                                         "max_pixels": max_pixels})
             dataset.context.execution_options.preserve_order = True  # blocks in manifest order, every run
             dataset = dataset.materialize()
             passes = passes_per_epoch(fraction) if split == "train" else 1
