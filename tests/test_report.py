@@ -21,8 +21,8 @@ from segray.data.manifest import manifest_fingerprint, read_folder
 from segray.metrics import score_masks
 from segray.report import IncompleteRun, write_report
 from segray.report.analysis import analyze, bootstrap_means, wilcoxon_p
-from segray.report.figures import figure_name
-from segray.report.render import REASON_CHARS
+from segray.report.figures import figure_name, png, pyplot
+from segray.report.render import REASON_CHARS, md_table
 from segray.schema import ROW_SCHEMA
 from tests.conftest import job
 
@@ -259,6 +259,19 @@ def test_a_long_reason_is_cut_to_one_line_in_the_report_and_kept_whole_in_the_su
     line = next(line for line in (run / "report" / "report.md").read_text().splitlines() if "**langsam**" in line)
     assert line == "- **langsam**: " + reason[:REASON_CHARS - 1] + "…"
     assert json.loads((run / "summary.json").read_text())["unavailable"]["langsam"] == reason
+
+
+def test_text_from_the_data_is_literal_in_markdown_and_plain_in_figures():
+    """A category, prompt or error is data: Markdown shows it as written, and a figure draws
+    `$\\x$` as text rather than failing to parse it as math."""
+    (header, rule, row) = md_table(["model", "a|b"], [["unet", "<b>x</b> *y* $\\x$ [l](u)\nnext"]])
+    assert header == "| model | a\\|b |"
+    assert row == "| unet | &lt;b&gt;x&lt;/b&gt; \\*y\\* \\$\\\\x\\$ [l\\](u) next |"
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    ax.bar(["$\\x$", "a_b^c"], [1, 2])
+    ax.set_title("$\\x$ {unclosed")
+    assert png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_job_regenerates_and_refuses_an_incomplete_run(tmp_path, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import numpy as np
@@ -31,3 +33,11 @@ def fmt_pct(value: float | None) -> str:
 
 def fmt_minutes(seconds: float | None) -> str:
     return "–" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def md_text(value: Any) -> str:
+    """`value` as literal Markdown text on one line: HTML escaped, the marks that make
+    emphasis, code, math, links or table cells backslash-escaped, line breaks as spaces (a
+    category or prompt is data, not markup)."""
+    text = " ".join(html.escape(str(value), quote=False).split())
+    return re.sub(r"([\\`*|~$]|\](?=\())", r"\\\1", text)

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from segray.report.analysis import Analysis
-from segray.report.formats import fmt, fmt_ci, fmt_minutes, fmt_p, fmt_pct
+from segray.report.formats import fmt, fmt_ci, fmt_minutes, fmt_p, fmt_pct, md_text
 from segray.report.sweep import Sweep, sweep_sections
 from segray.results.scoring import split_label
 
@@ -115,7 +115,8 @@ def render_markdown(analysis: Analysis, repro: dict[str, Any], figures: dict[str
     notes = _notes(analysis)
     lines = [f"# {title}", "", _headline(analysis, sweep), ""]
     if analysis.unavailable:
-        lines += [NOT_EVALUATED, "", *[f"- **{model}**: {why}" for model, why in not_evaluated(analysis)], ""]
+        lines += [NOT_EVALUATED, "", *[f"- **{md_text(model)}**: {md_text(why)}" for model, why in not_evaluated(analysis)],
+                  ""]
     for heading, note, table, name in sweep_sections(sweep) if sweep else []:
         lines += [f"## {heading}", "", note, "", *md_table(*table), ""]
         if name in figures:
@@ -180,9 +181,9 @@ def _ranking(analysis: Analysis) -> str:
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    return ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(map(esc, r)) + " |" for r in rows
+    """A Markdown table whose cells are literal text (`md_text`)."""
+    return ["| " + " | ".join(map(md_text, header)) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(map(md_text, r)) + " |" for r in rows
     ]
 
 
