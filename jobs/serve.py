@@ -10,7 +10,10 @@ so the API's mask for an image is the mask_png an evaluation of those weights st
 Serve config file (jobs/serve_config.yaml) gives the same settings as its `args`.
 Routes: GET /healthz, GET /models, POST /segment/{model}[?variant=V|all]; docs at /docs.
 Joins the cluster of cluster.ray_address or RAY_ADDRESS, else starts a local Ray. Exits 0
-after a clean shutdown, 2 on bad settings or when no model can be served.
+after a clean shutdown, 2 on bad settings or when no model can be served. With
+serve.api_token_file (or SEGRAY_API_TOKEN) every route but /healthz asks for that bearer
+token; without, whoever reaches the port may call the API (serve.host is 127.0.0.1 unless
+set).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     host, port = config.serve.host, config.serve.port
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": config.serve.request_timeout_s})
     serve.run(application(settings), name=APP_NAME, route_prefix="/")
     served = ", ".join(f"{spec.name} ({spec.version})" for spec in settings.specs)
     print(f"serving {served} at http://{host}:{port} (docs: /docs); Ctrl-C stops", flush=True)

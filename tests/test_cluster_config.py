@@ -147,8 +147,10 @@ def test_docker_image_is_ray_260_py311_gpu_not_ray_ml(cluster):
 def test_file_mounts_point_at_files_in_the_repository(cluster):
     mounts = cluster["file_mounts"]
     assert mounts.get("~/segray") == "."
+    assert mounts.get("~/.ray/auth_token") == "~/.ray/auth_token"  # Ray's token, from the user's machine
     for remote, local in mounts.items():
-        assert (ROOT / local).exists(), f"file_mounts {remote}: {local} is missing"
+        if not local.startswith("~/"):
+            assert (ROOT / local).exists(), f"file_mounts {remote}: {local} is missing"
     for pattern in cluster.get("rsync_filter", []):
         assert (ROOT / pattern).is_file(), pattern
 
@@ -325,3 +327,18 @@ def test_scheduled_run_uses_the_one_off_runs_cluster_data_and_checkpoint_store()
             assert once[key] == scheduled[key], key
     options = [dict(re.findall(r"(--dataset|--checkpoints.store) (\S+)", s["entrypoint"])) for s in (once, scheduled)]
     assert options[0] == options[1] and len(options[0]) == 2
+
+
+def test_every_cluster_asks_for_rays_token_and_the_api_for_its_own(cluster):
+    """Whoever reaches the dashboard (8265) could run jobs as the nodes' S3 role, and whoever
+    reaches port 8000 could call the API: Ray's token authentication is on everywhere, and
+    the served API asks for a bearer token."""
+    for command in cluster["head_start_ray_commands"][1:] + cluster["worker_start_ray_commands"][1:]:
+        assert "RAY_AUTH_MODE=token ray start" in command
+    specs = [rayjob_spec(RAYJOB)["rayClusterSpec"], rayjob_spec(RAYCRONJOB)["rayClusterSpec"],
+             load(ROOT / "k8s" / "rayservice.yaml")["spec"]["rayClusterConfig"]]
+    assert all(spec["authOptions"] == {"mode": "token"} for spec in specs)
+    service = yaml.safe_load(load(ROOT / "k8s" / "rayservice.yaml")["spec"]["serveConfigV2"])
+    served = yaml.safe_load((ROOT / "jobs" / "serve_config.yaml").read_text())
+    for config in (service, served):
+        assert config["applications"][0]["args"]["serve"]["api_token_file"] == "/etc/segray/api-token"

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,12 +22,14 @@ import torch
 
 from segray.models.checkpoint import save_checkpoint
 from segray.models.networks import build_network
-from tests.conftest import JOBS, free_port, job
+from tests.conftest import HDR_BOMB, JOBS, free_port, job, png_bomb
 
 pytestmark = pytest.mark.slow  # every test here runs a job or a server
 
 MAX_PIXELS = 600_000  # the synthetic images are 512x384 = 196,608 pixels
 MAX_BYTES = 2 << 20
+TOKEN = "test-token-5f2c"  # the API's bearer token (SEGRAY_API_TOKEN)
+QUEUED = 32  # requests that may wait for a deployment: a burst beyond it gets 503
 IMAGES = 6  # compared with the evaluation's rows
 
 
@@ -53,9 +56,16 @@ class Server:
     def __init__(self, process: subprocess.Popen, url: str, log: Path):
         self.process, self.url, self.log = process, url, log
 
-    def post(self, model: str, data: bytes, content_type: str | None = "image/png", **params) -> requests.Response:
+    def post(self, model: str, data: bytes, content_type: str | None = "image/png", token: str | None = TOKEN,
+             **params) -> requests.Response:
         headers = {"Content-Type": content_type} if content_type else {}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         return requests.post(f"{self.url}/segment/{model}", data=data, headers=headers, params=params, timeout=120)
+
+    def get(self, path: str, token: str | None = TOKEN) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        return requests.get(f"{self.url}{path}", headers=headers, timeout=30)
 
     def wait_healthy(self, timeout: float = 240) -> None:
         deadline = time.time() + timeout
@@ -79,8 +89,9 @@ def server(ray_session, weights, tmp_path_factory) -> Server:
         process = subprocess.Popen(
             [sys.executable, str(JOBS / "serve.py"), *weights, "--ray-address", ray_session.get_runtime_context().gcs_address,
              "--port", str(port), "--replicas", "1", "--cpus-per-replica", "0.5", "--max-batch-size", "8",
-             "--batch-wait-ms", "50", "--max-pixels", str(MAX_PIXELS), "--max-bytes", str(MAX_BYTES)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=JOBS.parent)
+             "--batch-wait-ms", "50", "--max-pixels", str(MAX_PIXELS), "--max-bytes", str(MAX_BYTES),
+             "--serve.max-queued-requests", str(QUEUED)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=JOBS.parent, env={**os.environ, "SEGRAY_API_TOKEN": TOKEN})
     served = Server(process, f"http://127.0.0.1:{port}", log)
     served.wait_healthy()
     yield served
@@ -127,7 +138,7 @@ def png(width: int, height: int) -> bytes:
 
 
 def test_each_models_served_mask_is_the_evaluations_stored_mask(server, evaluated, images_root):
-    models = requests.get(f"{server.url}/models", timeout=30).json()
+    models = server.get("/models").json()
     by_name = {m["name"]: m for m in models["models"]}
     assert set(by_name) == {"unet", "resnet34_unet", "langsam"}
     assert by_name["unet"]["model_version"] == "unet@served" and by_name["unet"]["input_size"] == "64x64"
@@ -161,7 +172,8 @@ def test_each_models_served_mask_is_the_evaluations_stored_mask(server, evaluate
 def test_a_multipart_upload_gets_the_same_answer(server, images_root):
     data = sorted((images_root / "images").iterdir())[0].read_bytes()
     raw = server.post("unet", data).json()
-    form = requests.post(f"{server.url}/segment/unet", files={"file": ("a.png", data, "image/png")}, timeout=60)
+    form = requests.post(f"{server.url}/segment/unet", files={"file": ("a.png", data, "image/png")},
+                         headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     assert form.status_code == 200 and form.json()["mask_png"] == raw["mask_png"]
 
 
@@ -171,7 +183,7 @@ def test_a_multipart_upload_gets_the_same_answer(server, images_root):
     ("unknown model", 404, "no model 'mask_rcnn'"),
     ("unknown variant", 400, "no variant 'langsam/best'"),
     ("wrong content type", 415, "Content-Type image/png"),
-    ("too many pixels", 413, "--max-pixels"),
+    ("too many pixels", 413, "data.max_pixels"),
     ("too many bytes", 413, "--max-bytes"),
     ("form without a file", 400, "no file"),
     ("unknown route", 404, "/docs"),
@@ -188,8 +200,9 @@ def test_bad_input_gets_its_status_and_a_json_error_then_the_server_serves(serve
         "too many pixels": lambda: server.post("unet", png(1000, 601)),
         "too many bytes": lambda: server.post("unet", os.urandom(MAX_BYTES + 1)),
         "form without a file": lambda: requests.post(f"{server.url}/segment/unet", data={"x": "1"},
+                                                     headers={"Authorization": f"Bearer {TOKEN}"},
                                                      files={"note": (None, "no file")}, timeout=30),
-        "unknown route": lambda: requests.get(f"{server.url}/segmentation", timeout=30),
+        "unknown route": lambda: server.get("/segmentation"),
     }[request_kind]()
     assert answer.status_code == status, answer.text
     assert message in answer.json()["error"]
@@ -201,6 +214,55 @@ def test_openapi_docs_describe_the_routes(server):
     assert {"/healthz", "/models", "/segment/{model}"} <= set(spec["paths"])
     assert "image/png" in spec["paths"]["/segment/{model}"]["post"]["requestBody"]["content"]
     assert requests.get(f"{server.url}/docs", timeout=30).status_code == 200
+
+
+def test_every_route_but_healthz_asks_for_the_token_before_the_body(server, images_root):
+    good = next((images_root / "images").iterdir()).read_bytes()
+    for answer in (server.post("unet", good, token=None), server.post("unet", good, token="wrong"),
+                   server.get("/models", token=None), server.post("unet", b"", token=None)):
+        assert answer.status_code == 401, answer.text
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+        assert "bearer token" in answer.json()["error"]
+    assert requests.get(f"{server.url}/healthz", timeout=30).status_code == 200  # probes need no token
+    assert server.post("unet", good).status_code == 200
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+def test_decompression_bombs_are_refused_from_their_header_within_a_small_requests_memory(server, images_root):
+    """A 3 KB PNG declaring 1 G pixels is 413; a Radiance HDR (which OpenCV would decode to
+    6 GB) is no accepted format, 400. The ingress replica's memory does not grow."""
+    (ingress,) = replica_pids("api")
+    before = rss_mib(ingress)
+    for _ in range(10):
+        bomb = server.post("unet", png_bomb())
+        assert bomb.status_code == 413 and "32768x32767" in bomb.json()["error"], bomb.text
+        hdr = server.post("unet", HDR_BOMB)
+        assert hdr.status_code == 400 and "not a PNG, JPEG, WebP, BMP or TIFF" in hdr.json()["error"], hdr.text
+    grown = rss_mib(ingress) - before
+    assert grown < 64, f"the ingress grew by {grown:.0f} MiB"
+    assert server.post("unet", next((images_root / "images").iterdir()).read_bytes()).status_code == 200
+
+
+def test_a_burst_beyond_the_queues_gets_503_with_retry_after_and_the_server_serves_on(server, images_root):
+    image = next((images_root / "images").iterdir()).read_bytes()
+    start = threading.Barrier(240)
+
+    def one(_: int) -> requests.Response:
+        start.wait()
+        return server.post("langsam", image, variant="all")
+
+    with ThreadPoolExecutor(240) as pool:
+        answers = list(pool.map(one, range(240)))
+    statuses = sorted({answer.status_code for answer in answers})
+    assert set(statuses) <= {200, 503}, statuses
+    refused = [answer for answer in answers if answer.status_code == 503]
+    assert refused, "no request was refused: the queues did not fill"
+    assert all(int(answer.headers["Retry-After"]) >= 1 for answer in refused)
+    assert server.post("langsam", image).status_code == 200
 
 
 def load(server: Server, images: dict[str, bytes], clients: int, requests_each: int) -> list[tuple[str, int, dict]]:

@@ -5,6 +5,7 @@ is the schema's; the commands in the README and the docs parse."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import typing
@@ -280,3 +281,20 @@ def test_each_model_has_its_section_and_its_code():
 
     assert set(SEGMENTERS) == set(MODEL_SECTIONS) and set(NETWORKS) == set(TRAINABLE)
     assert typing.get_args(FIELDS["langsam.backend"].annotation)
+
+
+def test_a_local_rays_workers_use_the_jobs_environment_and_a_clusters_keep_rays_default(monkeypatch):
+    """On a cluster, Ray's `uv run` hook is how workers on other nodes get the locked
+    environment (k8s/rayjob.yaml): a job that joins one leaves it on."""
+    from segray.cli import set_up
+
+    monkeypatch.delenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    set_up(load("benchmark", ["--ray-address", "10.0.0.1:6379"]))
+    assert "RAY_ENABLE_UV_RUN_RUNTIME_ENV" not in os.environ
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")  # as `ray job submit` sets it
+    set_up(load("benchmark", []))
+    assert "RAY_ENABLE_UV_RUN_RUNTIME_ENV" not in os.environ
+    monkeypatch.delenv("RAY_ADDRESS")
+    set_up(load("benchmark", []))
+    assert os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] == "0"

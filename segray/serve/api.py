@@ -8,20 +8,20 @@ and never reaches a model replica.
 from __future__ import annotations
 
 import asyncio
-import io
-import warnings
+import hashlib
+import hmac
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from PIL import Image
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from segray.data.decode import decode_image
+from segray.data.decode import FORMATS, TooManyPixels, decode_image
 from segray.serve.replica import ModelError
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff", "application/octet-stream")
@@ -35,14 +35,14 @@ app = FastAPI(
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
 
 
 @app.exception_handler(ApiError)
 async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-    return JSONResponse({"error": str(error)}, status_code=error.status)
+    return JSONResponse({"error": str(error)}, status_code=error.status, headers=error.headers)
 
 
 @app.exception_handler(HTTPException)
@@ -79,12 +79,26 @@ IMAGE_BODY = {
 class Api:
     """`servers`: each served model's deployment handle; `variants`: each model's variant
     names; `default_variants`: the variant a request without ?variant= gets;
-    `unavailable`: models that are not served, and why."""
+    `unavailable`: models that are not served, and why; `token_sha256`: the SHA-256 of the
+    bearer token every route but /healthz asks for (None: none)."""
 
     def __init__(self, servers: dict[str, DeploymentHandle], variants: dict[str, list[str]],
-                 default_variants: dict[str, str], unavailable: dict[str, str], max_pixels: int, max_bytes: int):
+                 default_variants: dict[str, str], unavailable: dict[str, str], max_pixels: int, max_bytes: int,
+                 token_sha256: str | None = None, retry_after_s: int = 2):
         self.servers, self.variants, self.default_variants = servers, variants, default_variants
         self.unavailable, self.max_pixels, self.max_bytes = unavailable, max_pixels, max_bytes
+        self.token_sha256, self.retry_after_s = token_sha256, retry_after_s
+
+    def _authorize(self, request: Request) -> None:
+        """With a token set: 401 unless the request carries `Authorization: Bearer TOKEN`.
+        Checked before the body is read."""
+        if self.token_sha256 is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = hashlib.sha256(token.strip().encode()).hexdigest()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.token_sha256):
+            raise ApiError(401, "missing or wrong bearer token: send Authorization: Bearer TOKEN",
+                           {"WWW-Authenticate": "Bearer"})
 
     @app.get("/healthz", summary="200 once every model deployment serves; 503 before")
     async def healthz(self) -> JSONResponse:
@@ -98,7 +112,8 @@ class Api:
         return JSONResponse({"status": "ok", "deployments": deployments})
 
     @app.get("/models", summary="the served models: version, variants, input size, device, batch size")
-    async def models(self) -> dict[str, Any]:
+    async def models(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
         infos = await asyncio.gather(*(handle.describe.remote() for handle in self.servers.values()))
         return {"models": list(infos), "unavailable": self.unavailable}
 
@@ -107,12 +122,16 @@ class Api:
     async def segment(self, model: str, request: Request,
                       variant: str | None = Query(None, description="a variant of the model (GET /models), "
                                                   "or 'all'; default: the best one of the benchmark")) -> dict:
+        self._authorize(request)
         handle = self._server(model)
         variant = self._variant(model, variant)
         data = await self._image_bytes(request)
         image = await asyncio.to_thread(self._decode, data)
         try:
             return await handle.segment.remote(image, variant)
+        except BackPressureError:
+            raise ApiError(503, f"{model}'s queue is full: retry in {self.retry_after_s} s",
+                           {"Retry-After": str(self.retry_after_s)}) from None
         except Exception as error:
             cause = getattr(error, "cause", None) or error
             if isinstance(cause, ModelError):
@@ -174,22 +193,13 @@ class Api:
         return await files[0].read()
 
     def _decode(self, data: bytes):
-        """The image as evaluation decodes it, after a check of its size from its header alone
-        (a small file can hold a huge image)."""
-        fix = "send a smaller image, or restart the API with a larger --max-pixels"
+        """The image as evaluation decodes it (`decode_image`): only a PNG, JPEG, WebP, BMP or
+        TIFF whose header declares at most `max_pixels` pixels is decoded (a small file can
+        declare a huge image)."""
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                width, height = Image.open(io.BytesIO(data)).size
-        except Image.DecompressionBombError as error:
-            raise ApiError(413, f"the image is over --max-pixels ({self.max_pixels}): {error}; {fix}") from None
-        except Exception:  # not one PIL reads: the decoder says whether it is an image
-            width, height = 0, 0
-        if width * height > self.max_pixels:
-            raise ApiError(413, f"the image is {width}x{height} = {width * height} pixels, over --max-pixels "
-                           f"({self.max_pixels}): {fix}")
-        try:
-            return decode_image(data)
+            return decode_image(data, self.max_pixels)
+        except TooManyPixels as error:
+            raise ApiError(413, f"{error}: send a smaller image, or restart the API with a larger "
+                           "data.max_pixels") from None
         except ValueError as error:
-            raise ApiError(400, f"the body is not an image we can read ({error}): send a PNG, JPEG, WebP, "
-                           "BMP or TIFF file") from None
+            raise ApiError(400, f"the body is not an image we can read ({error}): send a {FORMATS} file") from None

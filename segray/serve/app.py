@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
 from segray.models.catalogue import variants_of
 from segray.serve.api import Api
@@ -16,6 +17,8 @@ APP_NAME = "segray"
 
 def application(settings: ServeSettings) -> Application:
     """The Serve application of `settings`."""
+    # A full queue answers 503 with Retry-After at once, instead of holding the request.
+    backpressure = BackpressureConfig(status_code=503, retry_after_s=settings.retry_after_s)
     servers = {}
     for spec in settings.specs:
         model = spec.name
@@ -23,6 +26,8 @@ def application(settings: ServeSettings) -> Application:
         servers[model] = ModelServer.options(
             name=model,
             max_ongoing_requests=2 * batch,
+            max_queued_requests=settings.max_queued_requests,
+            backpressure_config=backpressure,
             ray_actor_options={"num_cpus": settings.cpus_per_replica,
                                "num_gpus": settings.gpus_per_replica[model] if settings.use_gpu else 0},
             **_replicas(settings.replicas[model], target=batch),
@@ -31,11 +36,14 @@ def application(settings: ServeSettings) -> Application:
     most = max(high for _, high in settings.replicas.values())
     return Api.options(
         name="api",
-        max_ongoing_requests=256,  # the ingress awaits the models: it must pass on enough to fill their batches
+        max_ongoing_requests=settings.max_ongoing_requests,  # enough to fill the models' batches
+        max_queued_requests=settings.max_queued_requests,
+        backpressure_config=backpressure,
         ray_actor_options={"num_cpus": settings.cpus_per_replica},
         **_replicas((1, most), target=64),
     ).bind(servers, {spec.name: variants_of(spec) for spec in settings.specs}, settings.default_variants,
-           settings.unavailable, settings.max_pixels, settings.max_bytes)
+           settings.unavailable, settings.max_pixels, settings.max_bytes, settings.token_sha256,
+           settings.retry_after_s)
 
 
 def _replicas(bounds: tuple[int, int], target: int) -> dict[str, Any]:

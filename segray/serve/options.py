@@ -8,14 +8,16 @@ exactly the weights an evaluation of the same options scores.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from segray import storage
 from segray.cli import trained_models
 from segray.config import Config, of_model, use_gpus
-from segray.errors import CheckpointStoreError, RunError
+from segray.errors import CheckpointStoreError, RunError, SettingsError
 from segray.models.base import ModelSpec
 from segray.models.catalogue import variants_of
 from segray.models.selection import models_to_evaluate
@@ -40,6 +42,10 @@ class ServeSettings:
     use_gpu: bool
     max_pixels: int
     max_bytes: int
+    max_ongoing_requests: int
+    max_queued_requests: int
+    retry_after_s: int
+    token_sha256: str | None  # the bearer token's SHA-256: the token itself never enters Serve's config
 
 
 def serve_settings(config: Config, cluster: dict[str, float] | None = None) -> ServeSettings:
@@ -69,9 +75,32 @@ def serve_settings(config: Config, cluster: dict[str, float] | None = None) -> S
         gpus_per_replica={m: of_model(serve.gpus_per_replica, m, of_model(evaluation.gpus_per_actor, m, 1.0))
                           for m in names},
         use_gpu=use_gpus(config.cluster.gpu, cluster or {}),
-        max_pixels=serve.max_pixels,
+        max_pixels=config.data.max_pixels,
         max_bytes=serve.max_bytes,
+        max_ongoing_requests=serve.max_ongoing_requests,
+        max_queued_requests=serve.max_queued_requests,
+        retry_after_s=serve.retry_after_s,
+        token_sha256=api_token_sha256(serve.api_token_file),
     )
+
+
+TOKEN_VARIABLE = "SEGRAY_API_TOKEN"
+
+
+def api_token_sha256(token_file: str | None) -> str | None:
+    """The SHA-256 of the API's bearer token: the file's first line, else SEGRAY_API_TOKEN;
+    None without either (no token asked). Raises SettingsError for a file that cannot be
+    read or is empty."""
+    if token_file:
+        try:
+            token = storage.read_bytes(os.path.expanduser(token_file)).decode().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise SettingsError(f"serve.api_token_file: cannot read {token_file}: {error}") from None
+        if not token:
+            raise SettingsError(f"serve.api_token_file: {token_file} is empty")
+    else:
+        token = os.environ.get(TOKEN_VARIABLE, "").strip()
+    return hashlib.sha256(token.encode()).hexdigest() if token else None
 
 
 def default_variants(specs: list[ModelSpec], ranking_run: str | None) -> dict[str, str]:
