@@ -297,9 +297,11 @@ def _bucket_key(uri: str) -> tuple[str, str]:
 
 
 def _client():  # noqa: ANN202 - boto3's client has no importable type
+    """An S3 client with the credentials and endpoint of the environment now: boto3's default
+    session would keep the first ones it read (pyarrow, too, reads them per filesystem)."""
     import boto3
 
-    return boto3.client("s3", endpoint_url=s3_endpoint())
+    return boto3.session.Session().client("s3", endpoint_url=s3_endpoint())
 
 
 def _conditional(method: str, uri: str, refused: type[OSError], **arguments: object) -> None:

@@ -34,7 +34,7 @@ __all__ = ["DEFAULT_BOX_THRESHOLD", "DEFAULT_PROMPT", "EVERY_MODEL", "Setting", 
 
 KAGGLE_DATASET = "kaggle:tapakah68/segmentation-full-body-mads-dataset"
 DEFAULT_CACHE_DIR = "~/.cache/segray"
-DEFAULT_MAX_PIXELS = 40_000_000  # one image's or mask's pixel budget: `data.max_pixels`
+DEFAULT_MAX_PIXELS = 100_000_000  # one image's or mask's pixel budget (`data.max_pixels`): a 100 MP photo
 
 
 class Section(BaseSettings):
