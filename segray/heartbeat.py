@@ -4,7 +4,8 @@ from one that is still working.
 A run's driver writes `OUTPUT/RUN_ID/heartbeat.json` (host, pid, time) every
 `RUN_HEARTBEAT_S` while the job runs; `--resume` refuses a run whose driver beat less than
 `RUN_STALE_S` ago. It is a file of its own, with one writer, so that it never races the
-job's own updates of run.json.
+job's own updates of run.json. A job that ends, however it ends short of being killed,
+removes it (`stop_beating`): its run may be resumed at once.
 """
 
 from __future__ import annotations
@@ -66,8 +67,19 @@ def driver_heartbeat(run: str, every_s: float = RUN_HEARTBEAT_S) -> Iterator[Non
             log.warning("cannot write the heartbeat of %s: %s", run, error)
 
     beat()
-    with periodically(beat, every_s, "segray-run-heartbeat"):
-        yield
+    try:
+        with periodically(beat, every_s, "segray-run-heartbeat"):
+            yield
+    finally:
+        stop_beating(run)
+
+
+def stop_beating(run: str) -> None:
+    """Remove the run's heartbeat: its driver no longer works on it. Logged if it cannot."""
+    try:
+        storage.delete_file(storage.join(run, HEARTBEAT_FILE))
+    except OSError as error:
+        log.warning("cannot remove the heartbeat of %s: %s", run, error)
 
 
 def live_driver(run: str, stale_s: float = RUN_STALE_S) -> dict[str, Any] | None:

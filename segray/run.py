@@ -34,7 +34,7 @@ from segray import storage
 from segray.config import MODEL_SECTIONS, Config
 from segray.data.manifest import Manifest, build_manifest
 from segray.errors import RunError, RunExists
-from segray.heartbeat import RUN_STALE_S, beat_now, live_driver
+from segray.heartbeat import RUN_STALE_S, beat_now, live_driver, stop_beating
 from segray.settings import dump
 from segray.settings.keys import value_at
 
@@ -263,6 +263,7 @@ def open_run(config: Config, job: str | None = None) -> Manifest:
             storage.delete_dir(uri)  # give the run id back
         else:
             write_record(uri, previous)
+            stop_beating(uri)
         raise
     write_record(uri, {**record, "dataset_fingerprint": manifest.fingerprint, "git_sha": git_sha()})
     if job is not None:
