@@ -3,7 +3,8 @@
 - `article`: the recipe of the article "Who Would Win: A State-of-the-Art Foundation Model
   or a Neural Net?": the Kaggle MADS dataset, 256x256 inputs, batch 16, Adam 1e-4, 25
   epochs for the UNet (width 64) and 20 for the ResNet34-UNet (ImageNet encoder), LangSAM
-  with the prompt `person.` and its two `pick_best` rules. These are `Config`'s defaults.
+  with the prompt `person.` and its two `pick_best` rules; beside them SAM 3 with the prompt
+  `person`, today's state of the art. These are `Config`'s defaults.
 - `demo`: the same pipeline shrunk to run offline on a small CPU machine in minutes: 240
   generated MADS-like images, narrow networks at 96 px, few epochs.
 - `demo-sweep`: the demo as a label-efficiency and LangSAM sweep.

@@ -275,11 +275,22 @@ def dataset_copy(synthetic_root, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory):
-    """Tiny random GroundingDINO and SAM2 folders in the save_pretrained layout."""
-    from segray.models.tiny_langsam import save_tiny_langsam
+def tiny_folders(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random GroundingDINO, SAM2 and SAM 3 folders in the save_pretrained layout."""
+    from segray.models.tiny_langsam import save_tiny_weights
 
-    return save_tiny_langsam(tmp_path_factory.mktemp("langsam"))
+    return save_tiny_weights(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tiny_folders) -> tuple[Path, Path]:
+    """LangSAM's tiny (detector, sam) folders."""
+    return tiny_folders["detector"], tiny_folders["sam"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sam3(tiny_folders) -> Path:
+    return tiny_folders["sam3"]
 
 
 def langsam_options(tiny_weights) -> list[str]:

@@ -235,6 +235,11 @@ def test_end_to_end_report(tmp_path):
     # The headline names what was compared; a model that could not run gets one line of its own.
     assert md.split("\n")[2].startswith("Compared: langsam/sam_score, resnet34_unet, unet. ")
     assert "- **langsam**: LangSAM GroundingDINO weights unavailable: offline\n" in md
+    # The question itself: the best trained network against the best foundation model, paired.
+    assert re.search(r"\*\*Foundation model or trained network:\*\* the best trained network, \*\*(unet|resnet34_unet)\*\* "
+                     r"\(\d\.\d{3}\), against the best foundation model, \*\*langsam/sam_score\*\* \(\d\.\d{3}\): "
+                     r"[+-]\d\.\d{3} IoU \(95% CI \[-?\d\.\d{3}, -?\d\.\d{3}\]\): "
+                     r"(the trained network wins|the foundation model wins|no clear winner)\.", md.split("\n")[2])
     assert "Fix one of" not in md
     assert "<li><b>langsam</b>: LangSAM GroundingDINO weights unavailable: offline</li>" in (
         report / "report.html").read_text()

@@ -39,11 +39,12 @@ def required(name: str) -> list[str]:
 def test_the_default_run_is_the_articles_recipe_on_kaggle():
     config = load("benchmark", [])
     assert config.preset == "article" and config.data.dataset == KAGGLE_DATASET
-    assert config.models == ["unet", "resnet34_unet", "langsam"]
+    assert config.models == ["unet", "resnet34_unet", "langsam", "sam3"]
     assert (config.train.image_size, config.train.batch_size, config.train.lr) == (256, 16, 1e-4)
     assert (config.unet.epochs, config.resnet34_unet.epochs) == (25, 20)
     assert config.unet.base_width == 64 and config.resnet34_unet.encoder_weights == "imagenet"
     assert (config.langsam.prompt, config.langsam.box_threshold) == ("person.", 0.3)
+    assert (config.sam3.weights, config.sam3.prompt) == ("facebook/sam3", "person")
     assert load("benchmark", ["--preset", "seeds"]).preset == "article"  # the preset's name before
 
 
@@ -56,7 +57,7 @@ def test_options_override_files_which_override_the_preset(tmp_path):
                                 "--image-size", "64", "--models", "unet, langsam", "--langsam-sam", "/w/sam2"])
     assert config.data.dataset == "synthetic:240" and config.resnet34_unet.epochs == 8  # the preset's
     assert config.unet.epochs == 5  # the later file wins
-    assert config.evaluation.batch_size == {"unet": 4, "resnet34_unet": 16, "langsam": 4}  # merged key by key
+    assert config.evaluation.batch_size == {"unet": 4, "resnet34_unet": 16, "langsam": 4, "sam3": 4}  # key by key
     assert config.langsam.prompt == "human." and config.langsam.sam == "/w/sam2"
     assert config.models == ["unet", "langsam"] and config.params("unet") == {"base_width": 8, "image_size": 64}
     assert load("benchmark", ["--config", str(second), "--unet.epochs", "9"]).unet.epochs == 9  # options win
@@ -64,7 +65,8 @@ def test_options_override_files_which_override_the_preset(tmp_path):
 
 def test_a_bare_value_of_a_per_model_setting_is_every_models():
     config = load("benchmark", ["--gpus-per-actor", "1", "--gpus-per-actor", "langsam=2"])
-    assert config.evaluation.gpus_per_actor == {"unet": 1.0, "resnet34_unet": 1.0, "langsam": 2.0, "*": 1.0}
+    assert config.evaluation.gpus_per_actor == {"unet": 1.0, "resnet34_unet": 1.0, "langsam": 2.0, "sam3": 1.0,
+                                                "*": 1.0}
     assert load("evaluate", ["--version", "unet[frac=0.25]=latest"]).checkpoints.versions == {
         "unet[frac=0.25]": "latest"}  # a training's name keeps its own '='
 
@@ -73,7 +75,8 @@ def sample(key: str, current) -> str:
     """A command line value for `key` other than `current`."""
     special = {"preset": "demo", "models": "unet", "data.mask_person_values": "15", "train.fractions": "0.5,1",
                "langsam.backend": "lang_sam", "report.split": "train", "resnet34_unet.decoder_channels": "8,8,8,8,8",
-               "langsam.box_thresholds": "0.5", "langsam.prompts": "human."}
+               "langsam.box_thresholds": "0.5", "langsam.prompts": "human.", "sam3.thresholds": "0.7",
+               "sam3.prompts": "people"}
     if key in special:
         return special[key]
     if kind(key) == "dict":

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from segray.config.base import Section
+from segray.config.models import MODEL_SECTIONS, TRAINABLE, LangSAMConfig, ResNet34UNetConfig, Sam3Config, UNetConfig
 from segray.config.names import (
     DEFAULT_BOX_THRESHOLD,
     DEFAULT_PROMPT,
@@ -29,24 +30,13 @@ from segray.config.values import Fraction, PoolRange, RunId, Share, check_fracti
 from segray.presets import PRESETS
 from segray.redact import redacted
 
-__all__ = ["DEFAULT_BOX_THRESHOLD", "DEFAULT_PROMPT", "EVERY_MODEL", "Setting", "model_of", "normalize_prompt",
+__all__ = ["DEFAULT_BOX_THRESHOLD", "DEFAULT_PROMPT", "EVERY_MODEL", "MODEL_SECTIONS", "TRAINABLE", "LangSAMConfig",
+           "ResNet34UNetConfig", "Sam3Config", "Section", "Setting", "UNetConfig", "model_of", "normalize_prompt",
            "of_model", "split_training_name", "training_name"]
 
 KAGGLE_DATASET = "kaggle:tapakah68/segmentation-full-body-mads-dataset"
 DEFAULT_CACHE_DIR = "~/.cache/segray"
 DEFAULT_MAX_PIXELS = 100_000_000  # one image's or mask's pixel budget (`data.max_pixels`): a 100 MP photo
-
-
-class Section(BaseSettings):
-    """A group of settings: unknown keys are refused, assignments validated. A pydantic-settings
-    model, so that `segray.settings` merges a preset, files and the command line into it; it
-    reads no environment variable."""
-
-    model_config = SettingsConfigDict(extra="forbid", validate_assignment=True)
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, **others):
-        return (init_settings,)
 
 
 def _model_name(name: str) -> str:
@@ -68,7 +58,6 @@ def _model_key(name: str) -> str:
 
 ModelName = Annotated[str, AfterValidator(_model_name)]
 ModelKey = Annotated[str, AfterValidator(_model_key)]  # a model, a training, or every model (`*`)
-Prompt = Annotated[str, AfterValidator(normalize_prompt)]
 
 
 # --------------------------------------------------------------------------- sections
@@ -142,7 +131,7 @@ class EvalConfig(Section):
     """evaluation: Ray Data, one stream and a pool of actors per model"""
 
     batch_size: dict[ModelKey, Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: {"unet": 16, "resnet34_unet": 16, "langsam": 4},
+        default_factory=lambda: {"unet": 16, "resnet34_unet": 16, "langsam": 4, "sam3": 4},
         description="inference batch size per model (else 8)")
     actors: dict[ModelKey, PoolRange] = Field(
         default_factory=dict, description="a model's pool: N actors, or autoscaling between MIN and MAX (MIN-MAX); "
@@ -150,7 +139,7 @@ class EvalConfig(Section):
     cpus_per_actor: float = Field(0.5, gt=0, description="CPUs of one model actor without GPUs (fractional, so that "
                                   "model actors never starve the decode tasks)")
     gpus_per_actor: dict[ModelKey, Share] = Field(
-        default_factory=lambda: {"unet": 0.25, "resnet34_unet": 0.25, "langsam": 0.5},
+        default_factory=lambda: {"unet": 0.25, "resnet34_unet": 0.25, "langsam": 0.5, "sam3": 0.5},
         description="the GPU share of one model actor on a cluster with GPUs (else 1)")
     cpus_per_task: float = Field(0.5, gt=0, description="CPUs of each decode and score task")
     decode_batch_size: int = Field(16, ge=1, description="images per decode and score task")
@@ -184,83 +173,6 @@ class CheckpointsConfig(Section):
     run: str | None = Field(None, description="a training run (OUTPUT/RUN_ID) whose training.json names each model's "
                             "best checkpoint")
     dirs: dict[ModelName, str] = Field(default_factory=dict, description="a checkpoint folder per model")
-
-
-# --------------------------------------------------------------------------- models
-
-
-class UNetConfig(Section):
-    """unet: the article's UNet, trained from scratch"""
-
-    base_width: int = Field(64, ge=1, description="the first layer's width, doubled at each of the 4 levels down")
-    epochs: int = Field(25, ge=1, description="training epochs")
-
-    def network(self) -> dict[str, Any]:
-        """The network's own parameters (what a checkpoint records)."""
-        return self.model_dump(exclude={"epochs"})
-
-
-class ResNet34UNetConfig(Section):
-    """resnet34_unet: segmentation_models_pytorch's UNet with a ResNet34 encoder"""
-
-    encoder_weights: str = Field("imagenet", description="the encoder's start: imagenet (downloads "
-                                 "smp-hub/resnet34.imagenet), none, or a local .pth or .safetensors ResNet34 state dict")
-    decoder_channels: list[Annotated[int, Field(ge=1)]] | None = Field(
-        None, description="the decoder's 5 widths; null: smp's (256, 128, 64, 32, 16)")
-    epochs: int = Field(20, ge=1, description="training epochs")
-
-    def network(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"epochs"})
-
-
-class LangSAMConfig(Section):
-    """langsam: GroundingDINO boxes from a text prompt, SAM2 masks from the boxes"""
-
-    prompt: Prompt = Field(DEFAULT_PROMPT, description="the text prompt (lowercased, ending with '.')")
-    box_threshold: float = Field(DEFAULT_BOX_THRESHOLD, ge=0, le=1, description="GroundingDINO's box score to keep a box")
-    text_threshold: float = Field(0.25, ge=0, le=1, description="GroundingDINO's token score for a box's label")
-    detector: str = Field("IDEA-Research/grounding-dino-base", description="GroundingDINO: a hub id or a "
-                          "save_pretrained folder")
-    sam: str = Field("facebook/sam2.1-hiera-small", description="SAM2: a hub id or a save_pretrained folder")
-    max_boxes: int = Field(8, ge=1, description="the highest-scoring boxes per image sent to SAM2")
-    multimask_output: bool = Field(False, description="3 masks per box, SAM2's best-rated one kept")
-    bf16: bool = Field(False, description="bf16 autocast around the forwards, on GPUs")
-    backend: Literal["transformers", "lang_sam"] = Field("transformers", description="transformers (batched), or "
-                                                         "the lang_sam package if installed")
-    prompts: list[Prompt] = Field(default_factory=list, description="a sweep: more prompts, each evaluated with prompt, "
-                               "from one forward per prompt and batch")
-    box_thresholds: list[Annotated[float, Field(ge=0, le=1)]] = Field(
-        default_factory=list, description="a sweep: more box thresholds, from the same forwards")
-
-    @model_validator(mode="after")
-    def _sweep_needs_transformers(self) -> LangSAMConfig:
-        if self.backend == "lang_sam" and self.sweep:
-            raise ValueError("a sweep of prompts or box thresholds needs backend transformers (shared forwards)")
-        return self
-
-    @property
-    def settings(self) -> list[Setting]:
-        """Every (prompt, box threshold) evaluated: `prompt` and then `prompts`, each with
-        `box_threshold` and `box_thresholds` in increasing order. One setting unless a sweep."""
-        prompts = dict.fromkeys([self.prompt, *self.prompts])
-        thresholds = sorted({self.box_threshold, *self.box_thresholds})
-        return [Setting(prompt, threshold) for prompt in prompts for threshold in thresholds]
-
-    @property
-    def sweep(self) -> list[Setting] | None:
-        """The settings of a sweep (more than one), else None."""
-        settings = self.settings
-        return settings if len(settings) > 1 else None
-
-
-# The models' own settings, by model name: a model in `Config.models` takes its section's.
-MODEL_SECTIONS: dict[str, type[Section]] = {
-    "unet": UNetConfig,
-    "resnet34_unet": ResNet34UNetConfig,
-    "langsam": LangSAMConfig,
-}
-# The networks we train: the models whose settings have epochs (segray.models.networks builds them).
-TRAINABLE = tuple(name for name, section in MODEL_SECTIONS.items() if "epochs" in section.model_fields)
 
 
 # --------------------------------------------------------------------------- jobs' own
@@ -326,7 +238,7 @@ class Config(Section):
     preset: str = Field("article", description=f"the starting settings: {', '.join(PRESETS)} (segray.presets)")
     seed: int = Field(0, description="the run's seed: training's initial weights, data order and flips, and the "
                       "report's bootstrap; the same seed, data and settings repeat a CPU run bit for bit")
-    models: list[ModelName] = Field(default_factory=lambda: ["unet", "resnet34_unet", "langsam"],
+    models: list[ModelName] = Field(default_factory=lambda: ["unet", "resnet34_unet", "langsam", "sam3"],
                                     description="the models to compare, and trainings by name (unet[frac=0.25])")
     verbose: bool = Field(False, description="log at INFO on the console, Ray's own output included")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -336,6 +248,7 @@ class Config(Section):
     unet: UNetConfig = Field(default_factory=UNetConfig)
     resnet34_unet: ResNet34UNetConfig = Field(default_factory=ResNet34UNetConfig)
     langsam: LangSAMConfig = Field(default_factory=LangSAMConfig)
+    sam3: Sam3Config = Field(default_factory=Sam3Config)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     checkpoints: CheckpointsConfig = Field(default_factory=CheckpointsConfig)

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 DEFAULT_PROMPT = "person."  # the article's LangSAM prompt
 DEFAULT_BOX_THRESHOLD = 0.3  # lang_sam's box threshold, the article's
+DEFAULT_SAM3_PROMPT = "person"  # SAM 3 takes a noun phrase
 EVERY_MODEL = "*"  # in a per-model setting (keyed by model name): every model without its own
 
 
@@ -48,6 +49,14 @@ def normalize_prompt(prompt: str) -> str:
     """Lowercase and strip the prompt and end it with "." as GroundingDINO expects."""
     prompt = str(prompt).strip().lower()
     return prompt if prompt.endswith(".") else prompt + "."
+
+
+def normalize_sam3_prompt(prompt: str) -> str:
+    """Lowercase and strip the noun phrase; no final "." (SAM 3's prompts are phrases)."""
+    prompt = str(prompt).strip().lower().rstrip(".").strip()
+    if not prompt:
+        raise ValueError("an empty prompt")
+    return prompt
 
 
 def of_model(values: dict[str, Any], model: str, default: Any) -> Any:

@@ -135,3 +135,14 @@ def resolve_device(device: str | None) -> str:
     if device:
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_images(images: list[np.ndarray]) -> list[np.ndarray]:
+    """The batch as RGB uint8 arrays (H, W, 3), or ValueError naming the first that is not."""
+    out = []
+    for i, image in enumerate(images):
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image {i}: expected RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        out.append(image)
+    return out

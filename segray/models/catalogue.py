@@ -19,6 +19,7 @@ SEGMENTERS = {
     "unet": "segray.models.trained:TrainedSegmenter",
     "resnet34_unet": "segray.models.trained:TrainedSegmenter",
     "langsam": "segray.models.langsam:LangSAMSegmenter",
+    "sam3": "segray.models.sam3:Sam3Segmenter",
 }
 
 

@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 from segray.config import LangSAMConfig, Setting
-from segray.models.base import ModelSpec, Prediction, resolve_device
+from segray.models.base import ModelSpec, Prediction, check_images, resolve_device
 from segray.models.langsam_rules import above, from_lang_sam_result, keep_top_boxes, no_detection, select, variants
 from segray.models.langsam_weights import LangSAMWeightsUnavailable, load_from, resolve_weights
 
@@ -73,16 +73,6 @@ def upsample_masks(logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     )
 
 
-def _check_images(images: list[np.ndarray]) -> list[np.ndarray]:
-    out = []
-    for i, image in enumerate(images):
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image {i}: expected RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
-        out.append(image)
-    return out
-
-
 # --------------------------------------------------------------------------- model
 
 
@@ -100,8 +90,8 @@ class LangSAMSegmenter:
             return
         # Both sources are checked before transformers' model classes are imported (10-20 s
         # on a small CPU machine) and before anything loads, so bad paths fail at once.
-        detector = resolve_weights("GroundingDINO", self.config.detector, needs_tokenizer=True)
-        sam = resolve_weights("SAM2", self.config.sam)
+        detector = resolve_weights("LangSAM GroundingDINO", self.config.detector, needs_tokenizer=True)
+        sam = resolve_weights("LangSAM SAM2", self.config.sam)
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor, Sam2Model, Sam2Processor
 
         self.detector_processor = load_from(detector, AutoProcessor.from_pretrained)
@@ -134,8 +124,8 @@ class LangSAMSegmenter:
             if importlib.util.find_spec("lang_sam") is None:
                 raise ImportError(f"backend='lang_sam' needs the lang_sam package; install it with: {LANG_SAM_INSTALL}")
             return
-        resolve_weights("GroundingDINO", config.detector, needs_tokenizer=True)
-        resolve_weights("SAM2", config.sam)
+        resolve_weights("LangSAM GroundingDINO", config.detector, needs_tokenizer=True)
+        resolve_weights("LangSAM SAM2", config.sam)
 
     # The autocast context is local to each forward so nothing leaks into other models
     # running in the same process (lang_sam enables it globally at import).
@@ -208,7 +198,7 @@ class LangSAMSegmenter:
         """Segment a batch of RGB uint8 images; one dict of all variants per image. Per
         prompt: one detector forward at its lowest threshold, one SAM2 forward for the boxes
         any threshold keeps, and every rule at every threshold."""
-        images = _check_images(images)
+        images = check_images(images)
         if not images:
             return []
         if self.config.backend == "lang_sam":

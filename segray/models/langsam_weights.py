@@ -1,5 +1,5 @@
-"""Where LangSAM's GroundingDINO and SAM2 weights load from: a local `save_pretrained`
-folder or a hub id, checked before anything loads.
+"""Where a foundation model's weights load from (LangSAM's GroundingDINO and SAM2, SAM 3):
+a local `save_pretrained` folder or a hub id, checked before anything loads.
 
 When the weights cannot be reached `resolve_weights` raises `LangSAMWeightsUnavailable`
 quickly, with the fix in the message, instead of letting huggingface_hub retry for minutes.
@@ -39,7 +39,10 @@ HUB_PROBE_TIMEOUT_S = 3.0
 
 
 class LangSAMWeightsUnavailable(RuntimeError):
-    """GroundingDINO or SAM2 weights could not be loaded (no hub, not cached, bad folder)."""
+    """A foundation model's weights could not be loaded (no hub, not cached, gated, bad folder)."""
+
+
+LANGSAM_FOLDERS = "langsam.detector and langsam.sam (--langsam.detector DIR --langsam.sam DIR)"
 
 
 # --------------------------------------------------------------------------- loading
@@ -73,39 +76,46 @@ def _is_cached(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
-def _unavailable(what: str, name: str, reason: str, needs_tokenizer: bool, cause: str = "") -> LangSAMWeightsUnavailable:
-    """The error, its first line the reason in short (what a report shows), then the cause and the fixes."""
+def _unavailable(what: str, name: str, reason: str, needs_tokenizer: bool, cause: str = "",
+                 folders: str = LANGSAM_FOLDERS) -> LangSAMWeightsUnavailable:
+    """The error, its first line the reason in short (what a report shows), then the cause and
+    the fixes: `folders` names the settings that take local folders. A gated repository (the
+    hub refused it) adds how to get access; a token is never shown."""
     files = "config.json, model.safetensors, processor_config.json or preprocessor_config.json"
     if needs_tokenizer:
         files += ", tokenizer.json (or vocab.txt) and tokenizer_config.json"
     cause = " ".join(str(cause).split())  # one line
+    gated = ("  - accept the model's licence on its hub page, https://huggingface.co/" + name + ", then log in on "
+             "every node: `hf auth login`, or HF_TOKEN in the environment;\n") if "gated" in cause.lower() else ""
     return LangSAMWeightsUnavailable(
-        f"LangSAM {what} weights unavailable: {name!r} {reason}\n"
+        f"{what} weights unavailable: {name!r} {reason}\n"
         + (f"Cause: {cause}\n" if cause else "")
-        + f"Fix one of:\n"
-        f"  - pass local folders: langsam.detector and langsam.sam (--langsam.detector DIR --langsam.sam DIR);\n"
+        + f"Fix one of:\n{gated}"
+        f"  - pass local folders: {folders};\n"
         f"  - set HF_HUB_OFFLINE=1 with a Hugging Face cache that already holds {name!r};\n"
         f"  - give this machine access to the Hugging Face hub.\n"
         f"A local folder is what `save_pretrained` writes for the model and its processor: {files}. "
-        f"`python -m segray.models.tiny_langsam DIR` writes a tiny random pair for offline demos."
+        f"`python -m segray.models.tiny_langsam DIR` writes tiny random weights of every model for offline demos."
     )
 
 
 class WeightsSource(NamedTuple):
     """Where one model's weights load from, decided before any loading starts."""
 
-    what: str  # "GroundingDINO" or "SAM2", for messages
+    what: str  # "LangSAM GroundingDINO", "LangSAM SAM2", "SAM 3", for messages
     name: str  # as the user gave it
     location: str  # the folder or hub id handed to from_pretrained
     local_files_only: bool
     needs_tokenizer: bool
+    folders: str = LANGSAM_FOLDERS  # the settings that take local folders, for messages
 
 
-def resolve_weights(what: str, name: str, needs_tokenizer: bool = False) -> WeightsSource:
+def resolve_weights(what: str, name: str, needs_tokenizer: bool = False,
+                    folders: str = LANGSAM_FOLDERS) -> WeightsSource:
     """Check a local folder, or that a hub id can be fetched; raise LangSAMWeightsUnavailable if not."""
 
     def fail(reason: str, cause: str = "") -> LangSAMWeightsUnavailable:
-        return _unavailable(what, name, reason, needs_tokenizer, cause)
+        return _unavailable(what, name, reason, needs_tokenizer, cause, folders)
 
     path = Path(name).expanduser()
     if path.is_dir():
@@ -120,7 +130,7 @@ def resolve_weights(what: str, name: str, needs_tokenizer: bool = False) -> Weig
             missing.append("tokenizer.json or vocab.txt")
         if missing:
             raise fail(f"is a folder that lacks {', '.join(missing)}")
-        return WeightsSource(what, name, str(path), True, needs_tokenizer)
+        return WeightsSource(what, name, str(path), True, needs_tokenizer, folders)
     if path.exists():
         raise fail("is a file, not a save_pretrained folder")
     if not _HUB_ID.match(name) or name.startswith((".", "/", "~")):
@@ -129,14 +139,14 @@ def resolve_weights(what: str, name: str, needs_tokenizer: bool = False) -> Weig
     if _offline():
         if not _is_cached(name):
             raise fail("is not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
-        return WeightsSource(what, name, name, True, needs_tokenizer)
+        return WeightsSource(what, name, name, True, needs_tokenizer, folders)
     ok, why = _hub_reachable()
     if ok:
-        return WeightsSource(what, name, name, False, needs_tokenizer)
+        return WeightsSource(what, name, name, False, needs_tokenizer, folders)
     # No network: use a warm cache directly instead of retrying every file for minutes.
     if _is_cached(name):
         log.warning("Hugging Face hub unreachable (%s); loading %s from the local cache", why, name)
-        return WeightsSource(what, name, name, True, needs_tokenizer)
+        return WeightsSource(what, name, name, True, needs_tokenizer, folders)
     raise fail("is not in the local Hugging Face cache and the hub is unreachable", cause=why)
 
 
@@ -148,4 +158,5 @@ def load_from(source: WeightsSource, loader: Callable[..., Any]) -> Any:
         if source.local_files_only and not Path(source.location).is_dir():
             # transformers' own message talks about connecting even when offline.
             reason = "does not load from the local Hugging Face cache (offline mode)"
-        raise _unavailable(source.what, source.name, reason, source.needs_tokenizer, f"{type(e).__name__}: {e}") from e
+        causes = f"{type(e).__name__}: {e}" + (f" (from {type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else "")
+        raise _unavailable(source.what, source.name, reason, source.needs_tokenizer, causes, source.folders) from e

@@ -1,13 +1,15 @@
-"""A tiny, randomly initialised GroundingDINO + SAM2 pair for offline tests and demos.
+"""Tiny, randomly initialised foundation models for offline tests and demos: LangSAM's
+GroundingDINO and SAM2, and SAM 3.
 
-The real checkpoints are ~1 GB and live on the Hugging Face hub. These two models have
-the same architecture and file layout (`save_pretrained` folders with their processors),
-~0.2 M parameters each, and load and run in well under a second on a CPU. Their boxes and
-masks are random: they exercise the pipeline, not segmentation quality.
+The real checkpoints are ~1 GB and live on the Hugging Face hub. These models have the
+same architectures and file layout (`save_pretrained` folders with their processors and
+tokenizers), ~0.2 M parameters each, and load and run in well under a second on a CPU.
+Their boxes and masks are random: they exercise the pipeline, not segmentation quality.
 
-    python -m segray.models.tiny_langsam OUT_DIR   # prints the two folders
+    python -m segray.models.tiny_langsam OUT_DIR   # prints the three folders
 
-Then: `--langsam.detector OUT_DIR/grounding-dino --langsam.sam OUT_DIR/sam2`.
+Then: `--langsam.detector OUT_DIR/grounding-dino --langsam.sam OUT_DIR/sam2
+--sam3.weights OUT_DIR/sam3`.
 """
 
 from __future__ import annotations
@@ -123,6 +125,88 @@ def _save_sam2(out: Path) -> None:
     processor.save_pretrained(out)
 
 
+# SAM 3: a ViT of SAM3_PATCH-pixel patches on a SAM3_SIZE square; every head SAM3_WIDTH wide
+# (GroupNorm(8, width) in its mask decoder: a multiple of 8). CLIP's byte-level BPE, with
+# merges that make each word below one token; other text falls back to single letters.
+SAM3_SIZE, SAM3_PATCH, SAM3_WIDTH = 64, 8, 32
+SAM3_WORDS = ["person", "people", "human", "a", "photo", "of", "the", "visual"]
+
+
+def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    vocab = {token: i for i, token in enumerate(["<|startoftext|>", "<|endoftext|>"])}
+    for letter in "abcdefghijklmnopqrstuvwxyz.,":
+        for token in (letter, letter + "</w>"):
+            vocab.setdefault(token, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in SAM3_WORDS:
+        symbols = [*word[:-1], word[-1] + "</w>"]
+        joined = symbols[0]
+        for symbol in symbols[1:]:
+            if (joined, symbol) not in merges:
+                merges.append((joined, symbol))
+            joined += symbol
+            vocab.setdefault(joined, len(vocab))
+    return vocab, merges
+
+
+def _save_sam3(out: Path) -> None:
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTokenizer,
+        Sam3Config,
+        Sam3DETRDecoderConfig,
+        Sam3DETREncoderConfig,
+        Sam3GeometryEncoderConfig,
+        Sam3ImageProcessor,
+        Sam3MaskDecoderConfig,
+        Sam3Model,
+        Sam3Processor,
+        Sam3VisionConfig,
+        Sam3ViTConfig,
+    )
+
+    vocab, merges = _clip_vocab_and_merges()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
+    grid, width = SAM3_SIZE // SAM3_PATCH, SAM3_WIDTH
+    # The ViT's global attention is laid out for exactly this input size.
+    vit = Sam3ViTConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=2,
+                        image_size=SAM3_SIZE, patch_size=SAM3_PATCH, window_size=4, global_attn_indexes=[1],
+                        pretrain_image_size=SAM3_SIZE)
+    vision = Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=width,
+                              backbone_feature_sizes=[[grid * 4] * 2, [grid * 2] * 2, [grid] * 2],
+                              scale_factors=[4.0, 2.0, 1.0, 0.5])
+    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                          projection_dim=width, num_hidden_layers=1, num_attention_heads=2,
+                          max_position_embeddings=32,  # Sam3Processor pads text to 32 tokens
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+    heads = {"hidden_size": width, "num_attention_heads": 2, "intermediate_size": 2 * width, "dropout": 0.0}
+    config = Sam3Config(vision_config=vision, text_config=text,
+                        geometry_encoder_config=Sam3GeometryEncoderConfig(num_layers=1, roi_size=2, **heads),
+                        detr_encoder_config=Sam3DETREncoderConfig(num_layers=1, **heads),
+                        detr_decoder_config=Sam3DETRDecoderConfig(num_layers=1, num_queries=8, **heads),
+                        mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=width, num_attention_heads=2))
+    model = Sam3Model(config).eval()
+    with torch.no_grad():  # scores near 0.5 rather than all below every threshold: some instances are kept
+        model.detr_decoder.presence_head.layer3.bias.fill_(4.0)
+    image_processor = Sam3ImageProcessor(size={"height": SAM3_SIZE, "width": SAM3_SIZE},
+                                         mask_size={"height": SAM3_SIZE // 2, "width": SAM3_SIZE // 2})
+    model.save_pretrained(out)
+    Sam3Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+
+
+def save_tiny_weights(root: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Write tiny random GroundingDINO, SAM2 and SAM 3 folders under `root`; returns them by name."""
+    root = Path(root)
+    folders = {"detector": root / "grounding-dino", "sam": root / "sam2", "sam3": root / "sam3"}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _save_grounding_dino(folders["detector"])
+        _save_sam2(folders["sam"])
+        _save_sam3(folders["sam3"])
+    return folders
+
+
 def save_tiny_langsam(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
     """Write tiny random GroundingDINO and SAM2 folders under `root`; returns (detector, sam)."""
     root = Path(root)
@@ -137,15 +221,14 @@ def save_tiny_langsam(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m segray.models.tiny_langsam OUT_DIR`: write the pair, print the two folders."""
+    """`python -m segray.models.tiny_langsam OUT_DIR`: write every model, print the folders."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] in {"-h", "--help"}:
         print(__doc__.strip())
         print("\nusage: python -m segray.models.tiny_langsam OUT_DIR")
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
-    detector_dir, sam_dir = save_tiny_langsam(argv[0])
-    print(detector_dir)
-    print(sam_dir)
+    for folder in save_tiny_weights(argv[0]).values():
+        print(folder)
     return 0
 
 

@@ -7,6 +7,7 @@ import html
 import json
 from typing import Any
 
+from segray.config import TRAINABLE, model_of
 from segray.report.analysis import Analysis
 from segray.report.formats import fmt, fmt_ci, fmt_minutes, fmt_p, fmt_pct, md_text
 from segray.report.sweep import Sweep, sweep_sections
@@ -159,7 +160,29 @@ def not_evaluated(analysis: Analysis) -> list[tuple[str, str]]:
 def _headline(analysis: Analysis, sweep: Sweep | None = None) -> str:
     compared = [model for model, _ in shown(analysis, analysis.per_model)]
     text = f"Compared: {', '.join(compared)}. " if compared else ""
-    return text + (f"**Verdict:** {sweep.verdict} " if sweep else "") + _ranking(analysis)
+    return text + (f"**Verdict:** {sweep.verdict} " if sweep else "") + _ranking(analysis) + _who_wins(analysis)
+
+
+def _who_wins(analysis: Analysis) -> str:
+    """The question itself: the best foundation model against the best trained network, by
+    mean IoU, with their paired difference."""
+    ranked = [(m, p["mean_iou"]) for m, p in shown(analysis, analysis.per_model) if p["mean_iou"] is not None]
+    trained = {m for m, _ in ranked if model_of(m.split("/")[0]) in TRAINABLE}  # langsam/sam_score: langsam
+    networks = [(m, v) for m, v in ranked if m in trained]
+    foundation = [(m, v) for m, v in ranked if m not in trained]
+    if not networks or not foundation:
+        return ""
+    net, net_iou = max(networks, key=lambda kv: kv[1])
+    fm, fm_iou = max(foundation, key=lambda kv: kv[1])
+    pair = next((p for p in analysis.pairs if {p["a"], p["b"]} == {net, fm}), None)
+    if pair is None:
+        return ""
+    sign = 1 if pair["a"] == net else -1
+    low, high = sorted((sign * pair["ci"][0], sign * pair["ci"][1]))
+    winner = "the trained network wins" if low > 0 else "the foundation model wins" if high < 0 else "no clear winner"
+    return (f" **Foundation model or trained network:** the best trained network, **{net}** ({net_iou:.3f}), against "
+            f"the best foundation model, **{fm}** ({fm_iou:.3f}): {sign * pair['mean_diff']:+.3f} IoU "
+            f"(95% CI [{low:.3f}, {high:.3f}]): {winner}.")
 
 
 def _ranking(analysis: Analysis) -> str:

@@ -34,19 +34,20 @@ class Job:
 
 
 RUN = ("preset", "seed", "verbose", "data", "output", "cluster", "tracking.uri", "tracking.experiment")
-MODELS = ("models", "unet", "resnet34_unet", "langsam")
+MODELS = ("models", "unet", "resnet34_unet", "langsam", "sam3")
+FOUNDATION = ("langsam", "sam3")  # the models that need no training
 JOBS = {job.name: job for job in (
     Job("benchmark", "the whole comparison: train, evaluate, summarize, report",
         (*RUN, "train", *MODELS, "evaluation", "checkpoints.store")),
     Job("train", "train the networks only (Ray Train)",
         (*RUN, "train", "models", "unet", "resnet34_unet", "checkpoints.store")),
     Job("evaluate", "evaluate models that need no training here, trained ones from checkpoints",
-        (*RUN, "models", "langsam", "evaluation", "checkpoints")),
+        (*RUN, "models", *FOUNDATION, "evaluation", "checkpoints")),
     Job("reevaluate", "evaluate only the (image, model version) pairs a results table lacks",
         ("preset", "seed", "verbose", "data", "output.run_id", "cluster", "tracking.uri", "tracking.experiment", "models",
-         "langsam", "evaluation", "checkpoints", "results"), required=("results.uri",)),
+         *FOUNDATION, "evaluation", "checkpoints", "results"), required=("results.uri",)),
     Job("serve", "serve the models as an HTTP API on Ray Serve",
-        ("preset", "verbose", "data.max_pixels", "cluster", "tracking.uri", "models", "langsam", "checkpoints",
+        ("preset", "verbose", "data.max_pixels", "cluster", "tracking.uri", "models", *FOUNDATION, "checkpoints",
          "serve")),
     Job("report", "draw the comparison report of a finished run", ("report",), required=("report.run",),
         positional="report.run"),
