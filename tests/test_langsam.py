@@ -310,8 +310,9 @@ def test_no_global_state_leak(tiny, images):
 def test_tiny_langsam_cli(tmp_path, capsys):
     assert tiny_main([str(tmp_path)]) == 0
     printed = capsys.readouterr().out.split()
-    assert printed == [str(tmp_path / "grounding-dino"), str(tmp_path / "sam2")]
-    assert (tmp_path / "sam2" / "model.safetensors").is_file()
+    assert printed == [str(tmp_path / "grounding-dino"), str(tmp_path / "sam2"), str(tmp_path / "sam3")]
+    for folder in printed:
+        assert (tmp_path / folder / "model.safetensors").is_file()
 
 
 # ------------------------------------------------------------------ weights unavailable
