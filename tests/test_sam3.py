@@ -114,3 +114,28 @@ def test_sam3_and_langsam_are_evaluated_from_one_decode_with_a_row_per_image_and
     for model, stats in summary["models"].items():
         mine = scored[scored["model"] == model]
         assert stats["mean_iou"] == pytest.approx(float(pd.Series(mine["iou"]).mean())), model
+
+
+@pytest.mark.slow
+def test_grey_tiny_huge_and_odd_aspect_images_each_get_sam3s_rows_at_their_own_size(ray_session, tiny_sam3, tmp_path):
+    import cv2
+
+    shapes = {"grey.png": (120, 160), "tiny.png": (6, 9), "huge.png": (3000, 4000), "odd.png": (40, 1000)}
+    for folder in ("images", "masks"):
+        (tmp_path / "set" / folder).mkdir(parents=True)
+    for name, (height, width) in shapes.items():
+        image = np.full((height, width, 3), 128, np.uint8) if name == "grey.png" else (
+            np.random.default_rng(len(name)).integers(0, 256, (height, width, 3), dtype=np.uint8))
+        mask = np.zeros((height, width), np.uint8)
+        mask[height // 4: 3 * height // 4 + 1, width // 4: 3 * width // 4 + 1] = 255
+        cv2.imwrite(str(tmp_path / "set" / "images" / name), image)
+        cv2.imwrite(str(tmp_path / "set" / "masks" / name), mask)
+    argv = ["--preset", "demo", "--dataset", str(tmp_path / "set"), "--output", str(tmp_path), "--run-id", "odd",
+            "--models", "sam3", "--sam3.weights", str(tiny_sam3), "--sam3.threshold", "0.3"]
+    assert job("evaluate")(argv) == 0
+    rows = pq.read_table(tmp_path / "odd" / "predictions").to_pandas()
+    assert len(rows) == len(shapes) * 3 and set(rows["status"]) <= {"ok", "no_detection"}
+    from segray.data.decode import decode_mask
+
+    for _, row in rows[rows["status"] == "ok"].iterrows():
+        assert decode_mask(row["mask_png"]).shape == shapes[row["image_id"]], row["image_id"]

@@ -43,13 +43,14 @@ def write_checkpoints(root: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory, tiny_weights) -> list[str]:
-    """The options that name the three models' weights, for jobs/serve.py and jobs/evaluate.py alike."""
+def weights(tmp_path_factory, tiny_weights, tiny_sam3) -> list[str]:
+    """The options that name the four models' weights, for jobs/serve.py and jobs/evaluate.py alike."""
     checkpoints = write_checkpoints(tmp_path_factory.mktemp("checkpoints"))
     detector, sam = tiny_weights
-    return ["--models", "unet,resnet34_unet,langsam",
+    return ["--models", "unet,resnet34_unet,langsam,sam3",
             *(arg for model, path in checkpoints.items() for arg in ("--checkpoint", f"{model}={path}")),
-            "--langsam-detector", str(detector), "--langsam-sam", str(sam), "--langsam-box-threshold", "0"]
+            "--langsam-detector", str(detector), "--langsam-sam", str(sam), "--langsam-box-threshold", "0",
+            "--sam3.weights", str(tiny_sam3), "--sam3.threshold", "0.3"]
 
 
 class Server:
@@ -120,7 +121,8 @@ def evaluated(ray_session, weights, images_root, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     assert job("evaluate")(["--preset", "demo", "--dataset", str(images_root), "--output", str(runs),
                             "--run-id", "eval", *weights, "--eval-batch-size", "unet=1",
-                            "--eval-batch-size", "resnet34_unet=1", "--eval-batch-size", "langsam=1"]) == 0
+                            "--eval-batch-size", "resnet34_unet=1", "--eval-batch-size", "langsam=1",
+                            "--eval-batch-size", "sam3=1"]) == 0
     return pq.read_table(runs / "eval" / "predictions").to_pandas()
 
 
@@ -140,7 +142,7 @@ def png(width: int, height: int) -> bytes:
 def test_each_models_served_mask_is_the_evaluations_stored_mask(server, evaluated, images_root):
     models = server.get("/models").json()
     by_name = {m["name"]: m for m in models["models"]}
-    assert set(by_name) == {"unet", "resnet34_unet", "langsam"}
+    assert set(by_name) == {"unet", "resnet34_unet", "langsam", "sam3"}
     assert by_name["unet"]["model_version"] == "unet@served" and by_name["unet"]["input_size"] == "64x64"
     assert by_name["langsam"]["default_variant"] == "langsam/sam_score"  # no ranking run: the first rule
     assert all(m["device"].startswith("CPU: ") for m in by_name.values())
@@ -158,15 +160,16 @@ def test_each_models_served_mask_is_the_evaluations_stored_mask(server, evaluate
             assert body["model_version"] == evaluated.loc[evaluated["model"] == model, "model_version"].iloc[0]
             assert body["mask_png"] == stored_mask(evaluated, image_id, model), (model, image_id)
             compared += 1
-        every = server.post("langsam", data, variant="all").json()
-        assert set(every["variants"]) == set(by_name["langsam"]["variants"])
-        for variant, answer in every["variants"].items():
-            assert answer["mask_png"] == stored_mask(evaluated, image_id, variant), (variant, image_id)
-            compared += 1
+        every = {model: server.post(model, data, variant="all").json() for model in ("langsam", "sam3")}
+        for model, answers in every.items():
+            assert set(answers["variants"]) == set(by_name[model]["variants"])
+            for variant, answer in answers["variants"].items():
+                assert answer["mask_png"] == stored_mask(evaluated, image_id, variant), (variant, image_id)
+                compared += 1
         default = server.post("langsam", data).json()
         assert default["variant"] == "langsam/sam_score"
-        assert default["mask_png"] == every["variants"]["langsam/sam_score"]["mask_png"]
-    assert compared == IMAGES * (2 + len(by_name["langsam"]["variants"]))
+        assert default["mask_png"] == every["langsam"]["variants"]["langsam/sam_score"]["mask_png"]
+    assert compared == IMAGES * (2 + len(by_name["langsam"]["variants"]) + len(by_name["sam3"]["variants"]))
 
 
 def test_a_multipart_upload_gets_the_same_answer(server, images_root):
