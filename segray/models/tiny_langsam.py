@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,10 +28,17 @@ DETECTOR_SHORT_EDGE, DETECTOR_LONG_EDGE = 64, 96
 SAM_SIZE = 64
 
 
+def bert_tokenizer() -> Any:
+    """GroundingDINO's word-piece tokenizer over TINY_VOCAB, built offline."""
+    from transformers import BertTokenizer
+
+    # vocab= (a dict) works offline; vocab_file= silently ignores the file (all [UNK]).
+    return BertTokenizer(vocab={word: i for i, word in enumerate(TINY_VOCAB)})
+
+
 def _save_grounding_dino(out: Path) -> None:
     from transformers import (
         BertConfig,
-        BertTokenizer,
         GroundingDinoConfig,
         GroundingDinoForObjectDetection,
         GroundingDinoImageProcessor,
@@ -38,8 +46,7 @@ def _save_grounding_dino(out: Path) -> None:
         SwinConfig,
     )
 
-    # vocab= (a dict) works offline; vocab_file= silently ignores the file (all [UNK]).
-    tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(TINY_VOCAB)})
+    tokenizer = bert_tokenizer()
     backbone = SwinConfig(
         image_size=DETECTOR_SHORT_EDGE,
         patch_size=4,
@@ -132,6 +139,14 @@ SAM3_SIZE, SAM3_PATCH, SAM3_WIDTH = 64, 8, 32
 SAM3_WORDS = ["person", "people", "human", "a", "photo", "of", "the", "visual"]
 
 
+def clip_tokenizer() -> Any:
+    """CLIP's byte-level BPE (SAM 3's, OWLv2's) over SAM3_WORDS, built offline."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _clip_vocab_and_merges()
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
 def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     vocab = {token: i for i, token in enumerate(["<|startoftext|>", "<|endoftext|>"])}
     for letter in "abcdefghijklmnopqrstuvwxyz.,":
@@ -152,7 +167,6 @@ def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
 def _save_sam3(out: Path) -> None:
     from transformers import (
         CLIPTextConfig,
-        CLIPTokenizer,
         Sam3Config,
         Sam3DETRDecoderConfig,
         Sam3DETREncoderConfig,
@@ -165,8 +179,7 @@ def _save_sam3(out: Path) -> None:
         Sam3ViTConfig,
     )
 
-    vocab, merges = _clip_vocab_and_merges()
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
+    tokenizer = clip_tokenizer()
     grid, width = SAM3_SIZE // SAM3_PATCH, SAM3_WIDTH
     # The ViT's global attention is laid out for exactly this input size.
     vit = Sam3ViTConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=2,
