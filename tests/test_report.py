@@ -21,7 +21,8 @@ from segray.data.manifest import manifest_fingerprint, read_folder
 from segray.metrics import score_masks
 from segray.report import IncompleteRun, write_report
 from segray.report.analysis import analyze, bootstrap_means, wilcoxon_p
-from segray.report.figures import figure_name, png, pyplot
+from segray.report.figures import png, pyplot
+from segray.report.formats import figure_name
 from segray.report.render import REASON_CHARS, md_table
 from segray.schema import ROW_SCHEMA
 from tests.conftest import job

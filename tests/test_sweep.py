@@ -15,7 +15,9 @@ from segray.models.checkpoint import read_meta
 from segray.models.langsam_rules import DEFAULT_SETTING, Setting
 from segray.pipeline import print_summary
 from segray.report.analysis import analyze
-from segray.report.sweep import analyze_sweep, halves, pareto
+from segray.report.sweep import analyze_sweep, halves, pareto, sweep_sections
+from segray.report.sweep_figures import sweep_figures
+from segray.report.variants import is_foundation, other_sweep_settings, run_settings, variant_parts
 from segray.settings import load
 from segray.train import passes_per_epoch, training_rows
 from tests.conftest import job
@@ -81,13 +83,16 @@ def test_each_fraction_is_its_own_model_in_the_rows_the_training_and_the_store(s
     assert evaluated.set_index("image_id")["iou"].sort_index().to_numpy() == pytest.approx(mine.to_numpy())
 
 
-def crafted_sweep(trained: dict[str, list[float]], langsam: dict[str, list[float]], images: dict[str, int]):
+RUN_SETTINGS = {"langsam": DEFAULT_SETTING, "sam3": Setting("person", 0.5)}  # the run's own settings
+
+
+def crafted_sweep(trained: dict[str, list[float]], foundation: dict[str, list[float]], images: dict[str, int]):
     """The sweep analysis of crafted rows: trained models with their training images, and
-    LangSAM variants (the run's own setting is person.@0.3)."""
-    rows = crafted_rows({**trained, **langsam})
+    foundation model variants (the run's own settings are person.@0.3 and SAM 3's person@0.5)."""
+    rows = crafted_rows({**trained, **foundation})
     training = {name: {"train_images": images[name], "train_time_s": 60.0 * images[name], "history": []}
                 for name in trained}
-    return analyze_sweep(analyze(rows, training=training, resamples=500), DEFAULT_SETTING)
+    return analyze_sweep(analyze(rows, training=training, resamples=500), RUN_SETTINGS)
 
 
 def test_langsams_best_is_chosen_on_one_half_and_reported_on_the_other():
@@ -102,11 +107,14 @@ def test_langsams_best_is_chosen_on_one_half_and_reported_on_the_other():
     sweep = crafted_sweep({}, {"langsam/sam_score[person.@0.3]": list(b),
                                "langsam/sam_score[human.@0.3]": list(a)}, {})
     assert sweep.selection_images == sweep.held_out_images == 20
-    assert sweep.langsam_best["name"] == "langsam/sam_score[human.@0.3]"
-    assert sweep.langsam_best["selection_iou"] == pytest.approx(0.9) and sweep.langsam_best["mean_iou"] == pytest.approx(0.5)
-    assert sweep.langsam_default["name"] == "langsam/sam_score[person.@0.3]"
-    assert sweep.langsam_default["gap"] == pytest.approx(-0.3)  # the default is better where it counts
-    assert sweep.grid["sam_score"] == {Setting("person.", 0.3): pytest.approx(0.5), Setting("human.", 0.3): pytest.approx(0.9)}
+    assert sweep.best["name"] == "langsam/sam_score[human.@0.3]"
+    assert sweep.best["selection_iou"] == pytest.approx(0.9) and sweep.best["mean_iou"] == pytest.approx(0.5)
+    langsam = sweep.foundations["langsam"]
+    assert langsam["best"] == sweep.best
+    assert langsam["default"]["name"] == "langsam/sam_score[person.@0.3]"
+    assert langsam["default"]["gap"] == pytest.approx(-0.3)  # the default is better where it counts
+    assert langsam["grid"]["sam_score"] == {Setting("person.", 0.3): pytest.approx(0.5),
+                                            Setting("human.", 0.3): pytest.approx(0.9)}
 
 
 def test_the_learning_curve_finds_the_smallest_training_set_that_beats_langsam():
@@ -118,7 +126,7 @@ def test_the_learning_curve_finds_the_smallest_training_set_that_beats_langsam()
     assert [p["beats"] for p in sweep.curves["unet"]] == [False, True, True]
     assert sweep.smallest_win["unet"]["name"] == "unet[frac=0.5]"
     assert sweep.curves["unet"][1]["diff"] == pytest.approx(0.05)
-    assert sweep.verdict.startswith("Against LangSAM's best configuration, langsam/sam_score[person.@0.3]")
+    assert sweep.verdict.startswith("Against the best foundation model, langsam/sam_score[person.@0.3]")
     assert "unet beats it from 50 training images (50% of the train split" in sweep.verdict
     # Cost: every point priced on a GPU; the best network and LangSAM share a cost here, so
     # only the more accurate is Pareto-optimal.
@@ -128,13 +136,82 @@ def test_the_learning_curve_finds_the_smallest_training_set_that_beats_langsam()
     short = crafted_sweep({"unet[frac=0.5]": list(base - 0.1), "unet": list(base - 0.01)}, langsam,
                           {"unet[frac=0.5]": 50, "unet": 100})
     assert short.smallest_win == {"unet": None}
-    assert short.verdict.startswith("No trained network beats LangSAM's best configuration")
+    assert short.verdict.startswith("No trained network beats the best foundation model")
     assert "with up to 100 training images (not reached): the closest, unet, is -0.010 IoU" in short.verdict
+
+
+def test_the_band_to_beat_is_the_best_foundation_model_of_langsam_its_pairings_and_sam3():
+    """SAM 3 swept like LangSAM: each instance gets its grid, its best chosen on the selection
+    half and its default's gap; the best of all is the learning curve's band."""
+    selection, held = halves(40, seed=0)
+    base = np.full(40, 0.5)
+    sam3_best = base.copy()
+    sam3_best[selection], sam3_best[held] = 0.95, 0.7
+    foundation = {"langsam/sam_score": list(base), "langsam/union": list(base - 0.1),
+                  "langsam[a+b]/sam_score": list(base + 0.1), "langsam[a+b]/union": list(base),
+                  "sam3/semantic[person@0.5]": list(base + 0.05), "sam3/best[person@0.5]": list(base),
+                  "sam3/semantic[human@0.5]": list(base), "sam3/best[human@0.5]": list(sam3_best)}
+    sweep = crafted_sweep({"unet[frac=0.5]": list(base + 0.1), "unet": list(base + 0.3)}, foundation,
+                          {"unet[frac=0.5]": 50, "unet": 100})
+    assert list(sweep.foundations) == ["langsam", "langsam[a+b]", "sam3"]
+    assert sweep.best["name"] == "sam3/best[human@0.5]" and sweep.best["instance"] == "sam3"
+    assert sweep.best["selection_iou"] == pytest.approx(0.95) and sweep.best["mean_iou"] == pytest.approx(0.7)
+    sam3 = sweep.foundations["sam3"]
+    assert sam3["settings"] == [Setting("person", 0.5), Setting("human", 0.5)]  # the run's own prompt first
+    assert sam3["grid"]["best"] == {Setting("person", 0.5): pytest.approx(0.5), Setting("human", 0.5): pytest.approx(0.95)}
+    assert sam3["default"]["name"] == "sam3/semantic[person@0.5]"  # SAM 3's semantic map at the run's setting
+    assert sam3["default"]["gap"] == pytest.approx(0.7 - 0.55)
+    assert sweep.foundations["langsam[a+b]"]["best"]["name"] == "langsam[a+b]/sam_score"
+    assert sweep.foundations["langsam[a+b]"]["default"]["gap"] == 0  # a pairing's default is langsam's rule
+    # The curve is measured against SAM 3's best: unet[frac=0.5] is 0.1 below it, unet 0.1 above.
+    assert [p["beats"] for p in sweep.curves["unet"]] == [False, True]
+    assert sweep.verdict.startswith("Against the best foundation model, sam3/best[human@0.5] (0.700 mean IoU on the "
+                                    "20 held-out images), unet beats it from 100 training images")
+    parts = {heading: (table, figure) for heading, _, table, figure in sweep_sections(sweep)}
+    table, figure = parts["sam3's sensitivity to prompt, threshold and rule"]
+    assert figure == "sam3_sensitivity"
+    assert table == (["prompt", "threshold", "best", "semantic"],
+                     [["person", "0.5", "0.500", "0.550"], ["human", "0.5", "0.950 ★", "0.500"]])
+    assert parts["How much labelled data does a trained network need?"][0][0][6] == "− sam3/best[human@0.5]"
+    frontier = {p["model"] for p in sweep.frontier}
+    assert {"sam3/best[human@0.5]", "sam3/semantic[person@0.5]", "langsam[a+b]/sam_score"} <= frontier
+    drawn = sweep_figures(sweep)
+    assert set(drawn) == {"learning_curve", "cost_frontier", "langsam_sensitivity", "langsam-a-b-_sensitivity",
+                          "sam3_sensitivity"}
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in drawn.values())
+
+
+def test_a_sam3_sweep_alone_is_a_sweep_and_its_other_settings_are_hidden():
+    base = list(np.linspace(0.3, 0.9, 10))
+    foundation = {"sam3/semantic[person@0.5]": base, "sam3/semantic[person@0.7]": base, "langsam/sam_score": base}
+    sweep = crafted_sweep({"unet": base}, foundation, {"unet": 100})
+    assert sweep is not None and sweep.foundations["sam3"]["settings"] == [Setting("person", 0.5), Setting("person", 0.7)]
+    assert sweep.verdict.startswith("No trained network beats the best foundation model")
+    models = ["unet", "unet[frac=0.5]", "langsam/union", "langsam/union[person.@0.3]", "langsam/union[human.@0.3]",
+              "langsam[a+b]/union[person.@0.3]", "langsam[a+b]/union[person.@0.2]", "sam3/best", "sam3/best[person@0.5]",
+              "sam3/best[person@0.7]", "sam3/semantic[human@0.5]"]
+    assert other_sweep_settings(models, RUN_SETTINGS) == [
+        "langsam/union[human.@0.3]", "langsam[a+b]/union[person.@0.2]", "sam3/best[person@0.7]", "sam3/semantic[human@0.5]"]
+
+
+def test_the_runs_own_settings_and_the_parts_of_a_variant_name():
+    assert run_settings({}) == {"langsam": DEFAULT_SETTING, "sam3": Setting("person", 0.5)}
+    config = {"langsam": {"prompt": "Human", "box_threshold": 0.2, "prompts": ["person."]},
+              "sam3": {"prompt": " A Person. ", "threshold": 0.4, "thresholds": [0.6], "weights": "x"}}
+    assert run_settings(config) == {"langsam": Setting("human.", 0.2), "sam3": Setting("a person", 0.4)}
+    assert variant_parts("sam3/best[a person@0.4]") == ("sam3", "best", Setting("a person", 0.4))
+    assert variant_parts("langsam[gdino-tiny+sam2.1-hiera-tiny]/union") == ("langsam[gdino-tiny+sam2.1-hiera-tiny]",
+                                                                           "union", None)
+    assert variant_parts("langsam/sam_score[a@b.@0.25]") == ("langsam", "sam_score", Setting("a@b.", 0.25))
+    assert variant_parts("unet[frac=0.25]") == ("unet[frac=0.25]", "", None)
+    assert [is_foundation(m) for m in ("langsam/union", "langsam[a+b]/best", "sam3/best", "unet", "resnet34_unet[frac=0.5]")] \
+        == [True, True, True, False, False]
 
 
 def test_a_run_without_a_sweep_has_no_sweep_section():
     base = list(np.linspace(0.3, 0.9, 10))
     assert crafted_sweep({"unet": base}, {"langsam/sam_score": base, "langsam/union": base}, {"unet": 100}) is None
+    assert crafted_sweep({"unet": base}, {"sam3/best": base, "langsam[a+b]/union": base}, {"unet": 100}) is None
 
 
 def test_pareto_keeps_what_nothing_else_beats_on_both_cost_and_accuracy():
@@ -150,10 +227,10 @@ def test_the_sweeps_report_answers_with_three_figures_and_a_verdict(shared_run):
         assert (report / f"{figure}.png").stat().st_size > 1000
     text = html.unescape(page)
     verdict = re.search(r"<b>Verdict:</b> (.*?) On the val split", text).group(1)
-    assert verdict.startswith(("Against LangSAM's best configuration, langsam/", "No trained network beats LangSAM's"))
+    assert verdict.startswith(("Against the best foundation model, langsam/", "No trained network beats the best"))
     val = shared_run.read("summary.json")["manifest"]["val"]
     assert f"on the {val - val // 2} held-out images" in verdict and "unet" in verdict
-    assert f"LangSAM's best configuration was chosen on the other {val // 2}" in text
+    assert f"each foundation model's best configuration was chosen on the other {val // 2}" in text
     # The sweep's other settings are in its own section, not in every table and gallery.
     assert "alt='worst_langsam-sam_score-person.-0.0-'" in page and "alt='worst_langsam-sam_score-human" not in page
     accuracy = text.split("<h2>Accuracy per model</h2>")[1].split("<h2>")[0]

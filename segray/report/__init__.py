@@ -28,8 +28,9 @@ only when figures are drawn.
 
 The package, in the order its modules import one another (each only from those above it):
   analysis.py    the statistics above (`analyze` -> `Analysis`)
-  formats.py     how numbers are written
-  sweep.py       a sweep's answer: learning curve, LangSAM's sensitivity, cost frontier, verdict
+  formats.py     how numbers and file names are written
+  variants.py    which variants are foundation models, their instance, rule and setting, the run's own settings
+  sweep.py       a sweep's answer: learning curve, each foundation model's sensitivity, cost frontier, verdict
   provenance.py  reproducibility: dataset fingerprint, model versions, packages, git, checkpoints, hardware
   figures.py     the PNG figures and the worst-image galleries
   sweep_figures.py  the sweep section's figures
@@ -47,22 +48,22 @@ from typing import Any
 from segray import storage
 from segray.config import DEFAULT_MAX_PIXELS
 from segray.errors import IncompleteRun
-from segray.models.langsam_rules import other_settings, run_setting
 from segray.report.analysis import analyze, tracked_metrics
 from segray.report.figures import (
     figure_categories,
     figure_ecdf,
     figure_gallery,
     figure_histograms,
-    figure_name,
     figure_timeline,
     figure_training,
     gallery_items,
 )
+from segray.report.formats import figure_name
 from segray.report.provenance import reproducibility
 from segray.report.render import render_html, render_markdown
 from segray.report.sweep import analyze_sweep
-from segray.report.sweep_figures import figure_cost_frontier, figure_langsam_sensitivity, figure_learning_curve
+from segray.report.sweep_figures import sweep_figures
+from segray.report.variants import other_sweep_settings, run_settings
 from segray.results.read import read_rows
 
 REPORT_JSON = "report.json"
@@ -100,10 +101,10 @@ def write_report(
     if seed is None:  # the run's own seed (--seed)
         seed = int((summary.get("config") or {}).get("seed", 0))
     split = split or summary.get("split") or "val"
-    # A LangSAM sweep's settings other than the run's own are shown in the sweep's section only.
-    langsam = run_setting((summary.get("config") or {}).get("langsam") or {})
+    # A sweep's settings other than the run's own are shown in the sweep's section only.
+    defaults = run_settings(summary.get("config") or {})
     analysis = analyze(rows, split, training, gpu_hour_usd, resamples, seed, cpu_hour_usd,
-                       hidden=other_settings(rows["model"].astype(str).unique(), langsam))
+                       hidden=other_sweep_settings(rows["model"].astype(str).unique(), defaults))
     analysis.unavailable = summary.get("unavailable") or {}
     analysis.timeline = (summary.get("timeline") or {}).get("stages") or {}
     lap("statistics")
@@ -122,13 +123,9 @@ def write_report(
     timeline = figure_timeline(analysis)
     if timeline is not None:
         pngs["timeline"] = timeline
-    sweep = analyze_sweep(analysis, langsam)
+    sweep = analyze_sweep(analysis, defaults)
     if sweep is not None:
-        for name, figure in (("learning_curve", figure_learning_curve), ("langsam_sensitivity", figure_langsam_sensitivity),
-                             ("cost_frontier", figure_cost_frontier)):
-            drawn = figure(sweep)
-            if drawn is not None:
-                pngs[name] = drawn
+        pngs |= sweep_figures(sweep)
     lap("figures")
     data = (summary.get("config") or {}).get("data") or {}  # read the images as the run did
     for model, items in gallery_items(rows, analysis, summary.get("dataset_root"), worst_n,

@@ -93,7 +93,7 @@ def analyze(
     and each model's n and mean IoU, are `segray.results.scoring`'s, as in summary.json.
     Cost is priced by the device the latencies were measured on: GPU-hours at
     `gpu_hour_usd`, CPU actor-hours at `cpu_hour_usd` (not priced when None). `hidden`
-    models (a LangSAM sweep's other settings) count in the statistics but are left out of
+    models (a sweep's other settings) count in the statistics but are left out of
     `shown`: the per-model tables, the pairs and the figures."""
     rows = rows[in_split(rows, split)]
     model_code, models = _codes(rows["model"])

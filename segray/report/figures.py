@@ -311,8 +311,3 @@ def _resize(mask: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None
     if mask is None or (mask.shape[1], mask.shape[0]) == size:
         return mask
     return cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-
-
-def figure_name(model: str) -> str:
-    """A file-name-safe form of a model variant (`langsam/sam_score` -> `langsam-sam_score`)."""
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in model)

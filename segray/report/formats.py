@@ -1,4 +1,4 @@
-"""How the report writes numbers: one place for its tables, notes and headline."""
+"""How the report writes numbers and names: one place for its tables, notes, headline and files."""
 
 from __future__ import annotations
 
@@ -41,3 +41,8 @@ def md_text(value: Any) -> str:
     category or prompt is data, not markup)."""
     text = " ".join(html.escape(str(value), quote=False).split())
     return re.sub(r"([\\`*|~$]|\](?=\())", r"\\\1", text)
+
+
+def figure_name(model: str) -> str:
+    """A file-name-safe form of a model variant (`langsam/sam_score` -> `langsam-sam_score`)."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in model)

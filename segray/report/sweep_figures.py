@@ -1,26 +1,31 @@
-"""The sweep section's figures (`segray.report.sweep`): the learning curve, LangSAM's
-sensitivity heat maps and the cost-accuracy frontier, as PNG bytes."""
+"""The sweep section's figures (`segray.report.sweep`): the learning curve, each foundation
+model's sensitivity heat maps and the cost-accuracy frontier, as PNG bytes."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from segray.models.langsam_rules import Setting
+from segray.config import Setting
 from segray.report.figures import png, pyplot, series_color
-from segray.report.sweep import Sweep
+from segray.report.sweep import Sweep, sensitivity_figure
 
-BANDS = (("langsam_best", "LangSAM best", "tab:red"), ("langsam_default", "LangSAM default", "tab:gray"))
+
+def sweep_figures(sweep: Sweep) -> dict[str, bytes]:
+    """Every figure of the section that has something to show, by the name `sweep_sections` gives it."""
+    drawn = {"learning_curve": figure_learning_curve(sweep), "cost_frontier": figure_cost_frontier(sweep)}
+    drawn |= {sensitivity_figure(instance): figure_sensitivity(sweep, instance) for instance in sweep.foundations}
+    return {name: figure for name, figure in drawn.items() if figure is not None}
 
 
 def figure_learning_curve(sweep: Sweep) -> bytes | None:
-    """Mean IoU (95% CI) against training images per network; LangSAM's best and default
-    configurations as horizontal bands (their CI) with their mean as a line."""
+    """Mean IoU (95% CI) against training images per network; the best foundation model and
+    its default configuration as horizontal bands (their CI) with their mean as a line."""
     if not sweep.curves:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    for key, label, color in BANDS:
-        band = getattr(sweep, key)
+    default = sweep.foundations[sweep.best["instance"]]["default"] if sweep.best else None
+    for band, label, color in ((sweep.best, "best foundation model", "tab:red"), (default, "its default", "tab:gray")):
         if band is not None and band["mean_iou"] is not None:
             ax.axhline(band["mean_iou"], color=color, linestyle="--", linewidth=1,
                        label=f"{label}: {band['name']} ({band['mean_iou']:.3f})")
@@ -42,40 +47,39 @@ def figure_learning_curve(sweep: Sweep) -> bytes | None:
     ax.minorticks_off()
     ax.set_xlabel("training images (log scale)")
     ax.set_ylabel(f"mean IoU ({sweep.held_out_images} held-out images)")
-    ax.set_title("Learning curve: ★ = the smallest training set that beats LangSAM's best (CI above 0)")
+    ax.set_title("Learning curve: ★ = the smallest training set that beats the best foundation model (CI above 0)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     return png(fig)
 
 
-def figure_langsam_sensitivity(sweep: Sweep) -> bytes | None:
-    """A heat map per rule: mean IoU on the selection half over prompt x box threshold;
-    the best configuration outlined."""
-    if not sweep.grid:
-        return None
+def figure_sensitivity(sweep: Sweep, instance: str) -> bytes:
+    """A heat map per rule of a foundation model instance: mean IoU on the selection half over
+    prompt x threshold; its best configuration outlined."""
+    found = sweep.foundations[instance]
     plt = pyplot()
-    prompts = list(dict.fromkeys(s.prompt for s in sweep.settings))
-    thresholds = sorted({s.box_threshold for s in sweep.settings})
-    rules = list(sweep.grid)
+    prompts = list(dict.fromkeys(s.prompt for s in found["settings"]))
+    thresholds = sorted({s.box_threshold for s in found["settings"]})
+    rules = list(found["grid"])
     fig, axes = plt.subplots(1, len(rules), figsize=(max(3.0, 0.9 * len(thresholds) + 1.5) * len(rules),
                                                      0.6 * len(prompts) + 2.0), squeeze=False)
-    best = sweep.langsam_best or {}
+    best = found["best"]
     image = None
     for ax, rule in zip(axes[0], rules):
-        values = np.array([[_value(sweep.grid[rule], p, t) for t in thresholds] for p in prompts])
+        values = np.array([[_value(found["grid"][rule], p, t) for t in thresholds] for p in prompts])
         image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         for (row, col), value in np.ndenumerate(values):
             if not np.isnan(value):
                 ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=8,
                         color="white" if value < 0.6 else "black")
-            if (rule, Setting(prompts[row], thresholds[col])) == (best.get("rule"), best.get("setting")):
+            if (rule, Setting(prompts[row], thresholds[col])) == (best["rule"], best["setting"]):
                 ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
         ax.set_xticks(range(len(thresholds)), [f"{t:g}" for t in thresholds], fontsize=8)
         ax.set_yticks(range(len(prompts)), prompts, fontsize=8)
-        ax.set_xlabel("box threshold")
+        ax.set_xlabel("threshold")
         ax.set_title(rule, fontsize=10)
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="mean IoU (selection half)")
-    fig.suptitle("LangSAM's sensitivity (red: the configuration chosen)", fontsize=11, y=1.04)
+    fig.suptitle(f"{instance}'s sensitivity (red: the configuration chosen)", fontsize=11, y=1.04)
     return png(fig)
 
 
