@@ -22,8 +22,8 @@ from segray.metrics import score_masks
 from segray.report import IncompleteRun, write_report
 from segray.report.analysis import analyze, bootstrap_means, wilcoxon_p
 from segray.report.figures import png, pyplot
-from segray.report.formats import figure_name
-from segray.report.render import REASON_CHARS, md_table
+from segray.report.formats import figure_name, fmt_ci
+from segray.report.render import REASON_CHARS, md_table, render_markdown, tables
 from segray.schema import ROW_SCHEMA
 from tests.conftest import job
 
@@ -128,12 +128,34 @@ def test_wilcoxon_handles_zero_differences():
     assert wilcoxon_p(np.r_[np.zeros(5), np.full(20, 0.1)]) < 0.001
 
 
+def test_the_foundation_models_are_ranked_together_with_their_speed_and_cost():
+    base = np.linspace(0.3, 0.7, 20)
+    rows = crafted_rows({"unet": list(base + 0.2), "langsam/sam_score": list(base), "langsam[a+b]/union": list(base + 0.1),
+                         "sam3/semantic": list(base + 0.15), "sam3/best[human@0.3]": list(base + 0.3)})
+    rows.loc[rows["model"] == "langsam/sam_score", "latency_ms"] *= 2
+    analysis = analyze(rows, resamples=200, hidden=["sam3/best[human@0.3]"])  # a sweep's other setting
+    header, table = tables(analysis)["foundation"]
+    assert [row[:2] for row in table] == [["1", "sam3/semantic"], ["2", "langsam[a+b]/union"], ["3", "langsam/sam_score"]]
+    assert header[2:] == ["mean IoU (strict)", "95% CI", "images/s per device", "latency p50 (ms)",
+                          "$ per 1,000 images ($2/GPU-hour; CPU: not priced)"]
+    sam3, slow = analysis.latency["sam3/semantic"], analysis.latency["langsam/sam_score"]
+    assert table[0][2:] == ["0.650", fmt_ci(analysis.per_model["sam3/semantic"]["mean_iou_ci"]),
+                            f"{sam3['images_per_s']:.1f}", f"{sam3['p50_ms']:.1f}", f"{sam3['usd_per_1000']:.4f}"]
+    assert table[2][4:] == [f"{slow['images_per_s']:.1f}", f"{slow['p50_ms']:.1f}", f"{slow['usd_per_1000']:.4f}"]
+    assert slow["images_per_s"] == pytest.approx(sam3["images_per_s"] / 2)
+    md = render_markdown(analysis, {}, {}, "t")
+    assert "## Foundation models ranked, with speed and cost" in md and "sam3/best[human@0.3]" not in md
+    # The verdict: the best trained network against the best foundation model, whichever model that is.
+    assert ("the best trained network, **unet** (0.700), against the best foundation model, **sam3/semantic** (0.650): "
+            "+0.050 IoU (95% CI [0.050, 0.050]): the trained network wins.") in md
+
+
 # ----------------------------------------------------------------------------- end to end
 
 MODELS = ["langsam/sam_score", "resnet34_unet", "unet"]
 
 
-def fake_run(root: Path, n_images=12) -> Path:
+def fake_run(root: Path, n_images=12, models=MODELS) -> Path:
     """A run directory as run_benchmark leaves it, with a tiny dataset of ellipse 'people'."""
     dataset, run = root / "dataset", root / "runs" / "r1"
     (dataset / "images").mkdir(parents=True)
@@ -150,7 +172,7 @@ def fake_run(root: Path, n_images=12) -> Path:
         cv2.imwrite(str(dataset / "images" / name), image[..., ::-1])
         cv2.imwrite(str(dataset / "masks" / name.replace(".png", ".jpg.png")), truth.astype(np.uint8) * 255)
         (dataset / "masks" / name).write_bytes(encode_mask(truth))
-        for j, model in enumerate(MODELS):
+        for j, model in enumerate(models):
             status = "no_detection" if (model.startswith("langsam") and i == 3) else "ok"
             status = "error" if (model == "unet" and i == 5) else status
             pred = np.roll(truth, 2 * j + i % 3, axis=1) if status == "ok" else np.zeros_like(truth)
@@ -181,7 +203,7 @@ def fake_run(root: Path, n_images=12) -> Path:
                "manifest": {"images": n_images},
                "finished_at": "2026-11-23T00:00:00+00:00", "training": training,
                "unavailable": {"langsam": "LangSAM GroundingDINO weights unavailable: offline\nFix one of: ..."},
-               "config": {"dataset": str(dataset), "models": MODELS},
+               "config": {"dataset": str(dataset), "models": models},
                "timeline": {"stages": {
                    "train:unet": {"rows_in": 4, "rows_out": 4, "batches": 4, "start": 1.0, "end": 13.5, "busy_s": 12.0,
                                   "nodes": ["n1"]},
@@ -223,7 +245,7 @@ def test_end_to_end_report(tmp_path):
     alts = [i["alt"] for i in page.images]
     assert sorted(alts) == sorted(figures)
     assert all(i["src"].startswith("data:image/png;base64,") for i in page.images)  # offline: nothing linked
-    assert page.tables == 6
+    assert page.tables == 7
     assert "Reproducibility" in page.headings and "Run timeline" in page.headings
 
     md = (report / "report.md").read_text()
@@ -231,6 +253,7 @@ def test_end_to_end_report(tmp_path):
         assert f"]({name}.png)" in md
     for model in MODELS:
         assert f"| {model} |" in md
+    assert "| 1 | langsam/sam_score |" in md  # the one foundation model, ranked with its speed and cost
     assert "HipHop" in md and "Taichi" in md
     assert "| decode | 12 | 12 | 2.0 | 3.0 | 0.8 | 2 |" in md  # the run's own timeline, a row per stage
     # The headline names what was compared; a model that could not run gets one line of its own.
@@ -253,6 +276,20 @@ def test_end_to_end_report(tmp_path):
     assert len(repro["checkpoints"]["unet"]) == 64
     assert repro["packages"]["numpy"] == np.__version__
     assert repro["config"]["models"] == MODELS
+
+
+def test_a_sam3_sweep_has_its_own_section_and_its_other_settings_stay_out_of_the_general_tables(tmp_path):
+    models = ["langsam/sam_score", "sam3/semantic[person@0.5]", "sam3/semantic[person@0.7]", "unet"]
+    written = write_report(str(fake_run(tmp_path, models=models)))
+    assert "sam3_sensitivity" in written
+    md = (tmp_path / "runs" / "r1" / "report" / "report.md").read_text()
+    assert md.split("\n")[2].startswith("Compared: langsam/sam_score, sam3/semantic[person@0.5], unet. **Verdict:** "
+                                         "The best foundation model is ")
+    assert "## sam3's sensitivity to prompt, threshold and rule" in md
+    assert "| person | 0.7 |" in md  # the sweep's other setting, in its own section
+    general = md.split("## Accuracy per model")[1].split("## Worst images per model")[0]
+    assert "sam3/semantic[person@0.5]" in general and "sam3/semantic[person@0.7]" not in general
+    assert "worst_sam3-semantic-person-0.5-" in written and "worst_sam3-semantic-person-0.7-" not in written
 
 
 def test_a_long_reason_is_cut_to_one_line_in_the_report_and_kept_whole_in_the_summary(tmp_path):

@@ -231,6 +231,7 @@ def test_the_sweeps_report_answers_with_three_figures_and_a_verdict(shared_run):
     val = shared_run.read("summary.json")["manifest"]["val"]
     assert f"on the {val - val // 2} held-out images" in verdict and "unet" in verdict
     assert f"each foundation model's best configuration was chosen on the other {val // 2}" in text
+    assert "<h2>Foundation models ranked, with speed and cost</h2>" in page
     # The sweep's other settings are in its own section, not in every table and gallery.
     assert "alt='worst_langsam-sam_score-person.-0.0-'" in page and "alt='worst_langsam-sam_score-human" not in page
     accuracy = text.split("<h2>Accuracy per model</h2>")[1].split("<h2>")[0]

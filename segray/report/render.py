@@ -7,10 +7,10 @@ import html
 import json
 from typing import Any
 
-from segray.config import TRAINABLE, model_of
 from segray.report.analysis import Analysis
 from segray.report.formats import fmt, fmt_ci, fmt_minutes, fmt_p, fmt_pct, md_text
 from segray.report.sweep import Sweep, sweep_sections
+from segray.report.variants import is_foundation
 from segray.results.scoring import split_label
 
 
@@ -24,7 +24,15 @@ def tables(analysis: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
         [[m, fmt(p["images"]), fmt(p["errors"]), fmt(p["no_detection"]), fmt(p["scored_images"]), fmt(p["mean_iou"]),
           fmt_ci(p["mean_iou_ci"]), fmt(p["mean_iou_detected"]), fmt(p["median_iou"]), fmt(p["pooled_iou"]),
           fmt(p["mean_dice"]), fmt(p["mean_boundary_iou"]), fmt(p["mean_precision"]), fmt(p["mean_recall"])]
-         for m, p in sorted(shown(analysis, analysis.per_model), key=lambda kv: -(kv[1]["mean_iou"] or -1))],
+         for m, p in ranked(analysis)],
+    )
+    price = f"$ per 1,000 images (${s['gpu_hour_usd']:g}/GPU-hour; " + (
+        f"${s['cpu_hour_usd']:g}/CPU actor-hour)" if s.get("cpu_hour_usd") is not None else "CPU: not priced)")
+    out["foundation"] = (
+        ["rank", "foundation model", "mean IoU (strict)", "95% CI", "images/s per device", "latency p50 (ms)", price],
+        [[str(rank), m, fmt(p["mean_iou"]), fmt_ci(p["mean_iou_ci"]), fmt(analysis.latency[m]["images_per_s"], 1),
+          fmt(analysis.latency[m]["p50_ms"], 1), fmt(analysis.latency[m]["usd_per_1000"], 4)]
+         for rank, (m, p) in enumerate([(m, p) for m, p in ranked(analysis) if is_foundation(m)], 1)],
     )
     cats = list(analysis.per_category)
     out["categories"] = (
@@ -36,10 +44,8 @@ def tables(analysis: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
         [[p["a"], p["b"], fmt(p["images"]), fmt(p["mean_diff"], 4), fmt_ci(p["ci"]), fmt_pct(p["win_rate"]),
           fmt_pct(p["tie_rate"]), fmt_pct(p["loss_rate"]), fmt_p(p["wilcoxon_p"])] for p in analysis.pairs],
     )
-    cpu_price = f"${s['cpu_hour_usd']:g}/CPU actor-hour" if s.get("cpu_hour_usd") is not None else "CPU: not priced"
     out["cost"] = (
-        ["model", "measured on", "images timed", "latency p50 (ms)", "latency p95 (ms)", "images/s per device",
-         f"$ per 1,000 images (${s['gpu_hour_usd']:g}/GPU-hour; {cpu_price})"],
+        ["model", "measured on", "images timed", "latency p50 (ms)", "latency p95 (ms)", "images/s per device", price],
         [[m, v["device"] or "unknown", fmt(v["images"]), fmt(v["p50_ms"], 1), fmt(v["p95_ms"], 1),
           fmt(v["images_per_s"], 1), fmt(v["usd_per_1000"], 4)] for m, v in shown(analysis, analysis.latency)],
     )
@@ -62,6 +68,11 @@ def shown(analysis: Analysis, per_model: dict[str, Any]) -> list[tuple[str, Any]
     return [(model, value) for model, value in per_model.items() if model in analysis.shown]
 
 
+def ranked(analysis: Analysis) -> list[tuple[str, dict[str, Any]]]:
+    """The shown models with their scores, best strict mean IoU first (unscored last)."""
+    return sorted(shown(analysis, analysis.per_model), key=lambda kv: -(kv[1]["mean_iou"] or -1))
+
+
 NOTES = {
     "models": (
         "Every model is scored on the same {n} images of {split}: those where every model has a row and "
@@ -72,6 +83,12 @@ NOTES = {
         "Boundary IoU (Cheng et al. 2021) compares only bands of width 2% of the image diagonal along the mask "
         "edges. A metric whose denominator is empty counts as 1 (e.g. precision when nothing is predicted)."
     ),
+    "foundation": (
+        "Every foundation model variant (LangSAM's, its pairings', SAM 3's) at the run's own prompt and threshold "
+        "(a sweep's other settings are in its sections above), ranked by strict mean IoU on the same {n} images, "
+        "with its 95% CI; speed and cost as measured in *Speed and cost* below. The variants of one model share "
+        "its inference, so they share its speed and cost."
+    ),
     "pairs": (
         "Paired comparisons on the same images: A − B is the mean per-image IoU difference (positive: A better), "
         "its CI a paired bootstrap; *A wins* is the share of images where A's IoU is higher. The Wilcoxon "
@@ -81,8 +98,8 @@ NOTES = {
         "Latency is the model call's wall time per image (batch time / batch size) on the device its actor "
         "reported (*measured on*), decode and scoring excluded. Throughput = 1000 / mean latency (ms); cost "
         "per 1,000 images = 1,000 × mean latency (s) × $/hour / 3600, at the GPU price for a GPU and the "
-        "price of one CPU actor-hour for a CPU (`--cpu-hour-usd`; unpriced without it). LangSAM variants "
-        "share one inference, so they share its latency."
+        "price of one CPU actor-hour for a CPU (`--cpu-hour-usd`; unpriced without it). A foundation model's "
+        "variants share one inference, so they share its latency."
     ),
     "training": (
         "*Best val IoU* is what training chose its checkpoint by: the mean per-image IoU on the validation "
@@ -102,6 +119,7 @@ NOTES = {
 # The report's sections, in order: heading, table key, figures shown under the table.
 SECTIONS = [
     ("Accuracy per model", "models", ["histograms", "ecdf"]),
+    ("Foundation models ranked, with speed and cost", "foundation", []),
     ("Per category (mean strict IoU)", "categories", ["categories"]),
     ("Pairwise comparisons", "pairs", []),
     ("Speed and cost", "cost", []),
@@ -166,10 +184,9 @@ def _headline(analysis: Analysis, sweep: Sweep | None = None) -> str:
 def _who_wins(analysis: Analysis) -> str:
     """The question itself: the best foundation model against the best trained network, by
     mean IoU, with their paired difference."""
-    ranked = [(m, p["mean_iou"]) for m, p in shown(analysis, analysis.per_model) if p["mean_iou"] is not None]
-    trained = {m for m, _ in ranked if model_of(m.split("/")[0]) in TRAINABLE}  # langsam/sam_score: langsam
-    networks = [(m, v) for m, v in ranked if m in trained]
-    foundation = [(m, v) for m, v in ranked if m not in trained]
+    scored = [(m, p["mean_iou"]) for m, p in shown(analysis, analysis.per_model) if p["mean_iou"] is not None]
+    networks = [(m, v) for m, v in scored if not is_foundation(m)]
+    foundation = [(m, v) for m, v in scored if is_foundation(m)]
     if not networks or not foundation:
         return ""
     net, net_iou = max(networks, key=lambda kv: kv[1])
@@ -186,14 +203,14 @@ def _who_wins(analysis: Analysis) -> str:
 
 
 def _ranking(analysis: Analysis) -> str:
-    ranked = sorted(shown(analysis, analysis.per_model), key=lambda kv: -(kv[1]["mean_iou"] or -1))
-    if not ranked or ranked[0][1]["mean_iou"] is None:
+    order = ranked(analysis)
+    if not order or order[0][1]["mean_iou"] is None:
         return f"No model was scored on {split_label(analysis.split)}."
-    best, stats = ranked[0]
+    best, stats = order[0]
     text = (f"On {split_label(analysis.split)} ({len(analysis.iou)} images), the best mean IoU is **{best}**: "
             f"{stats['mean_iou']:.3f} (95% CI {fmt_ci(stats['mean_iou_ci'])}).")
-    if len(ranked) > 1:
-        second = ranked[1][0]
+    if len(order) > 1:
+        second = order[1][0]
         pair = next(p for p in analysis.pairs if {p["a"], p["b"]} == {best, second})
         sign = 1 if pair["a"] == best else -1
         low, high = (sign * pair["ci"][0], sign * pair["ci"][1]) if sign == 1 else (-pair["ci"][1], -pair["ci"][0])
