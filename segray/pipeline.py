@@ -26,9 +26,9 @@ from segray.heartbeat import driver_heartbeat
 from segray.models.base import ModelSpec
 from segray.models.catalogue import variants_of, version_of
 from segray.models.checkpoint import version_key
-from segray.models.langsam_rules import other_settings, run_setting
 from segray.models.selection import TrainedModels, models_to_evaluate
 from segray.models.store import record_training
+from segray.report.variants import other_sweep_settings, run_settings
 from segray.results.read import read_rows
 from segray.results.resume import done_images, pending
 from segray.results.scoring import ALL_SPLITS, format_table, model_summary
@@ -285,11 +285,10 @@ def write_report_logged(uri: str) -> None:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    langsam = run_setting(summary["config"].get("langsam") or {})
-    swept = other_settings(summary["models"], langsam)
+    swept = other_sweep_settings(summary["models"], run_settings(summary["config"]))
     print(format_table({m: s for m, s in summary["models"].items() if m not in swept}, summary.get("split", "val")))
     if swept:
-        print(f"(and {len(swept)} variants of LangSAM's other sweep settings: in summary.json and the report)")
+        print(f"(and {len(swept)} variants of other sweep settings: in summary.json and the report)")
     if summary.get("split") == ALL_SPLITS:
         print("(no model here was trained on this dataset, so every image is unseen and counts)")
     for model, reason in summary["unavailable"].items():

@@ -276,7 +276,7 @@ def dataset_copy(synthetic_root, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_folders(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random GroundingDINO, SAM2 and SAM 3 folders in the save_pretrained layout."""
+    """Every tiny random foundation model (segray.models.tiny_langsam.WRITERS), save_pretrained folders by name."""
     from segray.models.tiny_langsam import save_tiny_weights
 
     return save_tiny_weights(tmp_path_factory.mktemp("tiny"))
@@ -285,7 +285,7 @@ def tiny_folders(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_weights(tiny_folders) -> tuple[Path, Path]:
     """LangSAM's tiny (detector, sam) folders."""
-    return tiny_folders["detector"], tiny_folders["sam"]
+    return tiny_folders["grounding-dino"], tiny_folders["sam2"]
 
 
 @pytest.fixture(scope="session")

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-import segray.models.langsam_weights as W
+import segray.models.hub_weights as W
 from segray.config import LangSAMConfig
 from segray.models import langsam as L
 from segray.models.base import ModelSpec
+from segray.models.hub_weights import WeightsUnavailable
 from segray.models.langsam import LangSAMSegmenter, model_version
 from segray.models.langsam_rules import RULES, Setting, above, keep_top_boxes, variant_name
-from segray.models.langsam_weights import LangSAMWeightsUnavailable
 from segray.models.tiny_langsam import main as tiny_main
 from segray.models.tiny_langsam import save_tiny_langsam
 from tests.test_langsam_rules import EXPECTED_VARIANTS
@@ -310,7 +310,8 @@ def test_no_global_state_leak(tiny, images):
 def test_tiny_langsam_cli(tmp_path, capsys):
     assert tiny_main([str(tmp_path)]) == 0
     printed = capsys.readouterr().out.split()
-    assert printed == [str(tmp_path / "grounding-dino"), str(tmp_path / "sam2"), str(tmp_path / "sam3")]
+    assert printed == [str(tmp_path / name) for name in ("grounding-dino", "mm-grounding-dino", "owlv2", "sam2",
+                                                         "sam3-tracker", "sam3")]
     for folder in printed:
         assert (tmp_path / folder / "model.safetensors").is_file()
 
@@ -318,7 +319,7 @@ def test_tiny_langsam_cli(tmp_path, capsys):
 # ------------------------------------------------------------------ weights unavailable
 
 
-def assert_helpful(error: LangSAMWeightsUnavailable, name: str):
+def assert_helpful(error: WeightsUnavailable, name: str):
     message = str(error)
     assert name in message
     assert "--langsam.detector" in message and "--langsam.sam" in message
@@ -328,7 +329,7 @@ def assert_helpful(error: LangSAMWeightsUnavailable, name: str):
 
 def test_missing_local_folder(tiny, tmp_path):
     missing = str(tmp_path / "no-such-folder")
-    with pytest.raises(LangSAMWeightsUnavailable) as info:
+    with pytest.raises(WeightsUnavailable) as info:
         LangSAMSegmenter(ModelSpec("langsam", params={"detector": missing, "sam": str(tiny[1])}))
     assert_helpful(info.value, missing)
     assert "does not exist" in str(info.value)
@@ -336,7 +337,7 @@ def test_missing_local_folder(tiny, tmp_path):
 
 def test_incomplete_local_folder(tiny, tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(LangSAMWeightsUnavailable) as info:
+    with pytest.raises(WeightsUnavailable) as info:
         LangSAMSegmenter(ModelSpec("langsam", params={"detector": str(tiny[0]), "sam": str(tmp_path)}))
     assert_helpful(info.value, str(tmp_path))
     assert "lacks model.safetensors" in str(info.value)
@@ -345,7 +346,7 @@ def test_incomplete_local_folder(tiny, tmp_path):
 def test_hub_id_offline_without_cache(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     name = "segray-tests/no-such-grounding-dino"
-    with pytest.raises(LangSAMWeightsUnavailable) as info:
+    with pytest.raises(WeightsUnavailable) as info:
         LangSAMSegmenter(ModelSpec("langsam", params={"detector": name, "sam": "segray-tests/no-such-sam2"}))
     assert_helpful(info.value, name)
 
@@ -356,7 +357,7 @@ def test_hub_unreachable_fails_without_retrying(monkeypatch):
     monkeypatch.setattr(W, "_offline", lambda: False)
     monkeypatch.setattr(W, "_hub_reachable", lambda timeout=3.0: (False, "cannot connect (test)"))
     name = "segray-tests/no-such-grounding-dino"
-    with pytest.raises(LangSAMWeightsUnavailable) as info:
+    with pytest.raises(WeightsUnavailable) as info:
         LangSAMSegmenter(ModelSpec("langsam", params={"detector": name}))
     assert_helpful(info.value, name)
     assert "unreachable" in str(info.value)
@@ -367,7 +368,7 @@ def test_unreachable_hub_uses_a_warm_cache(monkeypatch):
     monkeypatch.setattr(W, "_offline", lambda: False)
     monkeypatch.setattr(W, "_hub_reachable", lambda timeout=3.0: (False, "cannot connect (test)"))
     monkeypatch.setattr(W, "_is_cached", lambda repo_id: True)
-    source = W.resolve_weights("SAM2", "facebook/sam2.1-hiera-small")
+    source = W.resolve_weights("SAM2", "facebook/sam2.1-hiera-small", "langsam.sam")
     assert (source.location, source.local_files_only) == ("facebook/sam2.1-hiera-small", True)
 
 
@@ -376,7 +377,7 @@ def test_registry_hooks(tiny, tmp_path):
     assert LangSAMSegmenter.variants_for(spec) == EXPECTED_VARIANTS
     LangSAMSegmenter.check_available(spec)  # loads nothing, raises nothing
     bad = ModelSpec("langsam", params={"detector": str(tmp_path / "missing"), "sam": str(tiny[1])})
-    with pytest.raises(LangSAMWeightsUnavailable, match="--langsam.detector"):
+    with pytest.raises(WeightsUnavailable, match="--langsam.detector"):
         LangSAMSegmenter.check_available(bad)
 
 

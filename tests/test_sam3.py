@@ -14,7 +14,7 @@ import pytest
 from segray.config import Sam3Config
 from segray.models.base import ModelSpec
 from segray.models.catalogue import variants_of, version_of
-from segray.models.langsam_weights import LangSAMWeightsUnavailable, WeightsSource, load_from
+from segray.models.hub_weights import WeightsSource, WeightsUnavailable, load_from
 from segray.models.sam3 import FOLDERS, Sam3Segmenter, model_version
 from tests.conftest import job, langsam_options
 
@@ -76,7 +76,7 @@ def test_the_version_names_the_weights_and_every_option_that_changes_the_masks()
 
 
 def test_weights_that_cannot_be_had_say_how_to_get_them_and_never_show_a_token(tmp_path, monkeypatch):
-    with pytest.raises(LangSAMWeightsUnavailable) as missing:
+    with pytest.raises(WeightsUnavailable) as missing:
         Sam3Segmenter.check_available(ModelSpec("sam3", {"weights": str(tmp_path / "nowhere")}))
     assert str(missing.value).startswith("SAM 3 weights unavailable: ")
     assert FOLDERS in str(missing.value) and "tiny_langsam" in str(missing.value)
@@ -88,7 +88,7 @@ def test_weights_that_cannot_be_had_say_how_to_get_them_and_never_show_a_token(t
                       "https://huggingface.co/facebook/sam3.") from PermissionError("401 Client Error")
 
     source = WeightsSource("SAM 3", "facebook/sam3", "facebook/sam3", False, True, FOLDERS)
-    with pytest.raises(LangSAMWeightsUnavailable) as refused:
+    with pytest.raises(WeightsUnavailable) as refused:
         load_from(source, gated)
     said = str(refused.value)
     assert "accept the model's licence on its hub page, https://huggingface.co/facebook/sam3" in said

@@ -76,7 +76,7 @@ def sample(key: str, current) -> str:
     special = {"preset": "demo", "models": "unet", "data.mask_person_values": "15", "train.fractions": "0.5,1",
                "langsam.backend": "lang_sam", "report.split": "train", "resnet34_unet.decoder_channels": "8,8,8,8,8",
                "langsam.box_thresholds": "0.5", "langsam.prompts": "human.", "sam3.thresholds": "0.7",
-               "sam3.prompts": "people"}
+               "sam3.prompts": "people", "langsam.pairings": "google/owlv2-base-patch16-ensemble+facebook/sam3"}
     if key in special:
         return special[key]
     if kind(key) == "dict":

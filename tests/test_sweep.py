@@ -248,7 +248,7 @@ def test_the_console_leaves_the_other_sweep_settings_to_the_report(capsys):
                    "rows": {"written": 20, "expected": 20, "errors": 0}, "status": "complete"})
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[3:6]] == ["langsam/union[person.@0.3]", "unet", "unet[frac=0.5]"]
-    assert lines[6] == "(and 2 variants of LangSAM's other sweep settings: in summary.json and the report)"
+    assert lines[6] == "(and 2 variants of other sweep settings: in summary.json and the report)"
 
 
 def test_a_training_name_is_one_model_name_in_every_option(tmp_path):

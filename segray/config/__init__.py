@@ -23,6 +23,8 @@ from segray.config.names import (
     model_of,
     normalize_prompt,
     of_model,
+    pairing_name,
+    split_pairing,
     split_training_name,
     training_name,
 )
@@ -32,7 +34,8 @@ from segray.redact import redacted
 
 __all__ = ["DEFAULT_BOX_THRESHOLD", "DEFAULT_PROMPT", "EVERY_MODEL", "MODEL_SECTIONS", "TRAINABLE", "LangSAMConfig",
            "ResNet34UNetConfig", "Sam3Config", "Section", "Setting", "UNetConfig", "model_of", "normalize_prompt",
-           "of_model", "split_training_name", "training_name"]
+           "of_model", "pairing_name", "split_pairing", "split_training_name",
+           "training_name"]
 
 KAGGLE_DATASET = "kaggle:tapakah68/segmentation-full-body-mads-dataset"
 DEFAULT_CACHE_DIR = "~/.cache/segray"

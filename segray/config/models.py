@@ -14,9 +14,12 @@ from segray.config.names import (
     Setting,
     normalize_prompt,
     normalize_sam3_prompt,
+    pairing_name,
+    split_pairing,
 )
 
 Prompt = Annotated[str, AfterValidator(normalize_prompt)]  # GroundingDINO's: lowercased, ending with "."
+Pairing = Annotated[str, AfterValidator(lambda pairing: "+".join(split_pairing(pairing)))]  # DETECTOR+SAM
 Sam3Prompt = Annotated[str, AfterValidator(normalize_sam3_prompt)]  # SAM 3's: a noun phrase, lowercased
 
 
@@ -73,9 +76,12 @@ class LangSAMConfig(PromptSweep, Section):
     prompt: Prompt = Field(DEFAULT_PROMPT, description="the text prompt (lowercased, ending with '.')")
     box_threshold: float = Field(DEFAULT_BOX_THRESHOLD, ge=0, le=1, description="GroundingDINO's box score to keep a box")
     text_threshold: float = Field(0.25, ge=0, le=1, description="GroundingDINO's token score for a box's label")
-    detector: str = Field("IDEA-Research/grounding-dino-base", description="GroundingDINO: a hub id or a "
-                          "save_pretrained folder")
-    sam: str = Field("facebook/sam2.1-hiera-small", description="SAM2: a hub id or a save_pretrained folder")
+    detector: str = Field("IDEA-Research/grounding-dino-base", description="the detector, a hub id or a "
+                          "save_pretrained folder of GroundingDINO (IDEA-Research/grounding-dino-tiny or -base), "
+                          "MM-GroundingDINO or OWLv2 (its kind read from its config)")
+    sam: str = Field("facebook/sam2.1-hiera-small", description="the mask model, a hub id or a save_pretrained folder "
+                     "of SAM2 (facebook/sam2.1-hiera-tiny, -small, -base-plus or -large) or SAM 3's tracker "
+                     "(facebook/sam3)")
     max_boxes: int = Field(8, ge=1, description="the highest-scoring boxes per image sent to SAM2")
     multimask_output: bool = Field(False, description="3 masks per box, SAM2's best-rated one kept")
     bf16: bool = Field(False, description="bf16 autocast around the forwards, on GPUs")
@@ -85,12 +91,29 @@ class LangSAMConfig(PromptSweep, Section):
                                "from one forward per prompt and batch")
     box_thresholds: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=list, description="a sweep: more box thresholds, from the same forwards")
+    pairings: list[Pairing] = Field(default_factory=list, description="more detector and mask-model pairings, "
+                                    "DETECTOR+SAM (hub ids or folders), each compared beside langsam's own as "
+                                    "langsam[DETECTOR+SAM] (the last parts of the names) with the same other settings")
 
     @model_validator(mode="after")
     def _sweep_needs_transformers(self) -> LangSAMConfig:
-        if self.backend == "lang_sam" and self.sweep:
-            raise ValueError("a sweep of prompts or box thresholds needs backend transformers (shared forwards)")
+        if self.backend == "lang_sam" and (self.sweep or self.pairings):
+            raise ValueError("a sweep of prompts or box thresholds, or pairings, needs backend transformers")
         return self
+
+    @model_validator(mode="after")
+    def _pairings_have_their_own_names(self) -> LangSAMConfig:
+        names = [pairing_name(self.detector, self.sam), *(pairing_name(*split_pairing(p)) for p in self.pairings)]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"two pairings would both be {', '.join(twice)} (langsam's own is {names[0]}): give "
+                             "each pairing weights whose last name parts differ")
+        return self
+
+    def pairing(self, pairing: str) -> LangSAMConfig:
+        """The settings of one of `pairings`: these, with its detector and mask model."""
+        detector, sam = split_pairing(pairing)
+        return self.model_copy(update={"detector": detector, "sam": sam, "pairings": []})
 
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, NamedTuple
 
 DEFAULT_PROMPT = "person."  # the article's LangSAM prompt
@@ -31,8 +32,23 @@ def split_training_name(name: str) -> tuple[str, float | None]:
 
 
 def model_of(name: str) -> str:
-    """The model of a model or training name: `unet[frac=0.25]` -> `unet`."""
-    return split_training_name(name)[0]
+    """The model of a model, training or instance name: `unet[frac=0.25]` -> `unet`,
+    `langsam[owlv2-base-patch16-ensemble+sam3]` -> `langsam`."""
+    return name.partition("[")[0]
+
+
+def split_pairing(pairing: str) -> tuple[str, str]:
+    """LangSAM's `DETECTOR+SAM` (hub ids or folders) -> (detector, sam)."""
+    detector, plus, sam = pairing.partition("+")
+    if not (plus and detector.strip() and sam.strip()) or "+" in sam:
+        raise ValueError(f"{pairing!r} is not a pairing: expected DETECTOR+SAM, each a hub id or a folder")
+    return detector.strip(), sam.strip()
+
+
+def pairing_name(detector: str, sam: str) -> str:
+    """What a LangSAM pairing's rows are called: `langsam[DETECTOR+SAM]` of the last parts
+    of their names (`langsam[owlv2-base-patch16-ensemble+sam3]`)."""
+    return f"langsam[{Path(detector).name}+{Path(sam).name}]"
 
 
 class Setting(NamedTuple):

@@ -104,11 +104,12 @@ def variants(model: StreamModel) -> list[str]:
 
 
 def stage_labels(models: Sequence[StreamModel]) -> list[str]:
-    """What the timeline and the console call each model's pool: its name, or, where one
-    model runs in several pools, the training's name (before it ends) or the version."""
-    names = [m.name for m in models]
-    return [m.name if names.count(m.name) == 1 else (version_of(m) if isinstance(m, ModelSpec) else m.training)
-            or f"{m.name}#{i}" for i, m in enumerate(models)]
+    """What the timeline and the console call each model's pool: its name (a LangSAM
+    pairing's, `langsam[A+B]`), or, where one model runs in several pools, the training's
+    name (before it ends) or the version."""
+    names = [m.label if isinstance(m, ModelSpec) else m.name for m in models]
+    return [name if names.count(name) == 1 else (version_of(m) if isinstance(m, ModelSpec) else m.training)
+            or f"{name}#{i}" for i, (name, m) in enumerate(zip(names, models))]
 
 
 def work_table(manifest: pd.DataFrame, manifest_per_spec: Sequence[pd.DataFrame] | None, models: int) -> pd.DataFrame:

@@ -27,6 +27,8 @@ class ModelSpec:
     or not recorded): scoring a dataset no model was trained on uses every image.
     `train_fraction`: the share of the train split it was trained on, when not all of it
     (`train.fractions`); its rows are then `unet[frac=0.25]` (`checkpoint.training_name`).
+    `instance`: the name of a further instance of the model with other settings, which
+    prefixes its rows instead of the model's name: LangSAM's pairings (`langsam[A+B]/<rule>`).
     """
 
     name: str
@@ -36,6 +38,12 @@ class ModelSpec:
     version: str | None = None
     trained_on: str | None = None
     train_fraction: float | None = None
+    instance: str | None = None
+
+    @property
+    def label(self) -> str:
+        """What the run calls it: its instance's name, else its model's."""
+        return self.instance or self.name
 
 
 @dataclass

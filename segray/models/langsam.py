@@ -1,16 +1,20 @@
-"""LangSAM = GroundingDINO (text -> boxes) + SAM2 (box -> mask), batched.
+"""LangSAM = a detector (text -> boxes) + a SAM mask model (box -> mask), batched.
+
+The detector is GroundingDINO (the article's), MM-GroundingDINO or OWLv2; the mask model
+is SAM2 (the article's) or SAM 3's tracker, which keeps SAM2's box prompts. Each is
+recognised by its config's `model_type`, so a setting names weights, not a kind.
 
 The article ran `lang_sam.LangSAM().predict([image], ["person."])` once per image and
 kept one mask with a `pick_best` rule. Here the same two models run once per *batch*:
 
-1. one GroundingDINO forward for the whole batch -> boxes and box scores per image;
-2. one SAM2 forward for the images that have at least one box -> one mask and one
+1. one detector forward for the whole batch -> boxes and box scores per image;
+2. one mask-model forward for the images that have at least one box -> one mask and one
    predicted-IoU score per box, upsampled to each image's own resolution;
 3. every selection rule in `RULES` (segray.models.langsam_rules) turns those candidates
    into one mask, so each rule becomes its own variant (`langsam/<rule>`) from the same
    forward passes.
 
-A sweep (`prompts`, `box_thresholds`) costs one GroundingDINO and one SAM2 forward per
+A sweep (`prompts`, `box_thresholds`) costs one detector and one mask-model forward per
 prompt and batch, whatever the thresholds: the detector runs at the lowest threshold, each
 threshold keeps its boxes from those scores (as GroundingDINO's post-processing would),
 and SAM2 segments the union of the boxes kept, which is the lowest threshold's. Each
@@ -20,8 +24,11 @@ rows are those a run with that prompt and threshold alone would write.
 Both models load with transformers (`backend="transformers"`, the default). The article's
 `lang_sam` package can be used instead (`backend="lang_sam"`); it is imported only then.
 
-Weights are hub ids or local `save_pretrained` folders (segray.models.langsam_weights).
-When they cannot be reached the constructor raises `LangSAMWeightsUnavailable` quickly,
+Further pairings (`langsam.pairings`) are further specs of this model, one pool each,
+whose rows are named after them (`langsam[A+B]/<rule>`, `ModelSpec.instance`).
+
+Weights are hub ids or local `save_pretrained` folders (segray.models.hub_weights).
+When they cannot be reached the constructor raises `WeightsUnavailable` quickly,
 with the fix in the message, instead of letting huggingface_hub retry for minutes.
 """
 
@@ -39,10 +46,29 @@ from PIL import Image
 
 from segray.config import LangSAMConfig, Setting
 from segray.models.base import ModelSpec, Prediction, check_images, resolve_device
+from segray.models.hub_weights import WeightsSource, WeightsUnavailable, load_from, model_type, resolve_weights
 from segray.models.langsam_rules import above, from_lang_sam_result, keep_top_boxes, no_detection, select, variants
-from segray.models.langsam_weights import LangSAMWeightsUnavailable, load_from, resolve_weights
 
 LANG_SAM_INSTALL = "pip install git+https://github.com/luca-medeiros/lang-segment-anything.git"
+FOLDERS = "langsam.detector and langsam.sam (--langsam.detector DIR --langsam.sam DIR)"
+# The kinds of model each stage takes, by their config's model_type.
+DETECTORS = ("grounding-dino", "mm-grounding-dino", "owlv2")
+MASK_MODELS = ("sam2", "sam3_tracker", "sam3_video", "sam3")  # facebook/sam3 is a sam3_video; its tracker is used
+
+
+def checked_sources(config: LangSAMConfig) -> tuple[tuple[WeightsSource, str], tuple[WeightsSource, str]]:
+    """The detector's and the mask model's weights, each with its kind (`model_type`); raises
+    WeightsUnavailable when they cannot be reached and ValueError when a kind is not one
+    this stage takes. Reads their config.json only."""
+    detector = resolve_weights("LangSAM detector", config.detector, FOLDERS, needs_tokenizer=True)
+    sam = resolve_weights("LangSAM mask model", config.sam, FOLDERS)
+    kinds = model_type(detector), model_type(sam)
+    for setting, name, kind, allowed in (("detector", config.detector, kinds[0], DETECTORS),
+                                         ("sam", config.sam, kinds[1], MASK_MODELS)):
+        if kind not in allowed:
+            raise ValueError(f"langsam.{setting}: {name!r} is a {kind or 'model without a model_type'}; the "
+                             f"{setting} takes {', '.join(allowed)} weights")
+    return (detector, kinds[0]), (sam, kinds[1])
 
 
 def model_version(config: LangSAMConfig) -> str:
@@ -83,32 +109,40 @@ class LangSAMSegmenter:
     def __init__(self, spec: ModelSpec) -> None:
         self.config = LangSAMConfig.model_validate(spec.params)
         self.device = resolve_device(spec.device)
-        self.variants = variants(self.config.sweep)
+        self.name = spec.label
+        self.variants = variants(self.config.sweep, self.name)
         if self.config.backend == "lang_sam":
             self._lang_sam = _build_lang_sam(self.config, self.device)
             self.input_size = "lang_sam's own"
             return
         # Both sources are checked before transformers' model classes are imported (10-20 s
         # on a small CPU machine) and before anything loads, so bad paths fail at once.
-        detector = resolve_weights("LangSAM GroundingDINO", self.config.detector, needs_tokenizer=True)
-        sam = resolve_weights("LangSAM SAM2", self.config.sam)
-        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor, Sam2Model, Sam2Processor
+        (detector, self.detector_kind), (sam, sam_kind) = checked_sources(self.config)
+        from transformers import (
+            AutoModelForZeroShotObjectDetection,
+            AutoProcessor,
+            Sam2Model,
+            Sam2Processor,
+            Sam3TrackerModel,
+            Sam3TrackerProcessor,
+        )
 
         self.detector_processor = load_from(detector, AutoProcessor.from_pretrained)
         self.detector = load_from(detector, AutoModelForZeroShotObjectDetection.from_pretrained)
-        # Sam2Processor explicitly: the hub's sam2.1 repos declare a *video* processor,
-        # which is what AutoProcessor would build.
-        self.sam_processor = load_from(sam, Sam2Processor.from_pretrained)
-        self.sam_model = load_from(sam, Sam2Model.from_pretrained)
+        # The processor class explicitly: the hub's sam2.1 and sam3 repos declare a *video*
+        # processor, which is what AutoProcessor would build.
+        processor, model = (Sam2Processor, Sam2Model) if sam_kind == "sam2" else (Sam3TrackerProcessor, Sam3TrackerModel)
+        self.sam_processor = load_from(sam, processor.from_pretrained)
+        self.sam_model = load_from(sam, model.from_pretrained)
         self.detector.to(self.device).eval()
         self.sam_model.to(self.device).eval()
-        self.input_size = (f"GroundingDINO {dict(self.detector_processor.image_processor.size)}, "
-                           f"SAM2 {dict(self.sam_processor.image_processor.size)}")
+        self.input_size = (f"{self.detector_kind} {dict(self.detector_processor.image_processor.size)}, "
+                           f"{sam_kind} {dict(self.sam_processor.image_processor.size)}")
 
     @classmethod
     def variants_for(cls, spec: ModelSpec) -> list[str]:
         """The variant names, without building the model (segray.models.catalogue asks)."""
-        return variants(LangSAMConfig.model_validate(spec.params).sweep)
+        return variants(LangSAMConfig.model_validate(spec.params).sweep, spec.label)
 
     @classmethod
     def version_for(cls, spec: ModelSpec) -> str:
@@ -118,14 +152,14 @@ class LangSAMSegmenter:
     @classmethod
     def check_available(cls, spec: ModelSpec) -> None:
         """Raise now, in the driver, what the constructor would raise in an actor: bad
-        options, unreachable weights, or a missing lang_sam package. Loads nothing."""
+        options, unreachable weights or weights of another kind, or a missing lang_sam
+        package. Loads no model."""
         config = LangSAMConfig.model_validate(spec.params)
         if config.backend == "lang_sam":
             if importlib.util.find_spec("lang_sam") is None:
                 raise ImportError(f"backend='lang_sam' needs the lang_sam package; install it with: {LANG_SAM_INSTALL}")
             return
-        resolve_weights("LangSAM GroundingDINO", config.detector, needs_tokenizer=True)
-        resolve_weights("LangSAM SAM2", config.sam)
+        checked_sources(config)
 
     # The autocast context is local to each forward so nothing leaks into other models
     # running in the same process (lang_sam enables it globally at import).
@@ -137,31 +171,38 @@ class LangSAMSegmenter:
     @torch.inference_mode()
     def detect(self, images: list[np.ndarray], prompt: str | None = None,
                threshold: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One GroundingDINO forward: per image, (boxes (N,4) xyxy pixels, scores (N,)) of the
+        """One detector forward: per image, (boxes (N,4) xyxy pixels, scores (N,)) of the
         boxes scoring above `threshold`, in detector order, not capped (`above` caps them).
         By default the config's prompt and box threshold."""
         cfg = self.config
         prompt = cfg.prompt if prompt is None else prompt
+        threshold = cfg.box_threshold if threshold is None else threshold
         pil = [Image.fromarray(im) for im in images]
-        inputs = self.detector_processor(
-            images=pil, text=[prompt] * len(pil), padding="longest", return_tensors="pt"
-        ).to(self.device)
-        with self._autocast():
-            outputs = self.detector(**inputs)
-        results = self.detector_processor.post_process_grounded_object_detection(
-            outputs,
-            inputs["input_ids"],
-            threshold=cfg.box_threshold if threshold is None else threshold,
-            text_threshold=cfg.text_threshold,
-            target_sizes=[im.shape[:2] for im in images],
-        )
+        sizes = [im.shape[:2] for im in images]
+        if self.detector_kind == "owlv2":
+            # OWLv2 takes one query per phrase ("person." -> ["person"]) and has no token scores.
+            queries = [phrase.strip() for phrase in prompt.split(".") if phrase.strip()]
+            inputs = self.detector_processor(images=pil, text=[queries] * len(pil), return_tensors="pt").to(self.device)
+            with self._autocast():
+                outputs = self.detector(**inputs)
+            results = self.detector_processor.post_process_grounded_object_detection(
+                outputs, threshold=threshold, target_sizes=sizes)
+        else:
+            inputs = self.detector_processor(
+                images=pil, text=[prompt] * len(pil), padding="longest", return_tensors="pt"
+            ).to(self.device)
+            with self._autocast():
+                outputs = self.detector(**inputs)
+            results = self.detector_processor.post_process_grounded_object_detection(
+                outputs, inputs["input_ids"], threshold=threshold, text_threshold=cfg.text_threshold,
+                target_sizes=sizes)
         return [(result["boxes"].float().cpu().numpy(), result["scores"].float().cpu().numpy()) for result in results]
 
     @torch.inference_mode()
     def segment(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One SAM2 forward: per image, (masks (N,H,W) bool at its resolution, IoU scores (N,)).
+        """One mask-model forward: per image, (masks (N,H,W) bool at its resolution, IoU scores (N,)).
 
-        Every image needs at least one box. Sam2Processor wants the same number of boxes
+        Every image needs at least one box. The processor wants the same number of boxes
         per image, so shorter lists are padded by repeating their last box and the padded
         outputs are dropped afterwards.
         """
@@ -196,7 +237,7 @@ class LangSAMSegmenter:
 
     def predict(self, images: list[np.ndarray]) -> list[dict[str, Prediction]]:
         """Segment a batch of RGB uint8 images; one dict of all variants per image. Per
-        prompt: one detector forward at its lowest threshold, one SAM2 forward for the boxes
+        prompt: one detector forward at its lowest threshold, one mask-model forward for the boxes
         any threshold keeps, and every rule at every threshold."""
         images = check_images(images)
         if not images:
@@ -218,11 +259,11 @@ class LangSAMSegmenter:
                 for threshold, boxes in kept[i].items():
                     setting = Setting(prompt, threshold) if len(settings) > 1 else None
                     if not len(boxes):
-                        results[i].update(no_detection(setting))  # not sent to SAM
+                        results[i].update(no_detection(setting, self.name))  # not sent to SAM
                         continue
                     masks, mask_scores = segmented[i]
                     at = np.searchsorted(union[i], boxes)
-                    results[i].update(select(masks[at], mask_scores[at], box_scores[boxes], setting))
+                    results[i].update(select(masks[at], mask_scores[at], box_scores[boxes], setting, self.name))
         return results
 
     def _predict_lang_sam(self, images: list[np.ndarray]) -> list[dict[str, Prediction]]:
@@ -280,7 +321,7 @@ def _build_lang_sam(cfg: LangSAMConfig, device: str) -> Any:
     try:
         return LangSAM(**kwargs)
     except Exception as e:  # noqa: BLE001 - lang_sam downloads weights on construction
-        raise LangSAMWeightsUnavailable(
+        raise WeightsUnavailable(
             f"lang_sam could not build LangSAM({kwargs}): {' '.join(str(e).split())}\n"
             f"Fix: give the machine access to the Hugging Face hub and dl.fbaipublicfiles.com, or use "
             f"backend='transformers' with local folders (langsam.detector and langsam.sam) "

@@ -7,7 +7,8 @@ Numpy only: the model itself is in segray.models.langsam.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -77,17 +78,12 @@ RULES: dict[str, Rule] = {
     "union": rule_union,
 }
 
-VARIANT_PREFIX = "langsam/"
+# langsam, or a pairing langsam[A+B]; a rule; a sweep's [prompt@threshold].
+_VARIANT = re.compile(r"langsam(\[[^\]]*\])?/(?P<rule>[a-z_]+)(\[(?P<setting>.*)\])?")
 
 
 DEFAULT_SETTING = Setting(DEFAULT_PROMPT, DEFAULT_BOX_THRESHOLD)
 DEFAULT_RULE = "sam_score"
-
-
-def other_settings(models: Iterable[str], default: Setting) -> list[str]:
-    """The variants of a sweep's settings other than the run's own `default` (`run_setting`):
-    the console and the report's general tables leave them to the sweep's own section."""
-    return [m for m in models if (parsed := parse_variant(m)) and parsed[1] not in (None, default)]
 
 
 def run_setting(params: dict[str, Any]) -> Setting:
@@ -97,26 +93,27 @@ def run_setting(params: dict[str, Any]) -> Setting:
                    float(params.get("box_threshold", DEFAULT_SETTING.box_threshold)))
 
 
-def variant_name(rule: str, setting: Setting | None = None) -> str:
-    """`langsam/<rule>`, or `langsam/<rule>[<prompt>@<threshold>]` for a setting of a sweep."""
-    return VARIANT_PREFIX + rule + (f"[{setting}]" if setting is not None else "")
+def variant_name(rule: str, setting: Setting | None = None, model: str = "langsam") -> str:
+    """`langsam/<rule>`, or `langsam/<rule>[<prompt>@<threshold>]` for a setting of a sweep;
+    `model` is another pairing's name (`langsam[A+B]`) for its rows."""
+    return f"{model}/{rule}" + (f"[{setting}]" if setting is not None else "")
 
 
 def parse_variant(name: str) -> tuple[str, Setting | None] | None:
     """`variant_name`'s inverse: (rule, setting or None), or None for a name that is not a
-    LangSAM variant."""
-    if not name.startswith(VARIANT_PREFIX):
+    LangSAM variant (of langsam's own pairing or of another, `langsam[A+B]/<rule>`)."""
+    match = _VARIANT.fullmatch(name)
+    if not match:
         return None
-    rule, _, setting = name.removeprefix(VARIANT_PREFIX).partition("[")
-    if not setting:
-        return rule, None
-    prompt, _, threshold = setting.removesuffix("]").rpartition("@")
-    return rule, Setting(prompt, float(threshold))
+    if match["setting"] is None:
+        return match["rule"], None
+    prompt, _, threshold = match["setting"].rpartition("@")
+    return match["rule"], Setting(prompt, float(threshold))
 
 
-def variants(settings: list[Setting] | None = None) -> list[str]:
+def variants(settings: list[Setting] | None = None, model: str = "langsam") -> list[str]:
     """Every variant name, setting by setting, in RULES order within each."""
-    return [variant_name(rule, setting) for setting in (settings or [None]) for rule in RULES]
+    return [variant_name(rule, setting, model) for setting in (settings or [None]) for rule in RULES]
 
 
 VARIANTS: list[str] = variants()  # one setting's
@@ -143,22 +140,22 @@ def keep_top_boxes(box_scores: np.ndarray, max_boxes: int) -> np.ndarray:
     return np.sort(top)
 
 
-def no_detection(setting: Setting | None = None) -> dict[str, Prediction]:
-    """Every variant's answer for an image where GroundingDINO found no box."""
-    return {variant_name(rule, setting): Prediction(mask=None, status="no_detection", num_detections=0)
+def no_detection(setting: Setting | None = None, model: str = "langsam") -> dict[str, Prediction]:
+    """Every variant's answer for an image where the detector found no box."""
+    return {variant_name(rule, setting, model): Prediction(mask=None, status="no_detection", num_detections=0)
             for rule in RULES}
 
 
 def select(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.ndarray,
-           setting: Setting | None = None) -> dict[str, Prediction]:
+           setting: Setting | None = None, model: str = "langsam") -> dict[str, Prediction]:
     """Apply every rule to one image's candidates; no candidates gives `no_detection()`."""
     n = len(mask_scores)
     if n == 0:
-        return no_detection(setting)
+        return no_detection(setting, model)
     out = {}
     for name, rule in RULES.items():
         choice = rule(masks, mask_scores, box_scores)
-        out[variant_name(name, setting)] = Prediction(
+        out[variant_name(name, setting, model)] = Prediction(
             mask=np.asarray(choice.mask, dtype=bool),
             status="ok",
             box_score=choice.box_score,

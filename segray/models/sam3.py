@@ -16,7 +16,7 @@ threshold, rule) is a variant `sam3/<rule>[<prompt>@<threshold>]`.
 
 Weights are a hub id (`facebook/sam3`, gated: accept its licence and log in) or a local
 `save_pretrained` folder; a sam3_lite_text checkpoint loads the same way. When they cannot
-be reached the constructor raises quickly with the fixes (`segray.models.langsam_weights`).
+be reached the constructor raises quickly with the fixes (`segray.models.hub_weights`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from PIL import Image
 
 from segray.config import Sam3Config, Setting
 from segray.models.base import ModelSpec, Prediction, check_images, resolve_device
-from segray.models.langsam_weights import load_from, resolve_weights
+from segray.models.hub_weights import load_from, resolve_weights
 
 VARIANT_PREFIX = "sam3/"
 RULES = ("semantic", "union", "best")
@@ -82,7 +82,7 @@ class Sam3Segmenter:
         self.device = resolve_device(spec.device)
         self.variants = variants(self.config.sweep)
         # Checked before transformers' model classes are imported, so a bad path fails at once.
-        source = resolve_weights("SAM 3", self.config.weights, needs_tokenizer=True, folders=FOLDERS)
+        source = resolve_weights("SAM 3", self.config.weights, FOLDERS, needs_tokenizer=True)
         from transformers import Sam3Model, Sam3Processor
 
         self.processor = load_from(source, Sam3Processor.from_pretrained)
@@ -102,8 +102,8 @@ class Sam3Segmenter:
     def check_available(cls, spec: ModelSpec) -> None:
         """Raise now, in the driver, what the constructor would raise: bad settings or
         unreachable weights. Loads nothing."""
-        resolve_weights("SAM 3", Sam3Config.model_validate(spec.params).weights, needs_tokenizer=True,
-                        folders=FOLDERS)
+        resolve_weights("SAM 3", Sam3Config.model_validate(spec.params).weights, FOLDERS,
+                        needs_tokenizer=True)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.config.bf16 and self.device.startswith("cuda"):

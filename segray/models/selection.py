@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from segray.config import DEFAULT_CACHE_DIR, TRAINABLE, Config, split_training_name
+from segray.config import DEFAULT_CACHE_DIR, TRAINABLE, Config, model_of, pairing_name, split_pairing
 from segray.errors import CheckpointStoreError
 from segray.models.base import ModelSpec
 from segray.models.catalogue import check_available, version_of
@@ -46,15 +46,16 @@ class TrainedModels:
 def models_to_evaluate(config: Config, trained: TrainedModels) -> tuple[list[ModelSpec], dict[str, str]]:
     """The specs to evaluate, each with its version, and the models that cannot run with
     the reason why. A name in `config.models` is a model or a training name
-    (`unet[frac=0.25]`, `checkpoint.training_name`), looked up as itself in every source.
+    (`unet[frac=0.25]`, `checkpoint.training_name`), looked up as itself in every source;
+    `langsam` brings its pairings (`langsam[A+B]`).
     Raises CheckpointStoreError when a selector the user gave matches nothing (a model
     merely absent from the store is reported as unavailable)."""
     specs, unavailable = [], {}
-    for name in config.models:
-        model = split_training_name(name)[0]  # a valid name: Config checks every name in models
-        params = config.params(model)
+    for name, params in _names_and_params(config):
+        model = model_of(name)  # a valid name: Config checks every name in models
         try:
-            found = _trained_specs(name, model, params, trained) if model in TRAINABLE else [ModelSpec(model, params)]
+            found = (_trained_specs(name, model, params, trained) if model in TRAINABLE
+                     else [ModelSpec(model, params, instance=name if name != model else None)])
             for spec in found:
                 check_available(spec)
                 spec.version = version_of(spec)
@@ -74,6 +75,17 @@ def models_to_evaluate(config: Config, trained: TrainedModels) -> tuple[list[Mod
             continue
         specs += found
     return specs, unavailable
+
+
+def _names_and_params(config: Config) -> list[tuple[str, dict[str, Any]]]:
+    """Each model, training or LangSAM pairing (`langsam[A+B]`) to evaluate, with its parameters."""
+    named = []
+    for name in config.models:
+        named.append((name, config.params(name)))
+        if name == "langsam":
+            named += [(pairing_name(*split_pairing(pairing)), config.langsam.pairing(pairing).model_dump())
+                      for pairing in config.langsam.pairings]
+    return named
 
 
 def _trained_specs(name: str, model: str, params: dict[str, Any], trained: TrainedModels) -> list[ModelSpec]:

@@ -1,15 +1,16 @@
 """Tiny, randomly initialised foundation models for offline tests and demos: LangSAM's
-GroundingDINO and SAM2, and SAM 3.
+detectors (GroundingDINO, MM-GroundingDINO, OWLv2) and mask models (SAM2, SAM 3's
+tracker), and SAM 3.
 
 The real checkpoints are ~1 GB and live on the Hugging Face hub. These models have the
 same architectures and file layout (`save_pretrained` folders with their processors and
 tokenizers), ~0.2 M parameters each, and load and run in well under a second on a CPU.
 Their boxes and masks are random: they exercise the pipeline, not segmentation quality.
 
-    python -m segray.models.tiny_langsam OUT_DIR   # prints the three folders
+    python -m segray.models.tiny_langsam OUT_DIR   # prints the six folders
 
 Then: `--langsam.detector OUT_DIR/grounding-dino --langsam.sam OUT_DIR/sam2
---sam3.weights OUT_DIR/sam3`.
+--sam3.weights OUT_DIR/sam3`; `OUT_DIR/owlv2+OUT_DIR/sam3-tracker` is a pairing.
 """
 
 from __future__ import annotations
@@ -36,13 +37,16 @@ def bert_tokenizer() -> Any:
     return BertTokenizer(vocab={word: i for i, word in enumerate(TINY_VOCAB)})
 
 
-def _save_grounding_dino(out: Path) -> None:
+def _save_grounding_dino(out: Path, mm: bool = False) -> None:
+    """GroundingDINO, or with `mm` MM-GroundingDINO (the same processor, another model)."""
     from transformers import (
         BertConfig,
         GroundingDinoConfig,
         GroundingDinoForObjectDetection,
         GroundingDinoImageProcessor,
         GroundingDinoProcessor,
+        MMGroundingDinoConfig,
+        MMGroundingDinoForObjectDetection,
         SwinConfig,
     )
 
@@ -64,7 +68,9 @@ def _save_grounding_dino(out: Path) -> None:
         intermediate_size=32,
         max_position_embeddings=64,
     )
-    config = GroundingDinoConfig(
+    config_class, model_class = ((MMGroundingDinoConfig, MMGroundingDinoForObjectDetection) if mm
+                                 else (GroundingDinoConfig, GroundingDinoForObjectDetection))
+    config = config_class(
         backbone_config=backbone,
         text_config=text,
         num_queries=16,
@@ -79,7 +85,7 @@ def _save_grounding_dino(out: Path) -> None:
         decoder_n_points=2,
         max_text_len=32,
     )
-    model = GroundingDinoForObjectDetection(config).eval()
+    model = model_class(config).eval()
     image_processor = GroundingDinoImageProcessor(
         size={"shortest_edge": DETECTOR_SHORT_EDGE, "longest_edge": DETECTOR_LONG_EDGE}
     )
@@ -136,6 +142,7 @@ def _save_sam2(out: Path) -> None:
 # (GroupNorm(8, width) in its mask decoder: a multiple of 8). CLIP's byte-level BPE, with
 # merges that make each word below one token; other text falls back to single letters.
 SAM3_SIZE, SAM3_PATCH, SAM3_WIDTH = 64, 8, 32
+OWLV2_SIZE = 64
 SAM3_WORDS = ["person", "people", "human", "a", "photo", "of", "the", "visual"]
 
 
@@ -148,7 +155,8 @@ def clip_tokenizer() -> Any:
 
 
 def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    vocab = {token: i for i, token in enumerate(["<|startoftext|>", "<|endoftext|>"])}
+    # Padding (<|endoftext|>) is 0, as OWLv2 reads a query whose first token is 0 as padding.
+    vocab = {token: i for i, token in enumerate(["<|endoftext|>", "<|startoftext|>"])}
     for letter in "abcdefghijklmnopqrstuvwxyz.,":
         for token in (letter, letter + "</w>"):
             vocab.setdefault(token, len(vocab))
@@ -164,6 +172,20 @@ def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
+def _sam3_vision() -> Any:
+    """SAM 3's image encoder (also its tracker's): a ViT, then an FPN."""
+    from transformers import Sam3VisionConfig, Sam3ViTConfig
+
+    grid, width = SAM3_SIZE // SAM3_PATCH, SAM3_WIDTH
+    # The ViT's global attention is laid out for exactly this input size.
+    vit = Sam3ViTConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=2,
+                        image_size=SAM3_SIZE, patch_size=SAM3_PATCH, window_size=4, global_attn_indexes=[1],
+                        pretrain_image_size=SAM3_SIZE)
+    return Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=width,
+                            backbone_feature_sizes=[[grid * 4] * 2, [grid * 2] * 2, [grid] * 2],
+                            scale_factors=[4.0, 2.0, 1.0, 0.5])
+
+
 def _save_sam3(out: Path) -> None:
     from transformers import (
         CLIPTextConfig,
@@ -175,19 +197,10 @@ def _save_sam3(out: Path) -> None:
         Sam3MaskDecoderConfig,
         Sam3Model,
         Sam3Processor,
-        Sam3VisionConfig,
-        Sam3ViTConfig,
     )
 
     tokenizer = clip_tokenizer()
-    grid, width = SAM3_SIZE // SAM3_PATCH, SAM3_WIDTH
-    # The ViT's global attention is laid out for exactly this input size.
-    vit = Sam3ViTConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=2,
-                        image_size=SAM3_SIZE, patch_size=SAM3_PATCH, window_size=4, global_attn_indexes=[1],
-                        pretrain_image_size=SAM3_SIZE)
-    vision = Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=width,
-                              backbone_feature_sizes=[[grid * 4] * 2, [grid * 2] * 2, [grid] * 2],
-                              scale_factors=[4.0, 2.0, 1.0, 0.5])
+    width, vision = SAM3_WIDTH, _sam3_vision()
     text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
                           projection_dim=width, num_hidden_layers=1, num_attention_heads=2,
                           max_position_embeddings=32,  # Sam3Processor pads text to 32 tokens
@@ -208,15 +221,65 @@ def _save_sam3(out: Path) -> None:
     Sam3Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
 
 
+def _save_owlv2(out: Path) -> None:
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    tokenizer = clip_tokenizer()
+    text = {"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 16,  # Owlv2Processor pads queries to 16 tokens
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": OWLV2_SIZE, "patch_size": 16}
+    model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    image_processor = Owlv2ImageProcessor(size={"height": OWLV2_SIZE, "width": OWLV2_SIZE})
+    model.save_pretrained(out)
+    Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+
+
+def _save_sam3_tracker(out: Path) -> None:
+    from transformers import (
+        Sam3ImageProcessor,
+        Sam3TrackerConfig,
+        Sam3TrackerMaskDecoderConfig,
+        Sam3TrackerModel,
+        Sam3TrackerProcessor,
+        Sam3TrackerPromptEncoderConfig,
+    )
+
+    width = SAM3_WIDTH
+    config = Sam3TrackerConfig(
+        vision_config=_sam3_vision(),
+        prompt_encoder_config=Sam3TrackerPromptEncoderConfig(hidden_size=width, image_size=SAM3_SIZE,
+                                                             patch_size=SAM3_PATCH, mask_input_channels=4),
+        mask_decoder_config=Sam3TrackerMaskDecoderConfig(hidden_size=width, mlp_dim=2 * width, num_attention_heads=2,
+                                                         iou_head_hidden_dim=width))
+    model = Sam3TrackerModel(config).eval()
+    image_processor = Sam3ImageProcessor(size={"height": SAM3_SIZE, "width": SAM3_SIZE},
+                                         mask_size={"height": SAM3_SIZE // 4, "width": SAM3_SIZE // 4})
+    model.save_pretrained(out)
+    Sam3TrackerProcessor(image_processor=image_processor).save_pretrained(out)
+
+
+# Every model's folder under the root, and its writer.
+WRITERS = {
+    "grounding-dino": _save_grounding_dino,
+    "mm-grounding-dino": lambda out: _save_grounding_dino(out, mm=True),
+    "owlv2": _save_owlv2,
+    "sam2": _save_sam2,
+    "sam3-tracker": _save_sam3_tracker,
+    "sam3": _save_sam3,
+}
+
+
 def save_tiny_weights(root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Write tiny random GroundingDINO, SAM2 and SAM 3 folders under `root`; returns them by name."""
+    """Write every tiny random model (`WRITERS`) under `root`; returns their folders by name."""
     root = Path(root)
-    folders = {"detector": root / "grounding-dino", "sam": root / "sam2", "sam3": root / "sam3"}
+    folders = {name: root / name for name in WRITERS}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        _save_grounding_dino(folders["detector"])
-        _save_sam2(folders["sam"])
-        _save_sam3(folders["sam3"])
+        for name, write in WRITERS.items():
+            write(folders[name])
     return folders
 
 

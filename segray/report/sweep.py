@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from segray.config import Setting, split_training_name
+from segray.config import Setting, model_of, split_training_name
 from segray.report.analysis import Analysis, bootstrap_means, mean_of, percentile_ci
 from segray.report.formats import figure_name, fmt, fmt_ci, fmt_minutes
-from segray.report.variants import DEFAULT_RULES, family, is_foundation, run_setting_of, variant_parts
+from segray.report.variants import DEFAULT_RULES, is_foundation, run_setting_of, variant_parts
 
 
 @dataclass
@@ -110,7 +110,7 @@ def analyze_sweep(analysis: Analysis, defaults: dict[str, Setting]) -> Sweep | N
         name = max(models, key=lambda m: (on_selection[m] if on_selection[m] is not None else -1, m))
         best = measured(name) | {"selection_iou": on_selection[name], "instance": instance, "rule": foundation[name][1],
                                  "setting": foundation[name][2]}
-        own = (instance, DEFAULT_RULES.get(family(instance)), run_setting_of(instance, defaults))
+        own = (instance, DEFAULT_RULES.get(model_of(instance)), run_setting_of(instance, defaults))
         default_name = next((m for m in models if foundation[m] == own), None)
         default = None
         if default_name is not None:

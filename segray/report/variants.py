@@ -33,11 +33,6 @@ def is_foundation(name: str) -> bool:
     return model_of(name.split("/")[0]) not in TRAINABLE
 
 
-def family(instance: str) -> str:
-    """The model an instance is of: a pairing `langsam[a+b]` is LangSAM's."""
-    return instance.partition("[")[0]
-
-
 def run_settings(config: dict[str, Any]) -> dict[str, Setting]:
     """The run's own (prompt, threshold) per model (summary.json's `config`), whatever a sweep
     adds; a LangSAM pairing takes LangSAM's."""
@@ -47,7 +42,7 @@ def run_settings(config: dict[str, Any]) -> dict[str, Setting]:
 
 def run_setting_of(instance: str, defaults: dict[str, Setting]) -> Setting | None:
     """An instance's own setting among `run_settings`; None for a model without one."""
-    return defaults.get(family(instance))
+    return defaults.get(model_of(instance))  # a pairing `langsam[a+b]` is LangSAM's
 
 
 def other_sweep_settings(models: Iterable[str], defaults: dict[str, Setting]) -> list[str]:

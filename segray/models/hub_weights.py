@@ -1,12 +1,13 @@
-"""Where a foundation model's weights load from (LangSAM's GroundingDINO and SAM2, SAM 3):
+"""Where a foundation model's weights load from (LangSAM's detector and mask model, SAM 3):
 a local `save_pretrained` folder or a hub id, checked before anything loads.
 
-When the weights cannot be reached `resolve_weights` raises `LangSAMWeightsUnavailable`
+When the weights cannot be reached `resolve_weights` raises `WeightsUnavailable`
 quickly, with the fix in the message, instead of letting huggingface_hub retry for minutes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -38,11 +39,8 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
-class LangSAMWeightsUnavailable(RuntimeError):
+class WeightsUnavailable(RuntimeError):
     """A foundation model's weights could not be loaded (no hub, not cached, gated, bad folder)."""
-
-
-LANGSAM_FOLDERS = "langsam.detector and langsam.sam (--langsam.detector DIR --langsam.sam DIR)"
 
 
 # --------------------------------------------------------------------------- loading
@@ -76,8 +74,8 @@ def _is_cached(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
-def _unavailable(what: str, name: str, reason: str, needs_tokenizer: bool, cause: str = "",
-                 folders: str = LANGSAM_FOLDERS) -> LangSAMWeightsUnavailable:
+def _unavailable(what: str, name: str, reason: str, needs_tokenizer: bool, folders: str,
+                 cause: str = "") -> WeightsUnavailable:
     """The error, its first line the reason in short (what a report shows), then the cause and
     the fixes: `folders` names the settings that take local folders. A gated repository (the
     hub refused it) adds how to get access; a token is never shown."""
@@ -87,7 +85,7 @@ def _unavailable(what: str, name: str, reason: str, needs_tokenizer: bool, cause
     cause = " ".join(str(cause).split())  # one line
     gated = ("  - accept the model's licence on its hub page, https://huggingface.co/" + name + ", then log in on "
              "every node: `hf auth login`, or HF_TOKEN in the environment;\n") if "gated" in cause.lower() else ""
-    return LangSAMWeightsUnavailable(
+    return WeightsUnavailable(
         f"{what} weights unavailable: {name!r} {reason}\n"
         + (f"Cause: {cause}\n" if cause else "")
         + f"Fix one of:\n{gated}"
@@ -107,15 +105,14 @@ class WeightsSource(NamedTuple):
     location: str  # the folder or hub id handed to from_pretrained
     local_files_only: bool
     needs_tokenizer: bool
-    folders: str = LANGSAM_FOLDERS  # the settings that take local folders, for messages
+    folders: str  # the settings that take local folders, for messages
 
 
-def resolve_weights(what: str, name: str, needs_tokenizer: bool = False,
-                    folders: str = LANGSAM_FOLDERS) -> WeightsSource:
-    """Check a local folder, or that a hub id can be fetched; raise LangSAMWeightsUnavailable if not."""
+def resolve_weights(what: str, name: str, folders: str, needs_tokenizer: bool = False) -> WeightsSource:
+    """Check a local folder, or that a hub id can be fetched; raise WeightsUnavailable if not."""
 
-    def fail(reason: str, cause: str = "") -> LangSAMWeightsUnavailable:
-        return _unavailable(what, name, reason, needs_tokenizer, cause, folders)
+    def fail(reason: str, cause: str = "") -> WeightsUnavailable:
+        return _unavailable(what, name, reason, needs_tokenizer, folders, cause)
 
     path = Path(name).expanduser()
     if path.is_dir():
@@ -150,7 +147,22 @@ def resolve_weights(what: str, name: str, needs_tokenizer: bool = False,
     raise fail("is not in the local Hugging Face cache and the hub is unreachable", cause=why)
 
 
+def model_type(source: WeightsSource) -> str:
+    """The `model_type` its config.json names (`grounding-dino`, `owlv2`, `sam2`, ...): what
+    kind of model the weights are, read without importing transformers."""
+    from huggingface_hub import hf_hub_download
+
+    def read(location: str, local_files_only: bool) -> Any:
+        path = Path(location) / "config.json"
+        if not path.is_file():
+            path = Path(hf_hub_download(location, "config.json", local_files_only=local_files_only))
+        return json.loads(path.read_text()).get("model_type", "")
+
+    return str(load_from(source, read))
+
+
 def load_from(source: WeightsSource, loader: Callable[..., Any]) -> Any:
+    """`loader(location, local_files_only=...)`, any failure raised as WeightsUnavailable with the fixes."""
     try:
         return loader(source.location, local_files_only=source.local_files_only)
     except Exception as e:  # noqa: BLE001 - any load failure means these weights are unusable
@@ -159,4 +171,4 @@ def load_from(source: WeightsSource, loader: Callable[..., Any]) -> Any:
             # transformers' own message talks about connecting even when offline.
             reason = "does not load from the local Hugging Face cache (offline mode)"
         causes = f"{type(e).__name__}: {e}" + (f" (from {type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else "")
-        raise _unavailable(source.what, source.name, reason, source.needs_tokenizer, causes, source.folders) from e
+        raise _unavailable(source.what, source.name, reason, source.needs_tokenizer, source.folders, causes) from e
