@@ -311,7 +311,7 @@ def test_tiny_langsam_cli(tmp_path, capsys):
     assert tiny_main([str(tmp_path)]) == 0
     printed = capsys.readouterr().out.split()
     assert printed == [str(tmp_path / name) for name in ("grounding-dino", "mm-grounding-dino", "owlv2", "sam2",
-                                                         "sam3-tracker", "sam3")]
+                                                         "sam3-tracker", "sam3", "sam3-lite-text")]
     for folder in printed:
         assert (tmp_path / folder / "model.safetensors").is_file()
 

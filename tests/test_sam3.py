@@ -95,6 +95,18 @@ def test_weights_that_cannot_be_had_say_how_to_get_them_and_never_show_a_token(t
     assert "hf auth login" in said and "HF_TOKEN" in said and "hf_CANARYtoken7731" not in said
 
 
+def test_a_sam3_lite_text_checkpoint_loads_as_its_own_model_and_other_weights_are_refused(tiny_folders):
+    lite = Sam3Segmenter(ModelSpec("sam3", {"weights": str(tiny_folders["sam3-lite-text"]), "threshold": 0.3},
+                                   device="cpu"))
+    assert type(lite.model).__name__ == "Sam3LiteTextModel"  # not Sam3Model with a random text encoder
+    batch = images()
+    for image, answer in zip(batch, lite.predict(batch)):
+        assert list(answer) == lite.variants and answer["sam3/semantic"].mask.shape == image.shape[:2]
+    with pytest.raises(ValueError, match=r"sam3.weights: .*owlv2.* is a owlv2; SAM 3 takes sam3, sam3_video, "
+                                         r"sam3_lite_text"):
+        Sam3Segmenter.check_available(ModelSpec("sam3", {"weights": str(tiny_folders["owlv2"])}))
+
+
 @pytest.mark.slow
 def test_sam3_and_langsam_are_evaluated_from_one_decode_with_a_row_per_image_and_variant(
         ray_session, synthetic_root, tiny_weights, tiny_sam3, tmp_path):

@@ -29,11 +29,24 @@ from PIL import Image
 
 from segray.config import Sam3Config, Setting
 from segray.models.base import ModelSpec, Prediction, check_images, resolve_device
-from segray.models.hub_weights import load_from, resolve_weights
+from segray.models.hub_weights import WeightsSource, load_from, model_type, resolve_weights
 
 VARIANT_PREFIX = "sam3/"
 RULES = ("semantic", "union", "best")
 FOLDERS = "sam3.weights (--sam3.weights DIR)"
+# The model class of each kind of SAM 3 weights (their config's model_type); facebook/sam3 is a sam3_video.
+MODELS = {"sam3": "Sam3Model", "sam3_video": "Sam3Model", "sam3_lite_text": "Sam3LiteTextModel"}
+
+
+def checked_source(config: Sam3Config) -> tuple[WeightsSource, str]:
+    """The weights and their kind; raises WeightsUnavailable when they cannot be reached and
+    ValueError when they are not SAM 3's. Reads their config.json only."""
+    source = resolve_weights("SAM 3", config.weights, FOLDERS, needs_tokenizer=True)
+    kind = model_type(source)
+    if kind not in MODELS:
+        raise ValueError(f"sam3.weights: {config.weights!r} is a {kind or 'model without a model_type'}; SAM 3 "
+                         f"takes {', '.join(MODELS)} weights")
+    return source, kind
 
 
 def variant_name(rule: str, setting: Setting | None = None) -> str:
@@ -82,11 +95,12 @@ class Sam3Segmenter:
         self.device = resolve_device(spec.device)
         self.variants = variants(self.config.sweep)
         # Checked before transformers' model classes are imported, so a bad path fails at once.
-        source = resolve_weights("SAM 3", self.config.weights, FOLDERS, needs_tokenizer=True)
-        from transformers import Sam3Model, Sam3Processor
+        source, kind = checked_source(self.config)
+        import transformers
 
-        self.processor = load_from(source, Sam3Processor.from_pretrained)
-        self.model = load_from(source, Sam3Model.from_pretrained).to(self.device).eval()
+        self.processor = load_from(source, transformers.Sam3Processor.from_pretrained)
+        model_class = getattr(transformers, MODELS[kind])
+        self.model = load_from(source, model_class.from_pretrained).to(self.device).eval()
         self.input_size = "x".join(str(v) for v in dict(self.processor.image_processor.size).values())
         self._text: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -100,10 +114,9 @@ class Sam3Segmenter:
 
     @classmethod
     def check_available(cls, spec: ModelSpec) -> None:
-        """Raise now, in the driver, what the constructor would raise: bad settings or
-        unreachable weights. Loads nothing."""
-        resolve_weights("SAM 3", Sam3Config.model_validate(spec.params).weights, FOLDERS,
-                        needs_tokenizer=True)
+        """Raise now, in the driver, what the constructor would raise: bad settings,
+        unreachable weights or weights of another kind. Loads no model."""
+        checked_source(Sam3Config.model_validate(spec.params))
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.config.bf16 and self.device.startswith("cuda"):

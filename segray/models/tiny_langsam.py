@@ -1,13 +1,13 @@
 """Tiny, randomly initialised foundation models for offline tests and demos: LangSAM's
 detectors (GroundingDINO, MM-GroundingDINO, OWLv2) and mask models (SAM2, SAM 3's
-tracker), and SAM 3.
+tracker), and SAM 3 (also with its small text encoder, sam3_lite_text).
 
 The real checkpoints are ~1 GB and live on the Hugging Face hub. These models have the
 same architectures and file layout (`save_pretrained` folders with their processors and
 tokenizers), ~0.2 M parameters each, and load and run in well under a second on a CPU.
 Their boxes and masks are random: they exercise the pipeline, not segmentation quality.
 
-    python -m segray.models.tiny_langsam OUT_DIR   # prints the six folders
+    python -m segray.models.tiny_langsam OUT_DIR   # prints every folder
 
 Then: `--langsam.detector OUT_DIR/grounding-dino --langsam.sam OUT_DIR/sam2
 --sam3.weights OUT_DIR/sam3`; `OUT_DIR/owlv2+OUT_DIR/sam3-tracker` is a pairing.
@@ -186,33 +186,36 @@ def _sam3_vision() -> Any:
                             scale_factors=[4.0, 2.0, 1.0, 0.5])
 
 
-def _save_sam3(out: Path) -> None:
+def _save_sam3(out: Path, lite: bool = False) -> None:
+    """SAM 3, or with `lite` SAM 3 with a small distilled text encoder (sam3_lite_text)."""
     from transformers import (
         CLIPTextConfig,
         Sam3Config,
-        Sam3DETRDecoderConfig,
-        Sam3DETREncoderConfig,
-        Sam3GeometryEncoderConfig,
         Sam3ImageProcessor,
-        Sam3MaskDecoderConfig,
+        Sam3LiteTextConfig,
+        Sam3LiteTextModel,
         Sam3Model,
         Sam3Processor,
     )
 
     tokenizer = clip_tokenizer()
-    width, vision = SAM3_WIDTH, _sam3_vision()
-    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
-                          projection_dim=width, num_hidden_layers=1, num_attention_heads=2,
-                          max_position_embeddings=32,  # Sam3Processor pads text to 32 tokens
-                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id)
+    width = SAM3_WIDTH
+    text: Any = {"vocab_size": len(tokenizer), "hidden_size": width, "intermediate_size": 2 * width,
+                 "projection_dim": width, "num_attention_heads": 2,
+                 "max_position_embeddings": 32}  # Sam3Processor pads text to 32 tokens
+    if lite:  # its first and last layers are MobileCLIP's RepMixer blocks
+        text |= {"num_hidden_layers": 2, "repmixer_kernel_size": 3}
+    else:
+        text = CLIPTextConfig(**text, num_hidden_layers=1, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     heads = {"hidden_size": width, "num_attention_heads": 2, "intermediate_size": 2 * width, "dropout": 0.0}
-    config = Sam3Config(vision_config=vision, text_config=text,
-                        geometry_encoder_config=Sam3GeometryEncoderConfig(num_layers=1, roi_size=2, **heads),
-                        detr_encoder_config=Sam3DETREncoderConfig(num_layers=1, **heads),
-                        detr_decoder_config=Sam3DETRDecoderConfig(num_layers=1, num_queries=8, **heads),
-                        mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=width, num_attention_heads=2))
-    model = Sam3Model(config).eval()
+    config_class, model_class = (Sam3LiteTextConfig, Sam3LiteTextModel) if lite else (Sam3Config, Sam3Model)
+    config = config_class(vision_config=_sam3_vision(), text_config=text,
+                          geometry_encoder_config={"num_layers": 1, "roi_size": 2, **heads},
+                          detr_encoder_config={"num_layers": 1, **heads},
+                          detr_decoder_config={"num_layers": 1, "num_queries": 8, **heads},
+                          mask_decoder_config={"hidden_size": width, "num_attention_heads": 2})
+    model = model_class(config).eval()
     with torch.no_grad():  # scores near 0.5 rather than all below every threshold: some instances are kept
         model.detr_decoder.presence_head.layer3.bias.fill_(4.0)
     image_processor = Sam3ImageProcessor(size={"height": SAM3_SIZE, "width": SAM3_SIZE},
@@ -269,6 +272,7 @@ WRITERS = {
     "sam2": _save_sam2,
     "sam3-tracker": _save_sam3_tracker,
     "sam3": _save_sam3,
+    "sam3-lite-text": lambda out: _save_sam3(out, lite=True),
 }
 
 
