@@ -4,10 +4,12 @@
 #      LangSAM with tiny weights in bf16, LangSAM evaluated while the UNets train;
 #   2. images/s of each model alone at the article's size (256 px, batch 32) with GPU
 #      utilisation (bench/bench_models.py);
-# and writes both as Markdown to $OUT/gpu_check.md (OUT defaults to ./gpu-check).
+#   3. images/s and peak GPU memory of each foundation pipeline at its real architecture
+#      size, random weights, bf16, each as a ratio to LangSAM's default (bench/bench_foundation.py);
+# and writes them as Markdown to $OUT/gpu_check.md (OUT defaults to ./gpu-check).
 #
 #   bash bench/gpu_check.sh             # on a GPU machine
-#   bash bench/gpu_check.sh --dry-run   # the same steps on the CPU, CI-sized (about 3 minutes here)
+#   bash bench/gpu_check.sh --dry-run   # the same steps on the CPU, CI-sized (about 5 minutes here)
 #
 # PYTHON picks the interpreter [default: `uv run python` when uv is installed, else python3].
 set -euo pipefail
@@ -30,10 +32,13 @@ LANGSAM=(--langsam-detector "$WORK/tiny/grounding-dino" --langsam-sam "$WORK/tin
 if [[ $DRY_RUN == 1 ]]; then
     DEMO=(--dataset synthetic:16 --image-size 64 --unet-epochs 1 --resnet-epochs 1 --no-gpu)
     MODELS=(--size 64 --batch 2 --batches 1 --unet-base-width 8 --device cpu)
+    # LangSAM's default and SAM 3 only, one image at half the input size: real architectures
+    FOUNDATION=(--only langsam,sam3 --images 1 --batch-size 1 --repeats 1 --size small --device cpu)
 else
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     DEMO=(--gpu --langsam-bf16)
     MODELS=(--size 256 --batch 32 --batches 8 --device cuda --bf16)
+    FOUNDATION=(--images 16 --batch-size 4 --device cuda --bf16 --timeout 300)
 fi
 
 started=$(date +%s)
@@ -42,6 +47,7 @@ $PYTHON jobs/benchmark.py --preset demo --output "$WORK/runs" --run-id gpu-check
 demo_s=$(( $(date +%s) - started ))
 
 $PYTHON bench/bench_models.py "${MODELS[@]}" "${LANGSAM[@]}" --markdown "$WORK/models.md"
+$PYTHON bench/bench_foundation.py "${FOUNDATION[@]}" --markdown "$WORK/foundation.md"
 
 $PYTHON - "$WORK/runs/gpu-check/summary.json" "$WORK/models.md" "$demo_s" "$DRY_RUN" >"$OUT/gpu_check.md" <<'EOF'
 import json, sys
@@ -59,4 +65,5 @@ for name, stage in summary["timeline"]["stages"].items():
     print(f"| {name} | {stage['rows_in']} | {stage['start']} | {stage['end']} | {stage['busy_s']} |")
 print("\n## Each model alone\n\n" + models)
 EOF
+cat "$WORK/foundation.md" >>"$OUT/gpu_check.md"
 cat "$OUT/gpu_check.md"
