@@ -38,7 +38,7 @@ else
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     DEMO=(--gpu --langsam-bf16)
     MODELS=(--size 256 --batch 32 --batches 8 --device cuda --bf16)
-    FOUNDATION=(--images 16 --batch-size 4 --device cuda --bf16 --timeout 300)
+    FOUNDATION=(--images 16 --batch-size 4 --repeats 1 --device cuda --bf16 --timeout 300)
 fi
 
 started=$(date +%s)
