@@ -146,7 +146,7 @@ def pending_work(run: Run, models: list[StreamModel]) -> list[pd.DataFrame] | No
     table = run.manifest.table
     to_do = pending(table, versions, done)
     for model, version, rows in zip(models, versions, to_do):
-        print(f"resume: {model.name} ({version}) has rows for {len(table) - len(rows)} of {len(table)} images; "
+        print(f"resume: {stage_labels([model])[0]} ({version}) has rows for {len(table) - len(rows)} of {len(table)} images; "
               f"evaluating {len(rows)}")
     return to_do
 

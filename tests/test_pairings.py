@@ -54,12 +54,46 @@ def test_every_detector_runs_with_every_mask_model(tiny_folders, detector, sam):
 
 def test_weights_of_the_wrong_kind_are_refused_in_the_driver_naming_the_setting(tiny_folders):
     wrong_detector = ModelSpec("langsam", {"detector": str(tiny_folders["sam3"]), "sam": str(tiny_folders["sam2"])})
-    with pytest.raises(ValueError, match=r"langsam.detector: .*sam3.* is a sam3; the detector takes grounding-dino, "
-                                         r"mm-grounding-dino, owlv2"):
+    with pytest.raises(ValueError, match=r"langsam.detector: .*sam3.* is a sam3; langsam.detector takes "
+                                         r"grounding-dino, mm-grounding-dino, owlv2 weights"):
         LangSAMSegmenter.check_available(wrong_detector)
-    wrong_sam = ModelSpec("langsam", {"detector": str(tiny_folders["owlv2"]), "sam": str(tiny_folders["owlv2"])})
-    with pytest.raises(ValueError, match=r"langsam.sam: .* is a owlv2; the sam takes sam2"):
-        LangSAMSegmenter.check_available(wrong_sam)
+    for wrong in ("owlv2", "sam3"):  # SAM 3 itself is not its tracker: its box-prompt heads would be random
+        spec = ModelSpec("langsam", {"detector": str(tiny_folders["owlv2"]), "sam": str(tiny_folders[wrong])})
+        with pytest.raises(ValueError, match=rf"langsam.sam: .* is a {wrong}; langsam.sam takes sam2, sam2_video, "
+                                             r"sam3_tracker, sam3_video weights"):
+            LangSAMSegmenter.check_available(spec)
+
+
+def test_the_hubs_video_configs_load_their_image_models(tiny_folders, tmp_path):
+    """facebook/sam2.1-* and facebook/sam3 are video models (model_type sam2_video, sam3_video):
+    LangSAM takes their image parts, Sam2Model and Sam3TrackerModel."""
+    import json
+    import shutil
+
+    for folder, video, model_class in (("sam2", "sam2_video", "Sam2Model"),
+                                       ("sam3-tracker", "sam3_video", "Sam3TrackerModel")):
+        copy = shutil.copytree(tiny_folders[folder], tmp_path / video)
+        config = json.loads((copy / "config.json").read_text())
+        (copy / "config.json").write_text(json.dumps(config | {"model_type": video}))
+        spec = ModelSpec("langsam", {"detector": str(tiny_folders["grounding-dino"]), "sam": str(copy),
+                                     "box_threshold": 0.0}, device="cpu")
+        model = LangSAMSegmenter(spec)
+        assert type(model.sam_model).__name__ == model_class and video in model.input_size
+        assert all(p.status == "ok" for p in model.predict(images())[0].values())
+
+
+def test_owlv2_keeps_one_box_of_overlapping_ones_inside_the_image(tiny_folders):
+    from torchvision.ops import box_iou
+
+    model = LangSAMSegmenter(ModelSpec("langsam", {"detector": str(tiny_folders["owlv2"]), "sam": str(tiny_folders["sam2"]),
+                                                   "box_threshold": 0.0}, device="cpu"))
+    for image, (boxes, scores) in zip(images(), model.detect(images())):
+        height, width = image.shape[:2]
+        assert len(boxes) >= 1 and len(boxes) == len(scores)
+        assert (boxes[:, 0::2] >= 0).all() and (boxes[:, 0::2] <= width).all()
+        assert (boxes[:, 1::2] >= 0).all() and (boxes[:, 1::2] <= height).all()
+        overlap = box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).fill_diagonal_(0)
+        assert overlap.max() <= 0.3 + 1e-6
 
 
 def pairing_config(tiny_folders, *pairings: str, **langsam) -> Config:
@@ -94,10 +128,11 @@ def test_two_pairings_of_the_same_name_are_refused(tiny_folders, tmp_path):
         pairing_config(tiny_folders, str(tiny_folders["owlv2"]))
 
 
-def test_the_api_serves_langsams_own_pairing_only(tiny_folders):
-    config = pairing_config(tiny_folders, f"{tiny_folders['owlv2']}+{tiny_folders['sam2']}")
+def test_the_api_serves_langsams_own_pairing_only(tiny_folders, tmp_path):
+    config = pairing_config(tiny_folders, f"{tiny_folders['owlv2']}+{tiny_folders['sam2']}",
+                            f"{tmp_path / 'missing'}+{tiny_folders['sam2']}")
     settings = serve_settings(config, cluster={})
-    assert [spec.label for spec in settings.specs] == ["langsam"]
+    assert [spec.label for spec in settings.specs] == ["langsam"] and settings.unavailable == {}
 
 
 @pytest.mark.slow

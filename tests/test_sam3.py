@@ -102,7 +102,7 @@ def test_a_sam3_lite_text_checkpoint_loads_as_its_own_model_and_other_weights_ar
     batch = images()
     for image, answer in zip(batch, lite.predict(batch)):
         assert list(answer) == lite.variants and answer["sam3/semantic"].mask.shape == image.shape[:2]
-    with pytest.raises(ValueError, match=r"sam3.weights: .*owlv2.* is a owlv2; SAM 3 takes sam3, sam3_video, "
+    with pytest.raises(ValueError, match=r"sam3.weights: .*owlv2.* is a owlv2; sam3.weights takes sam3, sam3_video, "
                                          r"sam3_lite_text"):
         Sam3Segmenter.check_available(ModelSpec("sam3", {"weights": str(tiny_folders["owlv2"])}))
 

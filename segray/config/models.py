@@ -69,7 +69,7 @@ class PromptSweep:
 
 
 class LangSAMConfig(PromptSweep, Section):
-    """langsam: GroundingDINO boxes from a text prompt, SAM2 masks from the boxes"""
+    """langsam: a detector's boxes from a text prompt, a SAM mask model's masks from the boxes"""
 
     THRESHOLD: ClassVar[str] = "box_threshold"
 
@@ -82,8 +82,8 @@ class LangSAMConfig(PromptSweep, Section):
     sam: str = Field("facebook/sam2.1-hiera-small", description="the mask model, a hub id or a save_pretrained folder "
                      "of SAM2 (facebook/sam2.1-hiera-tiny, -small, -base-plus or -large) or SAM 3's tracker "
                      "(facebook/sam3)")
-    max_boxes: int = Field(8, ge=1, description="the highest-scoring boxes per image sent to SAM2")
-    multimask_output: bool = Field(False, description="3 masks per box, SAM2's best-rated one kept")
+    max_boxes: int = Field(8, ge=1, description="the highest-scoring boxes per image sent to the mask model")
+    multimask_output: bool = Field(False, description="3 masks per box, the mask model's best-rated one kept")
     bf16: bool = Field(False, description="bf16 autocast around the forwards, on GPUs")
     backend: Literal["transformers", "lang_sam"] = Field("transformers", description="transformers (batched), or "
                                                          "the lang_sam package if installed")

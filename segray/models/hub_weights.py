@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlparse
@@ -100,7 +100,7 @@ def _unavailable(what: str, name: str, reason: str, needs_tokenizer: bool, folde
 class WeightsSource(NamedTuple):
     """Where one model's weights load from, decided before any loading starts."""
 
-    what: str  # "LangSAM GroundingDINO", "LangSAM SAM2", "SAM 3", for messages
+    what: str  # "LangSAM detector", "LangSAM mask model", "SAM 3", for messages
     name: str  # as the user gave it
     location: str  # the folder or hub id handed to from_pretrained
     local_files_only: bool
@@ -159,6 +159,15 @@ def model_type(source: WeightsSource) -> str:
         return json.loads(path.read_text()).get("model_type", "")
 
     return str(load_from(source, read))
+
+
+def checked_kind(source: WeightsSource, setting: str, allowed: Iterable[str]) -> str:
+    """Its `model_type` if `setting` takes that kind of weights, else ValueError naming both."""
+    kind = model_type(source)
+    if kind not in allowed:
+        raise ValueError(f"{setting}: {source.name!r} is a {kind or 'model without a model_type'}; {setting} takes "
+                         f"{', '.join(allowed)} weights")
+    return kind
 
 
 def load_from(source: WeightsSource, loader: Callable[..., Any]) -> Any:

@@ -16,8 +16,8 @@ kept one mask with a `pick_best` rule. Here the same two models run once per *ba
 
 A sweep (`prompts`, `box_thresholds`) costs one detector and one mask-model forward per
 prompt and batch, whatever the thresholds: the detector runs at the lowest threshold, each
-threshold keeps its boxes from those scores (as GroundingDINO's post-processing would),
-and SAM2 segments the union of the boxes kept, which is the lowest threshold's. Each
+threshold keeps its boxes from those scores (as the detector's post-processing would),
+and the mask model segments the union of the boxes kept, which is the lowest threshold's. Each
 (prompt, threshold, rule) is a variant, `langsam/<rule>[<prompt>@<threshold>]`, whose
 rows are those a run with that prompt and threshold alone would write.
 
@@ -46,29 +46,30 @@ from PIL import Image
 
 from segray.config import LangSAMConfig, Setting
 from segray.models.base import ModelSpec, Prediction, check_images, resolve_device
-from segray.models.hub_weights import WeightsSource, WeightsUnavailable, load_from, model_type, resolve_weights
+from segray.models.hub_weights import WeightsSource, WeightsUnavailable, checked_kind, load_from, resolve_weights
 from segray.models.langsam_rules import above, from_lang_sam_result, keep_top_boxes, no_detection, select, variants
 
 LANG_SAM_INSTALL = "pip install git+https://github.com/luca-medeiros/lang-segment-anything.git"
 FOLDERS = "langsam.detector and langsam.sam (--langsam.detector DIR --langsam.sam DIR)"
-# The kinds of model each stage takes, by their config's model_type.
+PAIRING_FOLDERS = "langsam.pairings, as DETECTOR_DIR+SAM_DIR"
+# The kinds of model each stage takes, by their config's model_type: the hub's sam2.1 and
+# sam3 repositories are video models (sam2_video, sam3_video), whose image parts load.
 DETECTORS = ("grounding-dino", "mm-grounding-dino", "owlv2")
-MASK_MODELS = ("sam2", "sam3_tracker", "sam3_video", "sam3")  # facebook/sam3 is a sam3_video; its tracker is used
+MASK_MODELS = {"sam2": ("Sam2Processor", "Sam2Model"), "sam2_video": ("Sam2Processor", "Sam2Model"),
+               "sam3_tracker": ("Sam3TrackerProcessor", "Sam3TrackerModel"),
+               "sam3_video": ("Sam3TrackerProcessor", "Sam3TrackerModel")}
+OWLV2_NMS_IOU = 0.3  # OWLv2 scores every patch's box, so one person has many: keep the best of overlapping ones
 
 
-def checked_sources(config: LangSAMConfig) -> tuple[tuple[WeightsSource, str], tuple[WeightsSource, str]]:
+def checked_sources(config: LangSAMConfig, pairing: bool = False) -> tuple[tuple[WeightsSource, str], ...]:
     """The detector's and the mask model's weights, each with its kind (`model_type`); raises
     WeightsUnavailable when they cannot be reached and ValueError when a kind is not one
-    this stage takes. Reads their config.json only."""
-    detector = resolve_weights("LangSAM detector", config.detector, FOLDERS, needs_tokenizer=True)
-    sam = resolve_weights("LangSAM mask model", config.sam, FOLDERS)
-    kinds = model_type(detector), model_type(sam)
-    for setting, name, kind, allowed in (("detector", config.detector, kinds[0], DETECTORS),
-                                         ("sam", config.sam, kinds[1], MASK_MODELS)):
-        if kind not in allowed:
-            raise ValueError(f"langsam.{setting}: {name!r} is a {kind or 'model without a model_type'}; the "
-                             f"{setting} takes {', '.join(allowed)} weights")
-    return (detector, kinds[0]), (sam, kinds[1])
+    this stage takes. Reads their config.json only. `pairing`: one of `langsam.pairings`."""
+    folders = PAIRING_FOLDERS if pairing else FOLDERS
+    detector = resolve_weights("LangSAM detector", config.detector, folders, needs_tokenizer=True)
+    sam = resolve_weights("LangSAM mask model", config.sam, folders)
+    return ((detector, checked_kind(detector, "langsam.detector", DETECTORS)),
+            (sam, checked_kind(sam, "langsam.sam", MASK_MODELS)))
 
 
 def model_version(config: LangSAMConfig) -> str:
@@ -99,12 +100,26 @@ def upsample_masks(logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     )
 
 
+def _owlv2_boxes(result: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+    """OWLv2's boxes cut to the image (they are scaled to the padded square), those left with
+    an area, without near-duplicates (non-maximum suppression), in detector order."""
+    from torchvision.ops import nms
+
+    height, width = size
+    boxes, scores = result["boxes"].float().clone(), result["scores"].float()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    inside = torch.nonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[:, 0]
+    keep = inside[nms(boxes[inside], scores[inside], OWLV2_NMS_IOU)].sort().values
+    return {"boxes": boxes[keep], "scores": scores[keep]}
+
+
 # --------------------------------------------------------------------------- model
 
 
 class LangSAMSegmenter:
-    """GroundingDINO + SAM2 behind the `Segmenter` interface; one variant per rule in RULES
-    (and per setting of a sweep)."""
+    """A detector + a SAM mask model behind the `Segmenter` interface; one variant per rule
+    in RULES (and per setting of a sweep)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.config = LangSAMConfig.model_validate(spec.params)
@@ -117,21 +132,14 @@ class LangSAMSegmenter:
             return
         # Both sources are checked before transformers' model classes are imported (10-20 s
         # on a small CPU machine) and before anything loads, so bad paths fail at once.
-        (detector, self.detector_kind), (sam, sam_kind) = checked_sources(self.config)
-        from transformers import (
-            AutoModelForZeroShotObjectDetection,
-            AutoProcessor,
-            Sam2Model,
-            Sam2Processor,
-            Sam3TrackerModel,
-            Sam3TrackerProcessor,
-        )
+        (detector, self.detector_kind), (sam, sam_kind) = checked_sources(self.config, spec.instance is not None)
+        import transformers
 
-        self.detector_processor = load_from(detector, AutoProcessor.from_pretrained)
-        self.detector = load_from(detector, AutoModelForZeroShotObjectDetection.from_pretrained)
-        # The processor class explicitly: the hub's sam2.1 and sam3 repos declare a *video*
-        # processor, which is what AutoProcessor would build.
-        processor, model = (Sam2Processor, Sam2Model) if sam_kind == "sam2" else (Sam3TrackerProcessor, Sam3TrackerModel)
+        self.detector_processor = load_from(detector, transformers.AutoProcessor.from_pretrained)
+        self.detector = load_from(detector, transformers.AutoModelForZeroShotObjectDetection.from_pretrained)
+        # The image model's classes explicitly: AutoProcessor would build the video processor
+        # the hub's sam2.1 and sam3 repositories declare.
+        processor, model = (getattr(transformers, name) for name in MASK_MODELS[sam_kind])
         self.sam_processor = load_from(sam, processor.from_pretrained)
         self.sam_model = load_from(sam, model.from_pretrained)
         self.detector.to(self.device).eval()
@@ -159,7 +167,7 @@ class LangSAMSegmenter:
             if importlib.util.find_spec("lang_sam") is None:
                 raise ImportError(f"backend='lang_sam' needs the lang_sam package; install it with: {LANG_SAM_INSTALL}")
             return
-        checked_sources(config)
+        checked_sources(config, spec.instance is not None)
 
     # The autocast context is local to each forward so nothing leaks into other models
     # running in the same process (lang_sam enables it globally at import).
@@ -185,8 +193,9 @@ class LangSAMSegmenter:
             inputs = self.detector_processor(images=pil, text=[queries] * len(pil), return_tensors="pt").to(self.device)
             with self._autocast():
                 outputs = self.detector(**inputs)
-            results = self.detector_processor.post_process_grounded_object_detection(
-                outputs, threshold=threshold, target_sizes=sizes)
+            results = [_owlv2_boxes(result, size) for result, size in zip(
+                self.detector_processor.post_process_grounded_object_detection(
+                    outputs, threshold=threshold, target_sizes=sizes), sizes)]
         else:
             inputs = self.detector_processor(
                 images=pil, text=[prompt] * len(pil), padding="longest", return_tensors="pt"

@@ -29,7 +29,7 @@ from PIL import Image
 
 from segray.config import Sam3Config, Setting
 from segray.models.base import ModelSpec, Prediction, check_images, resolve_device
-from segray.models.hub_weights import WeightsSource, load_from, model_type, resolve_weights
+from segray.models.hub_weights import WeightsSource, checked_kind, load_from, resolve_weights
 
 VARIANT_PREFIX = "sam3/"
 RULES = ("semantic", "union", "best")
@@ -42,11 +42,7 @@ def checked_source(config: Sam3Config) -> tuple[WeightsSource, str]:
     """The weights and their kind; raises WeightsUnavailable when they cannot be reached and
     ValueError when they are not SAM 3's. Reads their config.json only."""
     source = resolve_weights("SAM 3", config.weights, FOLDERS, needs_tokenizer=True)
-    kind = model_type(source)
-    if kind not in MODELS:
-        raise ValueError(f"sam3.weights: {config.weights!r} is a {kind or 'model without a model_type'}; SAM 3 "
-                         f"takes {', '.join(MODELS)} weights")
-    return source, kind
+    return source, checked_kind(source, "sam3.weights", MODELS)
 
 
 def variant_name(rule: str, setting: Setting | None = None) -> str:

@@ -235,6 +235,9 @@ def _save_owlv2(out: Path) -> None:
     vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
               "image_size": OWLV2_SIZE, "patch_size": 16}
     model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    with torch.no_grad():  # each patch's own box (OWLv2's box bias), not random slivers
+        model.box_head.dense2.weight.zero_()
+        model.box_head.dense2.bias.zero_()
     image_processor = Owlv2ImageProcessor(size={"height": OWLV2_SIZE, "width": OWLV2_SIZE})
     model.save_pretrained(out)
     Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
@@ -290,14 +293,12 @@ def save_tiny_weights(root: str | Path, seed: int = 0) -> dict[str, Path]:
 def save_tiny_langsam(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
     """Write tiny random GroundingDINO and SAM2 folders under `root`; returns (detector, sam)."""
     root = Path(root)
-    detector_dir, sam_dir = root / "grounding-dino", root / "sam2"
-    # Seed a private generator state so the weights are the same on every call, without
-    # changing the caller's global RNG stream.
+    # A private generator state: the same weights on every call, the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        _save_grounding_dino(detector_dir)
-        _save_sam2(sam_dir)
-    return detector_dir, sam_dir
+        for name in ("grounding-dino", "sam2"):
+            WRITERS[name](root / name)
+    return root / "grounding-dino", root / "sam2"
 
 
 def main(argv: list[str] | None = None) -> int:

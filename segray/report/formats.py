@@ -45,4 +45,4 @@ def md_text(value: Any) -> str:
 
 def figure_name(model: str) -> str:
     """A file-name-safe form of a model variant (`langsam/sam_score` -> `langsam-sam_score`)."""
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in model)
+    return "".join(c if c.isalnum() or c in "-_.+" else "-" for c in model)  # '+' keeps pairings apart

@@ -128,6 +128,11 @@ SECTIONS = [
 ]
 
 
+def sections(t: dict[str, tuple[list[str], list[list[str]]]]) -> list[tuple[str, str, list[str]]]:
+    """The SECTIONS whose table has rows: a run without foundation models, say, has no ranking of them."""
+    return [section for section in SECTIONS if t[section[1]][1]]
+
+
 def render_markdown(analysis: Analysis, repro: dict[str, Any], figures: dict[str, str], title: str,
                     sweep: Sweep | None = None) -> str:
     t = tables(analysis)
@@ -140,7 +145,7 @@ def render_markdown(analysis: Analysis, repro: dict[str, Any], figures: dict[str
         lines += [f"## {heading}", "", note, "", *md_table(*table), ""]
         if name in figures:
             lines += [f"![{name}]({figures[name]})", ""]
-    for heading, key, figs in SECTIONS:
+    for heading, key, figs in sections(t):
         lines += [f"## {heading}", ""]
         if key in notes:
             lines += [notes[key], ""]
@@ -252,7 +257,7 @@ def render_html(analysis: Analysis, repro: dict[str, Any], pngs: dict[str, bytes
         parts += [f"<h2>{html.escape(heading)}</h2>", f"<p class='note'>{_bold_html(note)}</p>", html_table(*table)]
         if name in pngs:
             parts.append(html_img(name, pngs[name]))
-    for heading, key, figs in SECTIONS:
+    for heading, key, figs in sections(t):
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         if key in notes:
             parts.append(f"<p class='note'>{_bold_html(notes[key])}</p>")

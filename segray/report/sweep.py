@@ -183,6 +183,11 @@ def verdict(sweep: Sweep) -> str:
                      for network, points in sweep.curves.items()) + f" ({held})."
 
 
+def swept(sweep: Sweep) -> dict[str, dict[str, Any]]:
+    """The foundation models that swept prompts or thresholds: each gets its sensitivity."""
+    return {instance: found for instance, found in sweep.foundations.items() if len(found["settings"]) > 1}
+
+
 def sensitivity_figure(instance: str) -> str:
     """The name of an instance's sensitivity figure: `langsam_sensitivity`, `sam3_sensitivity`."""
     return f"{figure_name(instance)}_sensitivity"
@@ -213,7 +218,7 @@ def sweep_sections(sweep: Sweep) -> list[tuple[str, str, tuple[list[str], list[l
          "on the whole validation split, as the article did, so that choice has seen the held-out half.",
          curve, "learning_curve"),
         *[(f"{instance}'s sensitivity to prompt, threshold and rule", _sensitivity_note(found),
-           _sensitivity_table(found), sensitivity_figure(instance)) for instance, found in sweep.foundations.items()],
+           _sensitivity_table(found), sensitivity_figure(instance)) for instance, found in swept(sweep).items()],
         ("Cost and accuracy", f"{held} Cost is {sweep.cost_unit}, measured as in *Speed and cost*; in a sweep "
          "it is the sweep's (every setting of a model shares its forwards), more than one configuration alone costs. "
          "Each foundation model's best and default configurations are shown. "

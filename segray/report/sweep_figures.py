@@ -7,13 +7,13 @@ import numpy as np
 
 from segray.config import Setting
 from segray.report.figures import png, pyplot, series_color
-from segray.report.sweep import Sweep, sensitivity_figure
+from segray.report.sweep import Sweep, sensitivity_figure, swept
 
 
 def sweep_figures(sweep: Sweep) -> dict[str, bytes]:
     """Every figure of the section that has something to show, by the name `sweep_sections` gives it."""
     drawn = {"learning_curve": figure_learning_curve(sweep), "cost_frontier": figure_cost_frontier(sweep)}
-    drawn |= {sensitivity_figure(instance): figure_sensitivity(sweep, instance) for instance in sweep.foundations}
+    drawn |= {sensitivity_figure(instance): figure_sensitivity(sweep, instance) for instance in swept(sweep)}
     return {name: figure for name, figure in drawn.items() if figure is not None}
 
 

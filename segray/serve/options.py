@@ -54,9 +54,9 @@ def serve_settings(config: Config, cluster: dict[str, float] | None = None) -> S
     versions; CheckpointStoreError when a version selector names no version; SettingsError
     when one cannot be looked up."""
     trained = trained_models(config, default_selector="latest")
-    specs, unavailable = models_to_evaluate(config, trained)
     # One deployment per model: LangSAM's own pairing (make another its own to serve it).
-    specs = [spec for spec in specs if spec.instance is None]
+    served = config.model_copy(update={"langsam": config.langsam.model_copy(update={"pairings": []})})
+    specs, unavailable = models_to_evaluate(served, trained)
     names = [spec.name for spec in specs]
     several = sorted({name for name in names if names.count(name) > 1})
     if several:
