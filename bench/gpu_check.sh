@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, one prepared command (under 8 minutes on one GPU):
 #   1. the demo-sized benchmark on CUDA: AMP training of both UNets, GPU actor pools,
-#      LangSAM with tiny weights in bf16, LangSAM evaluated while the UNets train;
+#      LangSAM and SAM 3 with tiny weights in bf16, both evaluated while the UNets train;
 #   2. images/s of each model alone at the article's size (256 px, batch 32) with GPU
 #      utilisation (bench/bench_models.py);
 #   3. images/s and peak GPU memory of each foundation pipeline at its real architecture
@@ -43,7 +43,7 @@ fi
 
 started=$(date +%s)
 $PYTHON jobs/benchmark.py --preset demo --output "$WORK/runs" --run-id gpu-check --cache-dir "$WORK/cache" \
-    "${LANGSAM[@]}" --langsam-box-threshold 0 "${DEMO[@]}" 2>&1 | tee "$OUT/benchmark.log"
+    "${LANGSAM[@]}" --langsam-box-threshold 0 --sam3.weights "$WORK/tiny/sam3" "${DEMO[@]}" 2>&1 | tee "$OUT/benchmark.log"
 demo_s=$(( $(date +%s) - started ))
 
 $PYTHON bench/bench_models.py "${MODELS[@]}" "${LANGSAM[@]}" --markdown "$WORK/models.md"
