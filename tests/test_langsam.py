@@ -18,12 +18,12 @@ import pytest
 import torch
 
 import segray.models.hub_weights as W
-from segray.config import LangSAMConfig
+from segray.config import LangSAMConfig, variant_name
 from segray.models import langsam as L
 from segray.models.base import ModelSpec
 from segray.models.hub_weights import WeightsUnavailable
 from segray.models.langsam import LangSAMSegmenter, model_version
-from segray.models.langsam_rules import RULES, Setting, above, keep_top_boxes, variant_name
+from segray.models.langsam_rules import RULES, Setting, above, keep_top_boxes
 from segray.models.tiny_langsam import main as tiny_main
 from segray.models.tiny_langsam import save_tiny_langsam
 from tests.test_langsam_rules import EXPECTED_VARIANTS
@@ -212,7 +212,8 @@ def test_a_sweeps_predictions_are_each_settings_alone(tiny, images):
     prompts = ["person.", "a human."]
     sweep = build(tiny, box_threshold=thresholds[0], box_thresholds=thresholds[1:], prompts=prompts[1:], max_boxes=12)
     out = sweep.predict(images)
-    assert sweep.variants == [variant_name(rule, Setting(p, t)) for p in prompts for t in thresholds for rule in RULES]
+    assert sweep.variants == [variant_name("langsam", rule, Setting(p, t))
+                              for p in prompts for t in thresholds for rule in RULES]
     assert [list(preds) for preds in out] == [sweep.variants] * len(images)
     statuses = set()
     for prompt in prompts:
@@ -220,7 +221,7 @@ def test_a_sweeps_predictions_are_each_settings_alone(tiny, images):
             alone = build(tiny, prompt=prompt, box_threshold=threshold, max_boxes=12).predict(images)
             for swept, single in zip(out, alone):
                 for rule in RULES:
-                    a, b = swept[variant_name(rule, Setting(prompt, threshold))], single[f"langsam/{rule}"]
+                    a, b = swept[variant_name("langsam", rule, Setting(prompt, threshold))], single[f"langsam/{rule}"]
                     assert (a.status, a.num_detections, a.box_score) == (b.status, b.num_detections, b.box_score)
                     assert a.mask_score == pytest.approx(b.mask_score, abs=1e-6)
                     assert (a.mask is None and b.mask is None) or np.array_equal(a.mask, b.mask)

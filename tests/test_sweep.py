@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from segray.cli import job_config, trained_models
+from segray.config import variant_parts
 from segray.errors import SettingsError
 from segray.models.checkpoint import read_meta
 from segray.models.langsam_rules import DEFAULT_SETTING, Setting
@@ -17,7 +18,7 @@ from segray.pipeline import print_summary
 from segray.report.analysis import analyze
 from segray.report.sweep import analyze_sweep, halves, pareto, sweep_sections
 from segray.report.sweep_figures import sweep_figures
-from segray.report.variants import is_foundation, other_sweep_settings, run_settings, variant_parts
+from segray.report.variants import is_foundation, other_sweep_settings, run_settings
 from segray.settings import load
 from segray.train import passes_per_epoch, training_rows
 from tests.conftest import job

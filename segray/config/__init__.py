@@ -27,6 +27,8 @@ from segray.config.names import (
     split_pairing,
     split_training_name,
     training_name,
+    variant_name,
+    variant_parts,
 )
 from segray.config.values import Fraction, PoolRange, RunId, Share, check_fraction
 from segray.presets import PRESETS
@@ -35,7 +37,7 @@ from segray.redact import redacted
 __all__ = ["DEFAULT_BOX_THRESHOLD", "DEFAULT_PROMPT", "EVERY_MODEL", "MODEL_SECTIONS", "TRAINABLE", "LangSAMConfig",
            "ResNet34UNetConfig", "Sam3Config", "Section", "Setting", "UNetConfig", "model_of", "normalize_prompt",
            "of_model", "pairing_name", "split_pairing", "split_training_name",
-           "training_name"]
+           "training_name", "variant_name", "variant_parts"]
 
 KAGGLE_DATASET = "kaggle:tapakah68/segmentation-full-body-mads-dataset"
 DEFAULT_CACHE_DIR = "~/.cache/segray"

@@ -61,6 +61,25 @@ class Setting(NamedTuple):
         return f"{self.prompt}@{self.box_threshold}"  # the float's shortest exact form
 
 
+def variant_name(model: str, rule: str, setting: Setting | None = None) -> str:
+    """A foundation model's rows: `MODEL/RULE`, or `MODEL/RULE[PROMPT@THRESHOLD]` for a setting
+    of a sweep; MODEL is the model or a LangSAM pairing (`langsam[A+B]`)."""
+    return f"{model}/{rule}" + (f"[{setting}]" if setting is not None else "")
+
+
+def variant_parts(name: str) -> tuple[str, str, Setting | None]:
+    """`variant_name`'s inverse, (model, rule, setting or None): `sam3/best[person@0.5]` ->
+    ("sam3", "best", person@0.5). A name without a rule (a trained network's) is its own model."""
+    model, _, variant = name.partition("/")
+    if not variant:
+        return name, "", None
+    rule, _, setting = variant.partition("[")
+    if not setting:
+        return model, rule, None
+    prompt, _, threshold = setting.removesuffix("]").rpartition("@")
+    return model, rule, Setting(prompt, float(threshold))
+
+
 def normalize_prompt(prompt: str) -> str:
     """Lowercase and strip the prompt and end it with "." as GroundingDINO expects."""
     prompt = str(prompt).strip().lower()

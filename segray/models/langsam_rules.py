@@ -1,19 +1,18 @@
 """LangSAM's selection rules: from one image's candidates (a mask, a SAM mask score and a
 GroundingDINO box score per box) to one mask per rule, so each rule is its own variant
 (`langsam/<rule>`). A sweep over prompts and box thresholds names the setting too
-(`langsam/<rule>[<prompt>@<threshold>]`: `variant_name`).
+(`langsam/<rule>[<prompt>@<threshold>]`: `segray.config.variant_name`).
 Numpy only: the model itself is in segray.models.langsam.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from segray.config import DEFAULT_BOX_THRESHOLD, DEFAULT_PROMPT, Setting, normalize_prompt
+from segray.config import DEFAULT_BOX_THRESHOLD, DEFAULT_PROMPT, Setting, normalize_prompt, variant_name
 from segray.models.base import Prediction
 
 # --------------------------------------------------------------------------- rules
@@ -78,8 +77,6 @@ RULES: dict[str, Rule] = {
     "union": rule_union,
 }
 
-# langsam, or a pairing langsam[A+B]; a rule; a sweep's [prompt@threshold].
-_VARIANT = re.compile(r"langsam(\[[^\]]*\])?/(?P<rule>[a-z_]+)(\[(?P<setting>.*)\])?")
 
 
 DEFAULT_SETTING = Setting(DEFAULT_PROMPT, DEFAULT_BOX_THRESHOLD)
@@ -93,27 +90,9 @@ def run_setting(params: dict[str, Any]) -> Setting:
                    float(params.get("box_threshold", DEFAULT_SETTING.box_threshold)))
 
 
-def variant_name(rule: str, setting: Setting | None = None, model: str = "langsam") -> str:
-    """`langsam/<rule>`, or `langsam/<rule>[<prompt>@<threshold>]` for a setting of a sweep;
-    `model` is another pairing's name (`langsam[A+B]`) for its rows."""
-    return f"{model}/{rule}" + (f"[{setting}]" if setting is not None else "")
-
-
-def parse_variant(name: str) -> tuple[str, Setting | None] | None:
-    """`variant_name`'s inverse: (rule, setting or None), or None for a name that is not a
-    LangSAM variant (of langsam's own pairing or of another, `langsam[A+B]/<rule>`)."""
-    match = _VARIANT.fullmatch(name)
-    if not match:
-        return None
-    if match["setting"] is None:
-        return match["rule"], None
-    prompt, _, threshold = match["setting"].rpartition("@")
-    return match["rule"], Setting(prompt, float(threshold))
-
-
 def variants(settings: list[Setting] | None = None, model: str = "langsam") -> list[str]:
     """Every variant name, setting by setting, in RULES order within each."""
-    return [variant_name(rule, setting, model) for setting in (settings or [None]) for rule in RULES]
+    return [variant_name(model, rule, setting) for setting in (settings or [None]) for rule in RULES]
 
 
 VARIANTS: list[str] = variants()  # one setting's
@@ -142,7 +121,7 @@ def keep_top_boxes(box_scores: np.ndarray, max_boxes: int) -> np.ndarray:
 
 def no_detection(setting: Setting | None = None, model: str = "langsam") -> dict[str, Prediction]:
     """Every variant's answer for an image where the detector found no box."""
-    return {variant_name(rule, setting, model): Prediction(mask=None, status="no_detection", num_detections=0)
+    return {variant_name(model, rule, setting): Prediction(mask=None, status="no_detection", num_detections=0)
             for rule in RULES}
 
 
@@ -155,7 +134,7 @@ def select(masks: np.ndarray, mask_scores: np.ndarray, box_scores: np.ndarray,
     out = {}
     for name, rule in RULES.items():
         choice = rule(masks, mask_scores, box_scores)
-        out[variant_name(name, setting, model)] = Prediction(
+        out[variant_name(model, name, setting)] = Prediction(
             mask=np.asarray(choice.mask, dtype=bool),
             status="ok",
             box_score=choice.box_score,

@@ -27,11 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segray.config import Sam3Config, Setting
+from segray.config import Sam3Config, Setting, variant_name
 from segray.models.base import ModelSpec, Prediction, check_images, resolve_device
 from segray.models.hub_weights import WeightsSource, checked_kind, load_from, resolve_weights
 
-VARIANT_PREFIX = "sam3/"
 RULES = ("semantic", "union", "best")
 FOLDERS = "sam3.weights (--sam3.weights DIR)"
 # The model class of each kind of SAM 3 weights (their config's model_type); facebook/sam3 is a sam3_video.
@@ -45,14 +44,9 @@ def checked_source(config: Sam3Config) -> tuple[WeightsSource, str]:
     return source, checked_kind(source, "sam3.weights", MODELS)
 
 
-def variant_name(rule: str, setting: Setting | None = None) -> str:
-    """`sam3/<rule>`, or `sam3/<rule>[<prompt>@<threshold>]` for a setting of a sweep."""
-    return VARIANT_PREFIX + rule + (f"[{setting}]" if setting is not None else "")
-
-
 def variants(settings: list[Setting] | None = None) -> list[str]:
     """Every variant name, setting by setting, in RULES order within each."""
-    return [variant_name(rule, setting) for setting in (settings or [None]) for rule in RULES]
+    return [variant_name("sam3", rule, setting) for setting in (settings or [None]) for rule in RULES]
 
 
 def model_version(config: Sam3Config) -> str:
@@ -70,15 +64,15 @@ def choose(masks: np.ndarray, scores: np.ndarray, semantic: np.ndarray,
            setting: Setting | None = None) -> dict[str, Prediction]:
     """One image's predictions by rule, from its instances above the threshold (masks (N,H,W)
     bool, scores (N,)) and its semantic map (H,W) bool."""
-    out = {variant_name("semantic", setting): Prediction(semantic, num_detections=len(scores))}
+    out = {variant_name("sam3", "semantic", setting): Prediction(semantic, num_detections=len(scores))}
     if not len(scores):
         for rule in ("union", "best"):
-            out[variant_name(rule, setting)] = Prediction(None, status="no_detection", num_detections=0)
+            out[variant_name("sam3", rule, setting)] = Prediction(None, status="no_detection", num_detections=0)
         return out
     best = int(np.argmax(scores))
-    out[variant_name("union", setting)] = Prediction(masks.any(axis=0), box_score=float(scores.max()),
+    out[variant_name("sam3", "union", setting)] = Prediction(masks.any(axis=0), box_score=float(scores.max()),
                                                     num_detections=len(scores))
-    out[variant_name("best", setting)] = Prediction(masks[best], box_score=float(scores[best]),
+    out[variant_name("sam3", "best", setting)] = Prediction(masks[best], box_score=float(scores[best]),
                                                    num_detections=len(scores))
     return out
 

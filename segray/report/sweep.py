@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from segray.config import Setting, model_of, split_training_name
+from segray.config import Setting, model_of, split_training_name, variant_parts
 from segray.report.analysis import Analysis, bootstrap_means, mean_of, percentile_ci
 from segray.report.formats import figure_name, fmt, fmt_ci, fmt_minutes
-from segray.report.variants import DEFAULT_RULES, is_foundation, run_setting_of, variant_parts
+from segray.report.variants import DEFAULT_RULES, is_foundation, run_setting_of
 
 
 @dataclass

@@ -8,24 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from segray.config import TRAINABLE, Sam3Config, Setting, model_of
-from segray.models.langsam_rules import DEFAULT_RULE, parse_variant, run_setting
+from segray.config import TRAINABLE, Sam3Config, Setting, model_of, variant_parts
+from segray.models.langsam_rules import DEFAULT_RULE, run_setting
 
 # The rule a user of each model gets without choosing one: the article's for LangSAM (and
 # its pairings), SAM 3's own semantic map for SAM 3.
 DEFAULT_RULES = {"langsam": DEFAULT_RULE, "sam3": "semantic"}
-
-
-def variant_parts(name: str) -> tuple[str, str, Setting | None]:
-    """(model instance, rule, sweep setting or None) of a variant: `sam3/best[person@0.5]` ->
-    ("sam3", "best", person@0.5), `langsam[a+b]/union` -> ("langsam[a+b]", "union", None).
-    A name without a rule (a trained network's) is its own instance."""
-    instance, _, variant = name.partition("/")
-    if not variant:
-        return name, "", None
-    # Every foundation model names its rule and setting as LangSAM does (`variant_name`).
-    rule, setting = parse_variant(f"langsam/{variant}") or (variant, None)
-    return instance, rule, setting
 
 
 def is_foundation(name: str) -> bool:
